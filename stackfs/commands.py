@@ -1,0 +1,120 @@
+"""Generic commands: ``state``, ``inject``, ``server``, ``cleanup``, ``testfs``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from stackfs import control, lifecycle
+from stackfs.cli import CLIError
+
+
+def _query(mountpoint: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    try:
+        return control.query(mountpoint, request, timeout=timeout)
+    except control.ControlError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    state = _query(args.mountpoint, {"op": "state"})
+    json.dump(state, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    reply = _query(args.mountpoint, {"op": "inject", "point": args.point, "action": args.action})
+    for p in reply.get("inject", []):
+        if p.get("point") == args.point:
+            print(f"{args.point}: {p.get('action')}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """Another client changes the server (the store) behind the mount's back."""
+    request: dict[str, Any] = {"op": "server", "action": args.action, "args": args.args}
+    reply = _query(args.mountpoint, request)
+    if reply.get("message"):
+        print(reply["message"])
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    actions = lifecycle.cleanup(run_id=args.run_id)
+    for a in actions:
+        print(f"{a.what}: {a.mountpoint or '-'} (daemon {a.pid or '?'})")
+    if not actions and not args.quiet:
+        print("nothing to clean up")
+    return 0
+
+
+def cmd_testfs(args: argparse.Namespace) -> int:
+    from stackfs import testfs
+
+    return testfs.main(args.name, Path(args.mountpoint), args.debug)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "state",
+        help="print a testbed daemon's modelled kernel state as JSON",
+        description="Print the modelled kernel state (locks with holders and waiters, lock "
+        "order, oopses, injection points, requests in flight) of the daemon serving "
+        "MOUNTPOINT. It is read over the daemon's control socket, so it works while the "
+        "mount itself is wedged.",
+    )
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_state)
+
+    p = sub.add_parser(
+        "inject",
+        help="set an injection point on a mounted testbed daemon",
+        description="Set injection point POINT of the daemon serving MOUNTPOINT. ACTION is "
+        "delay:SECONDS, barrier:N[:TIMEOUT] (hold the first N arrivals until all N are "
+        "there), error:ERRNAME (e.g. error:EIO) or off. `stackfs state MOUNTPOINT` lists "
+        "the points.",
+    )
+    p.add_argument("mountpoint")
+    p.add_argument("point")
+    p.add_argument("action")
+    p.set_defaults(func=cmd_inject)
+
+    p = sub.add_parser(
+        "server",
+        help="change a backend's server behind the client's back (another client)",
+        description="Act as another client of the server (store) behind an AFS or NFS "
+        "backend mounted at MOUNTPOINT: write PATH DATA, truncate PATH SIZE, rename OLD NEW, "
+        "unlink PATH. The backend's callbacks/attribute caches are broken as a real server "
+        "would break them.",
+    )
+    p.add_argument("mountpoint")
+    p.add_argument("action", choices=["write", "truncate", "rename", "unlink", "mkdir", "rmdir"])
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser(
+        "cleanup",
+        help="remove testbed mounts and daemons left behind (e.g. after SIGKILL)",
+        description="Abort, detach and kill every testbed mount (fsname stackfs:...) and its "
+        "daemon, and nothing else. With --run-id, only those of that run.",
+    )
+    p.add_argument("--run-id", help="only mounts started with STACKFS_RUN_ID=RUN_ID")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser(
+        "testfs",
+        help="mount a small test filesystem that hangs on purpose (foreground)",
+        description="Test filesystems for the lifecycle and the watchdog. 'hang': a lookup of "
+        "any name starting with 'hang' never gets an answer. 'lookup-mkdir': a lookup of "
+        "'trigger' waits for a helper thread that mkdirs in the same directory through the "
+        "mount, the real kernel deadlock of shared/NOTES.md (autofs4 shape).",
+    )
+    p.add_argument("name", choices=["hang", "lookup-mkdir"])
+    p.add_argument("mountpoint")
+    p.add_argument("-d", "--debug", action="store_true")
+    p.set_defaults(func=cmd_testfs)

@@ -1,0 +1,286 @@
+"""Running a pyfuse3 filesystem as a testbed daemon.
+
+Every layer of a stack (a backend, the union, a test filesystem) runs through :func:`serve`: one
+process, one FUSE session, one trio loop that serves the FUSE requests, the control socket and
+the signals. :class:`TestbedOperations` is the base class of every testbed filesystem: it owns
+the daemon's :class:`~stackfs.kernel.state.KernelState` and records each FUSE request in flight
+(operation, inode, name, calling task), which is what the watchdog joins into its wait-for graph.
+
+A handler that makes a syscall that may block (a lower branch that is itself a FUSE mount) runs it
+through :func:`in_worker`, which records the worker thread's tid on the request: that is the task
+the layer below sees as its caller, so the chain can be followed down.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from stackfs import control, mountinfo, rundir
+from stackfs.kernel.state import KernelState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: The in-flight record of the FUSE request this trio task (or worker thread) is serving.
+current_request: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "stackfs_current_request", default=None
+)
+
+#: pyfuse3 handlers whose first argument is an inode and whose second (if bytes) is a name.
+_INODE_OPS = {
+    "lookup",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "opendir",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "access",
+    "create",
+}
+#: pyfuse3 handlers whose first argument is a file handle.
+_FH_OPS = {"read", "write", "flush", "release", "fsync", "readdir", "releasedir", "fsyncdir"}
+_TRACKED = _INODE_OPS | _FH_OPS | {"statfs"}
+
+
+def _tracked(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap handler ``fn`` so the request is in the in-flight table while it runs."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: TestbedOperations, *args: Any) -> Any:
+        ctx = args[-1] if args and isinstance(args[-1], pyfuse3.RequestContext) else None
+        ino = args[0] if op != "statfs" and args and isinstance(args[0], int) else None
+        name = args[1] if len(args) > 2 and isinstance(args[1], bytes) else None
+        rid = self.kernel.inflight.begin(
+            op,
+            ino if op in _INODE_OPS else None,
+            name,
+            ctx.pid if ctx is not None else None,
+            fh=ino if op in _FH_OPS else None,
+        )
+        token = current_request.set(rid)
+        try:
+            return await fn(self, *args)
+        finally:
+            current_request.reset(token)
+            self.kernel.inflight.end(rid)
+
+    wrapper.__stackfs_tracked__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class TestbedOperations(pyfuse3.Operations):
+    """Base of every testbed filesystem: kernel state, in-flight tracking, control ops.
+
+    Subclasses set :attr:`kind` and may override :meth:`control_ops` to answer more requests on
+    the control socket, and :meth:`describe` to add to the ``daemon`` part of the state.
+    """
+
+    kind = "test"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for op in _TRACKED:
+            fn = cls.__dict__.get(op)
+            if fn is not None and not getattr(fn, "__stackfs_tracked__", False):
+                setattr(cls, op, _tracked(op, fn))
+
+    def __init__(self, kernel: KernelState | None = None) -> None:
+        super().__init__()
+        self.kernel = kernel if kernel is not None else KernelState()
+        self.variant: str | None = None
+
+    def control_ops(self) -> dict[str, control.Handler]:
+        """Extra control-socket operations of this filesystem (name -> async handler)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for the ``daemon`` part of the state snapshot."""
+        return {}
+
+
+async def in_worker(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking syscall in a worker thread, recording the thread on the current request.
+
+    The worker's tid is the task the layer below sees as ``ctx.pid``; the watchdog follows a
+    request from this daemon to the lower one through it.
+    """
+    rid = current_request.get()
+    if rid is None:
+        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+    state = _active_state
+
+    def run() -> T:
+        if state is not None:
+            state.inflight.set_worker(rid, threading.get_native_id())
+        return fn(*args)
+
+    return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+
+
+_active_state: KernelState | None = None
+
+
+@dataclass
+class DaemonConfig:
+    """How one daemon is mounted."""
+
+    kind: str
+    mountpoint: Path
+    variant: str | None = None
+    fuse_options: list[str] = field(default_factory=list)
+    debug: bool = False
+    inject: list[str] = field(default_factory=list)
+    max_tasks: int = 64
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    @property
+    def fsname(self) -> str:
+        return f"{mountinfo.FSNAME_PREFIX}{self.kind}:{os.getpid()}"
+
+
+def fuse_options(cfg: DaemonConfig) -> set[str]:
+    opts = {
+        f"fsname={cfg.fsname}",
+        f"subtype={mountinfo.SUBTYPE}",
+        "default_permissions",
+        "allow_other",
+    }
+    opts.update(o for o in cfg.fuse_options if o)
+    if cfg.debug:
+        opts.add("debug")
+    return opts
+
+
+def _threads() -> list[dict[str, Any]]:
+    out = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            comm = Path(f"/proc/self/task/{t}/comm").read_text().strip()
+        except OSError:
+            continue
+        out.append({"tid": int(t), "comm": comm})
+    return out
+
+
+def _ready(message: str) -> None:
+    """Tell the process that started us (lifecycle.start_daemon) that the mount is live."""
+    fd = os.environ.pop("STACKFS_READY_FD", None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), message.encode() + b"\n")
+        os.close(int(fd))
+    except (OSError, ValueError):
+        pass
+
+
+def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
+    """Mount ``ops`` at ``cfg.mountpoint`` and serve it until unmounted or signalled.
+
+    Returns the exit status. The mount exists when the READY message has been written; the
+    control socket is listening from then on.
+    """
+    global _active_state
+    _active_state = ops.kernel
+    ops.variant = cfg.variant
+    for spec in cfg.inject:
+        ops.kernel.inject.configure(spec)
+    pid = os.getpid()
+    mp = cfg.mountpoint.resolve()
+    info = {
+        "pid": pid,
+        "kind": cfg.kind,
+        "variant": cfg.variant,
+        "mountpoint": str(mp),
+        "fsname": cfg.fsname,
+        "run_id": rundir.run_id(),
+        "argv": cfg.argv,
+        "started": time.time(),
+    }
+    run = rundir.write_info(pid, info)
+    try:
+        pyfuse3.init(ops, str(mp), fuse_options(cfg))
+    except RuntimeError as exc:
+        rundir.remove(pid)
+        print(f"stackfs: cannot mount {mp}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        entry = mountinfo.find(mp)
+        info["conn"] = entry.conn if entry is not None else None
+        rundir.write_info(pid, info)
+        trio.run(_main, ops, cfg, info, run / "control.sock")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception as exc:  # noqa: BLE001 - reported, the lifecycle cleans up
+            print(f"stackfs: unmounting {mp}: {exc}", file=sys.stderr)
+        rundir.remove(pid)
+    return 0
+
+
+async def _main(ops: TestbedOperations, cfg: DaemonConfig, info: dict[str, Any], sock: Path):
+    async def state(_req: dict[str, Any]) -> dict[str, Any]:
+        snap = ops.kernel.snapshot()
+        snap["daemon"] = {**info, **ops.describe(), "threads": _threads()}
+        snap["now"] = time.time()
+        return snap
+
+    async def inject(req: dict[str, Any]) -> dict[str, Any]:
+        point, action = req.get("point"), req.get("action")
+        if not point or not action:
+            raise ValueError("inject needs 'point' and 'action'")
+        ops.kernel.inject.configure(f"{point}={action}")
+        return {"inject": ops.kernel.snapshot()["inject"]}
+
+    async def ping(_req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+    handlers: dict[str, control.Handler] = {"state": state, "inject": inject, "ping": ping}
+    handlers.update(ops.control_ops())
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.serve, sock, handlers)
+        nursery.start_soon(_signals)
+        _ready("ready")
+        await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_tasks)
+        nursery.cancel_scope.cancel()
+
+
+async def _signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _sig in signals:
+            pyfuse3.terminate()
+            return
+
+
+def fuse_error(exc: OSError) -> pyfuse3.FUSEError:
+    """The FUSEError carrying an OSError's errno (EIO when it has none)."""
+    return pyfuse3.FUSEError(exc.errno if exc.errno else errno.EIO)

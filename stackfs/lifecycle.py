@@ -1,0 +1,369 @@
+"""Mount lifecycle: start a daemon, know its mount, and get rid of it whatever happened to it.
+
+:func:`start_daemon` starts a filesystem daemon as its own process and returns only once the
+mount is live (or raises :class:`MountError` with the daemon's own error output).
+:func:`unmount` tries a clean ``umount`` first; when the mount is hung it aborts the FUSE
+connection through the control filesystem, detaches the mount point lazily (``umount -l``) and
+reaps the daemon. :class:`Stack` brings a stack of mounts up bottom-up and down top-down, always:
+when a layer is deadlocked, when the caller raises, on Ctrl-C and on SIGTERM. :func:`cleanup`
+removes what a run killed with SIGKILL left behind, and only testbed mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from stackfs import fusectl, mountinfo, rundir
+
+
+class MountError(Exception):
+    """A daemon could not be mounted; the message carries its own error output."""
+
+
+@dataclass
+class Mount:
+    """A live testbed mount and the daemon serving it."""
+
+    mountpoint: Path
+    pid: int
+    conn: int
+    fsname: str
+    kind: str
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def waiting(self) -> int | None:
+        """Requests in flight on the FUSE connection (``None`` once it is gone)."""
+        return fusectl.waiting(self.conn)
+
+    def is_mounted(self) -> bool:
+        e = mountinfo.find(self.mountpoint)
+        return e is not None and e.daemon_pid == self.pid
+
+    def daemon_alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return psutil.pid_exists(self.pid) and not _is_zombie(self.pid)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace") if self.log else ""
+        except OSError:
+            return ""
+
+    def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """Ask the daemon over its control socket (works while the mount is wedged)."""
+        from stackfs import control
+
+        return control.query_pid(self.pid, request, timeout)
+
+
+@dataclass
+class UnmountReport:
+    """How a mount went down."""
+
+    mountpoint: str
+    clean: bool
+    aborted: bool
+    detached: bool
+    killed: bool
+    seconds: float
+
+
+def stackfs_argv(*args: str) -> list[str]:
+    """The command line that runs ``stackfs ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "stackfs", *args]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def start_daemon(
+    argv: Sequence[str],
+    mountpoint: str | os.PathLike[str],
+    *,
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    detach: bool = False,
+) -> Mount:
+    """Start ``argv`` (a daemon that runs :func:`stackfs.daemon.serve` in the foreground) and
+    return once ``mountpoint`` is live.
+
+    The daemon reports readiness on a pipe (``STACKFS_READY_FD``); its stdout and stderr go to
+    ``log`` (a temporary file by default). ``detach`` starts it in a session of its own and does
+    not keep it as a child to reap (what ``stackfs mount`` without ``-f`` does).
+    """
+    mp = Path(os.path.abspath(mountpoint))
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix="stackfs-daemon-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+    rfd, wfd = os.pipe()
+    child_env = dict(os.environ if env is None else env)
+    child_env["STACKFS_READY_FD"] = str(wfd)
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            env=child_env,
+            pass_fds=(wfd,),
+            start_new_session=True,
+        )
+    os.close(wfd)
+    deadline = time.monotonic() + timeout
+    msg = b""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([rfd], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(rfd, 256)
+                msg += chunk
+                if not chunk or msg.endswith(b"\n"):
+                    break
+    finally:
+        os.close(rfd)
+    if not msg.startswith(b"ready"):
+        try:
+            proc.wait(timeout=0.5 if msg == b"" and time.monotonic() < deadline else 2)
+        except subprocess.TimeoutExpired:
+            pass
+        status = proc.poll()
+        text = _tail(log.read_text(errors="replace")) if log.exists() else ""
+        entry = mountinfo.find(mp)
+        orphan = Mount(mp, proc.pid, entry.conn if entry else 0, "", "?", log, proc)
+        if entry is not None and entry.daemon_pid == proc.pid or status is None:
+            unmount(orphan, timeout=2.0)
+        why = (
+            f"exited with status {status}"
+            if status is not None
+            else f"did not mount within {timeout:.0f} s"
+        )
+        raise MountError(f"mounting {mp} failed: daemon {why}" + (f":\n{text}" if text else ""))
+    entry = mountinfo.find(mp)
+    if entry is None or entry.daemon_pid != proc.pid:
+        unmount(Mount(mp, proc.pid, 0, "", "?", log, proc), timeout=2.0)
+        raise MountError(f"mounting {mp} failed: daemon said ready but no mount is there")
+    m = Mount(mp, proc.pid, entry.conn, entry.source, entry.kind or "?", log, proc)
+    if detach:
+        m.proc = None
+        proc.returncode = 0  # the daemon outlives us; do not let Popen.__del__ complain
+    return m
+
+
+def adopt(mountpoint: str | os.PathLike[str]) -> Mount:
+    """A :class:`Mount` for a testbed mount that someone else started."""
+    mp = Path(os.path.abspath(mountpoint))
+    entry = mountinfo.find(mp)
+    if entry is None or entry.daemon_pid is None:
+        raise MountError(f"{mp}: not a stackfs testbed mount")
+    return Mount(mp, entry.daemon_pid, entry.conn, entry.source, entry.kind or "?")
+
+
+def _umount(mp: Path, *flags: str, timeout: float) -> bool:
+    """Run umount(8) without canonicalising the path (which could walk into a hung mount)."""
+    try:
+        res = subprocess.run(
+            ["umount", "--no-canonicalize", *flags, str(mp)],
+            capture_output=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return res.returncode == 0
+
+
+def _mounted_by(mp: Path, pid: int) -> bool:
+    return any(e.mountpoint == str(mp) and e.daemon_pid == pid for e in mountinfo.mounts())
+
+
+def _reap(m: Mount, timeout: float) -> bool:
+    """Wait for the daemon to exit; SIGTERM, then SIGKILL. Returns whether it had to be killed."""
+    deadline = time.monotonic() + timeout
+    while m.daemon_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed = False
+    for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 3.0)):
+        if not m.daemon_alive():
+            break
+        killed = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(m.pid, sig)
+        end = time.monotonic() + grace
+        while m.daemon_alive() and time.monotonic() < end:
+            time.sleep(0.02)
+    if m.proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            m.proc.wait(timeout=1.0)
+    return killed
+
+
+def unmount(m: Mount, timeout: float = 5.0) -> UnmountReport:
+    """Take ``m`` down: clean umount if possible, else abort the connection and detach."""
+    t0 = time.monotonic()
+    mp = m.mountpoint
+    clean = aborted = detached = False
+    waiting = m.waiting() if m.conn else None
+    if _mounted_by(mp, m.pid):
+        if not waiting:
+            clean = _umount(mp, timeout=min(timeout, 3.0))
+        if not clean:
+            if m.conn:
+                aborted = fusectl.abort(m.conn)
+            detached = _umount(mp, "-l", timeout=timeout)
+    elif m.conn and m.waiting():
+        aborted = fusectl.abort(m.conn)
+    killed = _reap(m, timeout=timeout if clean else 1.0)
+    if m.conn and fusectl.waiting(m.conn):
+        aborted = fusectl.abort(m.conn) or aborted
+    return UnmountReport(str(mp), clean, aborted, detached, killed, time.monotonic() - t0)
+
+
+class Stack:
+    """Mounts brought up bottom-up and taken down top-down, always.
+
+    Use as a context manager. While it is open, SIGTERM raises :class:`SystemExit` (SIGINT
+    raises KeyboardInterrupt as usual) so the ``with`` block unwinds and every mount goes down,
+    also when a layer is deadlocked. ``STACKFS_RUN_ID`` is set for the daemons it starts.
+    """
+
+    def __init__(self, run_id: str | None = None, log_dir: Path | None = None) -> None:
+        self.mounts: list[Mount] = []
+        self.reports: list[UnmountReport] = []
+        self.run_id = run_id or rundir.run_id() or f"run-{os.getpid()}-{int(time.time())}"
+        self.log_dir = log_dir
+        self._old_handler: Any = None
+
+    def mount(self, argv: Sequence[str], mountpoint: str | os.PathLike[str], **kw: Any) -> Mount:
+        env = dict(os.environ)
+        env["STACKFS_RUN_ID"] = self.run_id
+        if self.log_dir is not None and "log" not in kw:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            kw["log"] = self.log_dir / f"{len(self.mounts)}-{Path(mountpoint).name}.log"
+        m = start_daemon(argv, mountpoint, env=env, **kw)
+        self.mounts.append(m)
+        return m
+
+    def close(self, timeout: float = 5.0) -> list[UnmountReport]:
+        """Unmount everything, top-down. Hung connections are aborted first, all of them."""
+        hung = [m for m in self.mounts if m.conn and m.waiting()]
+        for m in hung:
+            fusectl.abort(m.conn)
+        while self.mounts:
+            m = self.mounts.pop()
+            self.reports.append(unmount(m, timeout=timeout))
+        return self.reports
+
+    def __enter__(self) -> Stack:
+        if _in_main_thread():
+            self._old_handler = signal.signal(signal.SIGTERM, _raise_exit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.close()
+        finally:
+            if self._old_handler is not None:
+                signal.signal(signal.SIGTERM, self._old_handler)
+                self._old_handler = None
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@dataclass
+class CleanupAction:
+    mountpoint: str | None
+    pid: int | None
+    what: str
+
+
+def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupAction]:
+    """Remove testbed mounts (fsname ``stackfs:...``) and their daemons; nothing else.
+
+    With ``run_id``, only those whose daemon recorded that run id.
+    """
+    actions: list[CleanupAction] = []
+    infos = rundir.all_infos()
+    for entry in reversed(mountinfo.testbed_mounts()):
+        pid = entry.daemon_pid
+        info = infos.get(pid) if pid is not None else None
+        if run_id is not None and (info is None or info.get("run_id") != run_id):
+            continue
+        m = Mount(Path(entry.mountpoint), pid or 0, entry.conn, entry.source, entry.kind or "?")
+        if pid is not None and not _looks_like_ours(pid, info):
+            m.pid = 0
+        rep = unmount(m, timeout=timeout) if m.pid else _unmount_orphan(m, timeout)
+        how = "unmounted" if rep.clean else "aborted and detached" if rep.aborted else "detached"
+        actions.append(CleanupAction(entry.mountpoint, pid, how))
+    for pid, info in infos.items():
+        if run_id is not None and info.get("run_id") != run_id:
+            continue
+        if not psutil.pid_exists(pid) or not _looks_like_ours(pid, info):
+            rundir.remove(pid)
+        elif not _mounted_by(Path(info.get("mountpoint", "")), pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            actions.append(CleanupAction(info.get("mountpoint"), pid, "killed daemon"))
+            rundir.remove(pid)
+    return actions
+
+
+def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
+    t0 = time.monotonic()
+    aborted = fusectl.abort(m.conn) if m.conn else False
+    detached = _umount(m.mountpoint, "-l", timeout=timeout)
+    return UnmountReport(str(m.mountpoint), False, aborted, detached, False, time.monotonic() - t0)
+
+
+def _looks_like_ours(pid: int, info: dict[str, Any] | None) -> bool:
+    """Guard against pid reuse: the process must be the daemon that wrote ``info``, or at
+    least a stackfs process when no run directory survived."""
+    try:
+        proc = psutil.Process(pid)
+        if info is not None:
+            return proc.create_time() <= float(info.get("started", 0)) + 1.0
+        return "stackfs" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+@contextlib.contextmanager
+def stack(run_id: str | None = None) -> Iterator[Stack]:
+    """``with stack() as st:`` — same as ``with Stack() as st:``."""
+    with Stack(run_id) as st:
+        yield st

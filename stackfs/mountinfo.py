@@ -1,0 +1,106 @@
+"""Reading ``/proc/self/mountinfo``: which FUSE mounts exist, and which of them are the testbed's.
+
+A testbed mount carries the fsname ``stackfs:KIND:PID`` (PID is the daemon's pid) and the fstype
+``fuse.stackfs``; :func:`testbed_mounts` finds them, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FSNAME_PREFIX = "stackfs:"
+SUBTYPE = "stackfs"
+
+
+def _unescape(field: str) -> str:
+    """Undo the octal escapes (``\\040`` for a space) that the kernel's ``show_path`` writes."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of mountinfo: the fields the testbed needs."""
+
+    mount_id: int
+    major: int
+    minor: int
+    mountpoint: str
+    fstype: str
+    source: str
+    options: str
+
+    @property
+    def is_fuse(self) -> bool:
+        return self.fstype == "fuse" or self.fstype.startswith("fuse.") or self.fstype == "fuseblk"
+
+    @property
+    def is_testbed(self) -> bool:
+        return self.source.startswith(FSNAME_PREFIX) or self.fstype == f"fuse.{SUBTYPE}"
+
+    @property
+    def conn(self) -> int:
+        """The FUSE connection number: the minor of the mount's anonymous device."""
+        return self.minor
+
+    @property
+    def kind(self) -> str | None:
+        parts = self.source.split(":")
+        return parts[1] if len(parts) >= 3 and self.source.startswith(FSNAME_PREFIX) else None
+
+    @property
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid, read back from the fsname ``stackfs:KIND:PID``."""
+        parts = self.source.split(":")
+        if len(parts) >= 3 and self.source.startswith(FSNAME_PREFIX) and parts[2].isdigit():
+            return int(parts[2])
+        return None
+
+
+def parse_line(line: str) -> MountEntry:
+    fields = line.split()
+    sep = fields.index("-")
+    major, minor = fields[2].split(":")
+    return MountEntry(
+        mount_id=int(fields[0]),
+        major=int(major),
+        minor=int(minor),
+        mountpoint=_unescape(fields[4]),
+        fstype=fields[sep + 1],
+        source=_unescape(fields[sep + 2]),
+        options=fields[sep + 3] if len(fields) > sep + 3 else "",
+    )
+
+
+def mounts(path: str | Path = "/proc/self/mountinfo") -> list[MountEntry]:
+    with open(path) as f:
+        return [parse_line(line) for line in f if line.strip()]
+
+
+def fuse_mounts() -> list[MountEntry]:
+    return [m for m in mounts() if m.is_fuse]
+
+
+def testbed_mounts() -> list[MountEntry]:
+    return [m for m in mounts() if m.is_fuse and m.is_testbed]
+
+
+def find(mountpoint: str | Path) -> MountEntry | None:
+    """The topmost mount at exactly ``mountpoint`` (no path walk, so it never blocks on FUSE)."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    for m in mounts():
+        if m.mountpoint == target:
+            found = m
+    return found

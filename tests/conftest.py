@@ -1,0 +1,41 @@
+"""Suite-wide set-up: root and /dev/fuse, the control filesystem, and a run id that scopes
+``stackfs cleanup`` to this pytest process, so a failed test never leaves a mount behind."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from stackfs import fusectl, lifecycle
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("STACKFS_RUN_ID", f"pytest-{os.getpid()}")
+    fusectl.ensure_mounted()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
+        return
+    skip = pytest.mark.skip(reason="mount tests need root and /dev/fuse")
+    for item in items:
+        if "mount" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers():
+    """After the session, remove (and complain about) any mount this run left behind."""
+    yield
+    actions = lifecycle.cleanup(run_id=os.environ["STACKFS_RUN_ID"])
+    if actions:
+        warnings.warn(f"the test run left mounts behind: {actions}", stacklevel=1)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """A :class:`stackfs.lifecycle.Stack` that goes down after the test, whatever happened."""
+    with lifecycle.Stack(log_dir=tmp_path / "logs") as st:
+        yield st
