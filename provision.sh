@@ -38,8 +38,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     /usr/bin/python3 -m venv "$VENV"
 fi
 say "installing stackfs (editable) into $VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -m pip install -q -e "$REPO[test]" 2>&1 | grep -v '^WARNING: Location' || true
+piplog=$(mktemp)
+if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+       "$VENV/bin/python" -m pip install -q -e "$REPO[test]"; } >"$piplog" 2>&1; then
+    grep -v '^WARNING: Location' "$piplog" >&2
+    echo "provision.sh: pip install failed" >&2
+    exit 1
+fi
+rm -f "$piplog"
 "$VENV/bin/python" -c 'import pyfuse3, trio, stackfs' || { echo "provision.sh: install failed" >&2; exit 1; }
 
 ln -sf "$VENV/bin/stackfs" /usr/local/bin/stackfs
