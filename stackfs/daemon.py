@@ -32,6 +32,7 @@ import trio
 
 from stackfs import control, mountinfo, rundir
 from stackfs.kernel.state import KernelState
+from stackfs.kernel.task import Task, current_task, set_current_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,9 +85,12 @@ def _tracked(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             fh=ino if op in _FH_OPS else None,
         )
         token = current_request.set(rid)
+        task_token = set_current_task(Task.from_pid(ctx.pid)) if ctx is not None else None
         try:
             return await fn(self, *args)
         finally:
+            if task_token is not None:
+                current_task.reset(task_token)
             current_request.reset(token)
             self.kernel.inflight.end(rid)
 

@@ -1,0 +1,330 @@
+"""The branch table: one open directory fd per branch and the ``*at()`` calls on it.
+
+A path inside a branch is a tuple of name components (:data:`Path`), never a string that the
+process resolves from ``/``: every call goes through the branch's root fd (``openat``,
+``fstatat``, ``mkdirat``, ``renameat2``, ...). A path longer than :data:`SHORT` bytes is walked
+in pieces with ``O_PATH`` directory fds, so trees deeper than PATH_MAX work and errors keep their
+errno (this is what aufs gets for free from holding the branch dentries; ``vfs_path_lookup``).
+
+Each branch knows at mount time whether it lives on a FUSE mount (``blocking``: a syscall on it
+may wait for another daemon, so the union runs it in a worker thread through
+:func:`stackfs.daemon.in_worker`) and whether that mount is a stackfs daemon (``stackfs``: it
+understands the cross-layer ``trusted.stackfs.i_rwsem`` lock).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass, field
+
+from stackfs import mountinfo
+
+Path = tuple[bytes, ...]
+#: paths up to this many bytes are passed to the *at() call in one piece
+SHORT = 3072
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def renameat2(olddfd: int, old: bytes, newdfd: int, new: bytes, flags: int) -> None:
+    """renameat2(2) (glibc >= 2.28), raising OSError like os.rename."""
+    if flags == 0:
+        os.rename(old, new, src_dir_fd=olddfd, dst_dir_fd=newdfd)
+        return
+    if _renameat2 is None:
+        raise OSError(errno.EINVAL, "renameat2 is not available")
+    if _renameat2(olddfd, old, newdfd, new, flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _mount_of(path: str) -> mountinfo.MountEntry | None:
+    """The mount that holds ``path`` (matched by device number, no path walk)."""
+    dev = os.stat(path).st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    found = None
+    for m in mountinfo.mounts():
+        if m.major == major and m.minor == minor:
+            found = m
+    return found
+
+
+@dataclass(eq=False)
+class Branch:
+    """One branch: its directory, permission, root fd and what kind of mount it is on."""
+
+    index: int
+    path: str
+    writable: bool
+    fd: int = -1
+    blocking: bool = False
+    stackfs: bool = False
+    fstype: str = ""
+    dev: int = 0
+    extra_fds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open_branch(cls, index: int, path: str, writable: bool) -> Branch:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        m = _mount_of(path)
+        fstype = m.fstype if m is not None else ""
+        return cls(
+            index=index,
+            path=path,
+            writable=writable,
+            fd=fd,
+            blocking=bool(m is not None and m.is_fuse),
+            stackfs=bool(m is not None and m.is_fuse and m.is_testbed),
+            fstype=fstype,
+            dev=st.st_dev,
+        )
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def describe(self) -> dict:
+        return {
+            "index": self.index,
+            "path": self.path,
+            "perm": "rw" if self.writable else "ro",
+            "fstype": self.fstype,
+            "blocking": self.blocking,
+            "stackfs": self.stackfs,
+        }
+
+    # -- path resolution -------------------------------------------------------------------------
+
+    def at(self, path: Path) -> tuple[int, bytes, int]:
+        """``(dirfd, name, fd_to_close)`` for ``path``: the last part relative to a directory fd.
+
+        ``fd_to_close`` is -1 unless a deep path had to be walked with O_PATH fds.
+        """
+        if not path:
+            return self.fd, b".", -1
+        if len(path) == 1:
+            return self.fd, path[0], -1
+        total = 0
+        for c in path:
+            total += len(c) + 1
+        if total < SHORT:
+            return self.fd, b"/".join(path), -1
+        dfd, close = self.fd, -1
+        start = 0
+        while total >= SHORT:
+            j, size = start, 0
+            while j < len(path) - 1 and (j == start or size + len(path[j]) + 1 < SHORT // 2):
+                size += len(path[j]) + 1
+                j += 1
+            try:
+                nfd = os.open(
+                    b"/".join(path[start:j]), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd
+                )
+            finally:
+                if close >= 0:
+                    os.close(close)
+            dfd = close = nfd
+            total -= size
+            start = j
+        return dfd, b"/".join(path[start:]), close
+
+    def proc_path(self, path: Path) -> tuple[str, int]:
+        """A path string for calls that have no *at() form (xattrs): /proc/self/fd/N/name."""
+        dfd, name, close = self.at(path)
+        return f"/proc/self/fd/{dfd}/{os.fsdecode(name)}", close
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def lstat(self, path: Path) -> os.stat_result | None:
+        """fstatat(AT_SYMLINK_NOFOLLOW); None if there is nothing there (ENOENT, ENOTDIR)."""
+        dfd, name, close = self.at(path)
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def stat(self, path: Path) -> os.stat_result:
+        dfd, name, close = self.at(path)
+        try:
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def exists(self, path: Path) -> bool:
+        return self.lstat(path) is not None
+
+    def open(self, path: Path, flags: int, mode: int = 0o777) -> int:
+        dfd, name, close = self.at(path)
+        try:
+            return os.open(name, flags | os.O_CLOEXEC, mode, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def opendir(self, path: Path) -> int:
+        return self.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def listdir(self, path: Path) -> list[bytes]:
+        fd = self.opendir(path)
+        try:
+            return [os.fsencode(n) for n in os.listdir(fd)]
+        finally:
+            os.close(fd)
+
+    def mkdir(self, path: Path, mode: int) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.mkdir(name, mode, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def rmdir(self, path: Path) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.rmdir(name, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def unlink(self, path: Path) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.unlink(name, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def symlink(self, target: bytes, path: Path) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.symlink(target, name, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def readlink(self, path: Path) -> bytes:
+        dfd, name, close = self.at(path)
+        try:
+            return os.readlink(name, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def mknod(self, path: Path, mode: int, rdev: int) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.mknod(name, mode, rdev, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def link(self, src: Path, dst_branch: Branch, dst: Path) -> None:
+        sfd, sname, sclose = self.at(src)
+        try:
+            dfd, dname, dclose = dst_branch.at(dst)
+            try:
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            finally:
+                if dclose >= 0:
+                    os.close(dclose)
+        finally:
+            if sclose >= 0:
+                os.close(sclose)
+
+    def rename(self, src: Path, dst_branch: Branch, dst: Path, flags: int = 0) -> None:
+        sfd, sname, sclose = self.at(src)
+        try:
+            dfd, dname, dclose = dst_branch.at(dst)
+            try:
+                renameat2(sfd, sname, dfd, dname, flags)
+            finally:
+                if dclose >= 0:
+                    os.close(dclose)
+        finally:
+            if sclose >= 0:
+                os.close(sclose)
+
+    def chown(self, path: Path, uid: int, gid: int) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def chmod(self, path: Path, mode: int) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.chmod(name, mode, dir_fd=dfd)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def utime(self, path: Path, ns: tuple[int, int]) -> None:
+        dfd, name, close = self.at(path)
+        try:
+            os.utime(name, ns=ns, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    # xattrs have no *at() form: go through /proc/self/fd/N/NAME
+    def getxattr(self, path: Path, name: bytes) -> bytes:
+        p, close = self.proc_path(path)
+        try:
+            return os.getxattr(p, name, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def listxattr(self, path: Path) -> list[str]:
+        p, close = self.proc_path(path)
+        try:
+            return os.listxattr(p, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def setxattr(self, path: Path, name: bytes, value: bytes, flags: int = 0) -> None:
+        p, close = self.proc_path(path)
+        try:
+            os.setxattr(p, name, value, flags, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def removexattr(self, path: Path, name: bytes) -> None:
+        p, close = self.proc_path(path)
+        try:
+            os.removexattr(p, name, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.fstatvfs(self.fd)
+
+
+def open_branches(specs: list[tuple[str, bool]]) -> list[Branch]:
+    """Open every branch (top first)."""
+    out: list[Branch] = []
+    try:
+        for i, (path, writable) in enumerate(specs):
+            out.append(Branch.open_branch(i, path, writable))
+    except OSError:
+        for b in out:
+            b.close()
+        raise
+    return out

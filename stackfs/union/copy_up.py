@@ -1,0 +1,310 @@
+"""Copy-up: make an upper copy of a lower object before it is modified (aufs ``au_cpup_single``).
+
+The steps are explicit methods, run in this order by :meth:`CopyUp.run`, in ONE thread (the
+union calls ``run`` through :func:`stackfs.daemon.in_worker`, so that the layer below sees one
+task take its inode lock, open the file, read it and drop the lock):
+
+1. :meth:`take_source` — stat the lower object; with ``copyup=aufs`` or ``aufs-unlock`` take the
+   lower inode's ``i_rwsem`` (on a stackfs lower: ``setxattr trusted.stackfs.i_rwsem write``),
+   as aufs holds the lower ``i_mutex`` across the copy so that the source cannot change under it.
+2. :meth:`open_source` — open the lower file. ``copyup=aufs`` opens it *with the lock held*, as
+   aufs did in 2014 (``au_cp_regular`` -> ``dentry_open`` under ``vfsub_inode_lock``): over
+   OpenAFS, whose ``afs_linux_open`` -> ``osi_VM_FlushPages`` takes the same i_mutex, the task
+   deadlocks on itself (seed 000). ``copyup=aufs-unlock`` is the 2024 fix
+   (``au_test_fs_unlock_for_open``): drop the lock, open, take it again.
+3. the ``copy_up`` injection point;
+4. :meth:`copy` — build the copy in the work directory: data with ``SEEK_DATA``/``SEEK_HOLE`` and
+   ``copy_file_range`` (``sendfile`` across filesystems), holes stay holes; then owner, mode,
+   xattrs and times.
+5. :meth:`commit` — record the inode number (xino) and, for a hard-linked lower file, the
+   pseudo-link ``WORK/plink/UINO``; then rename the copy into place. A SIGKILL before the
+   rename leaves only a temporary file in ``WORK/tmp`` (removed at the next mount): the upper
+   name is either absent or complete.
+6. :meth:`release` — drop the lock, close, clean up.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat as stat_mod
+from collections.abc import Callable
+
+from stackfs.union.branches import Branch, Path
+from stackfs.union.xino import Xino
+
+I_RWSEM_XATTR = b"trusted.stackfs.i_rwsem"
+CHUNK = 16 << 20
+TMP_DIR = b"tmp"
+PLINK_DIR = b"plink"
+_counter = itertools.count()
+#: xattrs that are the layers' own business, never copied
+_SKIP_XATTRS = ("trusted.stackfs.", "trusted.overlay.")
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy ``size`` bytes, skipping holes (SEEK_DATA/SEEK_HOLE), in the kernel."""
+    off = 0
+    while off < size:
+        try:
+            data = os.lseek(src_fd, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            raise
+        try:
+            hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
+        except OSError:
+            hole = size
+        pos = data
+        while pos < hole:
+            n = min(hole - pos, CHUNK)
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, n, pos, pos)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                os.lseek(dst_fd, pos, os.SEEK_SET)
+                done = os.sendfile(dst_fd, src_fd, pos, n)
+            if done <= 0:
+                hole = pos  # the source shrank under us
+                break
+            pos += done
+        off = max(hole, off + 1)
+    os.ftruncate(dst_fd, size)
+
+
+def copy_xattrs_fd(src_fd: int, dst_fd: int) -> None:
+    try:
+        names = os.listxattr(src_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return
+        raise
+    for name in names:
+        if name.startswith(_SKIP_XATTRS):
+            continue
+        try:
+            os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENODATA):
+                raise
+
+
+class CopyUp:
+    """One copy-up of ``src_path`` in branch ``src`` to ``dst_parent/name`` in ``upper``."""
+
+    def __init__(
+        self,
+        *,
+        src: Branch,
+        src_path: Path,
+        upper: Branch,
+        dst_parent: Path,
+        name: bytes,
+        work: Branch,
+        xino: Xino,
+        uino: int,
+        mode: str = "plain",
+        plink: bool = False,
+        lower_names: int = 0,
+        hit: Callable[[str], None] | None = None,
+        restore_parent_times: bool = True,
+    ) -> None:
+        self.src, self.src_path = src, src_path
+        self.upper, self.dst_parent, self.name = upper, dst_parent, name
+        self.work, self.xino, self.uino = work, xino, uino
+        self.mode = mode
+        self.plink = plink
+        self.lower_names = lower_names
+        self.hit = hit
+        self.restore_parent_times = restore_parent_times
+        self.st: os.stat_result | None = None
+        self.locked = False
+        self.src_fd = -1
+        self.tmp: Path = (TMP_DIR, f"cu.{uino}.{os.getpid()}.{next(_counter)}".encode())
+        self.tmp_made = False
+        self.committed = False
+        self.target: bytes | None = None
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def run(self) -> os.stat_result:
+        """take the source, open it, copy, commit; always release. Returns the upper stat."""
+        self.take_source()
+        try:
+            self.open_source()
+            if self.hit is not None:
+                self.hit("copy_up")
+            self.copy()
+            return self.commit()
+        finally:
+            self.release()
+
+    def _cross_layer_lock(self) -> bool:
+        return (
+            self.mode in ("aufs", "aufs-unlock")
+            and self.src.stackfs
+            and self.st is not None
+            and stat_mod.S_ISREG(self.st.st_mode)
+        )
+
+    def lock_source(self) -> None:
+        """down_write the lower inode's i_rwsem (cross-layer: an xattr on the lower mount)."""
+        try:
+            self.src.setxattr(self.src_path, I_RWSEM_XATTR, b"write")
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                return  # a plain directory: no modelled lock below
+            raise
+        self.locked = True
+
+    def unlock_source(self) -> None:
+        if not self.locked:
+            return
+        self.locked = False
+        try:
+            self.src.removexattr(self.src_path, I_RWSEM_XATTR)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENODATA):
+                raise
+
+    def take_source(self) -> None:
+        self.st = self.src.stat(self.src_path)
+        if self._cross_layer_lock():
+            self.lock_source()
+
+    def open_source(self) -> None:
+        st = self.st
+        assert st is not None
+        if stat_mod.S_ISREG(st.st_mode):
+            relock = self.locked and self.mode == "aufs-unlock"
+            if relock:
+                self.unlock_source()  # au_test_fs_unlock_for_open: drop before open
+            try:
+                self.src_fd = self.src.open(self.src_path, os.O_RDONLY | os.O_NOFOLLOW)
+            finally:
+                if relock:
+                    self.lock_source()
+        elif stat_mod.S_ISLNK(st.st_mode):
+            self.target = self.src.readlink(self.src_path)
+
+    def copy(self) -> None:
+        st = self.st
+        assert st is not None
+        w = self.work
+        mode = st.st_mode
+        if stat_mod.S_ISREG(mode):
+            fd = w.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self.tmp_made = True
+            try:
+                copy_data(self.src_fd, fd, st.st_size)
+                os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, stat_mod.S_IMODE(mode))
+                copy_xattrs_fd(self.src_fd, fd)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fd)
+            return
+        if stat_mod.S_ISDIR(mode):
+            w.mkdir(self.tmp, 0o700)
+            self.tmp_made = True
+            fd = w.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, stat_mod.S_IMODE(mode))
+                sfd = self.src.open(self.src_path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    copy_xattrs_fd(sfd, fd)
+                finally:
+                    os.close(sfd)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(fd)
+            return
+        if stat_mod.S_ISLNK(mode):
+            assert self.target is not None
+            w.symlink(self.target, self.tmp)
+            self.tmp_made = True
+            w.chown(self.tmp, st.st_uid, st.st_gid)
+            w.utime(self.tmp, (st.st_atime_ns, st.st_mtime_ns))
+            return
+        # device nodes, FIFOs, sockets
+        w.mknod(self.tmp, stat_mod.S_IFMT(mode) | 0o600, st.st_rdev)
+        self.tmp_made = True
+        w.chown(self.tmp, st.st_uid, st.st_gid)
+        w.chmod(self.tmp, stat_mod.S_IMODE(mode))
+        w.utime(self.tmp, (st.st_atime_ns, st.st_mtime_ns))
+
+    def commit(self) -> os.stat_result:
+        w = self.work
+        tst = w.stat(self.tmp)
+        # xino first: whatever a lookup can see after the rename has its old number
+        self.xino.set_override(tst.st_ino, self.uino)
+        if self.plink:
+            pl = (PLINK_DIR, str(self.uino).encode())
+            try:
+                w.unlink(pl)
+            except FileNotFoundError:
+                pass
+            w.link(self.tmp, w, pl)
+            self.xino.set_lower_names(self.uino, self.lower_names)
+        pst = self.upper.lstat(self.dst_parent) if self.restore_parent_times else None
+        w.rename(self.tmp, self.upper, self.dst_parent + (self.name,))
+        self.committed = True
+        if pst is not None:
+            # the parent did not change through the union (aufs au_dtime_revert)
+            try:
+                self.upper.utime(self.dst_parent, (pst.st_atime_ns, pst.st_mtime_ns))
+            except OSError:
+                pass
+        return self.upper.stat(self.dst_parent + (self.name,))
+
+    def release(self) -> None:
+        try:
+            self.unlock_source()
+        finally:
+            if self.src_fd >= 0:
+                os.close(self.src_fd)
+                self.src_fd = -1
+            if self.tmp_made and not self.committed:
+                try:
+                    if self.st is not None and stat_mod.S_ISDIR(self.st.st_mode):
+                        self.work.rmdir(self.tmp)
+                    else:
+                        self.work.unlink(self.tmp)
+                except OSError:
+                    pass
+
+
+def link_up(
+    *,
+    work: Branch,
+    upper: Branch,
+    uino: int,
+    dst_parent: Path,
+    name: bytes,
+    xino: Xino,
+) -> os.stat_result:
+    """Copy up one more name of a hard-linked file whose data is already up (the pseudo-link):
+    link ``WORK/plink/UINO`` into place (aufs ``au_cpup_or_link`` / ``au_plink_lkup``)."""
+    pl = (PLINK_DIR, str(uino).encode())
+    tmp: Path = (TMP_DIR, f"ln.{uino}.{os.getpid()}.{next(_counter)}".encode())
+    work.link(pl, work, tmp)
+    try:
+        pst = upper.lstat(dst_parent)
+        work.rename(tmp, upper, dst_parent + (name,))
+        if pst is not None:
+            try:
+                upper.utime(dst_parent, (pst.st_atime_ns, pst.st_mtime_ns))
+            except OSError:
+                pass
+    except BaseException:
+        try:
+            work.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    xino.set_lower_names(uino, xino.get_lower_names(uino) - 1)
+    return upper.stat(dst_parent + (name,))

@@ -1,0 +1,85 @@
+"""Lookup through the branches, top down (aufs ``au_lkup_dentry``).
+
+The first branch that has the name wins. A whiteout ``.wh.NAME`` ends the search; a non-directory
+ends it (it hides everything below); directories found below a directory are merged until one is
+opaque (``.wh..wh..opq``). A directory that carries a redirect (``.wh..wh..redir``) is looked for
+at the redirected path in the branches below it (a renamed lower directory).
+
+Everything here is synchronous syscalls on the branches: the union runs a whole lookup in one
+worker thread when a branch it touches may block (a FUSE branch), or inline otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+
+from stackfs.union import whiteout
+from stackfs.union.branches import Branch, Path
+from stackfs.union.inode import Node
+
+
+@dataclass
+class Found:
+    """What a lookup found: the top object's stat, the layers, the redirect."""
+
+    st: os.stat_result
+    layers: tuple[int, ...]
+    redirect: tuple[int, Path] | None
+    #: the name is whited out in some branch above where it was found (or not found at all)
+    opaque: bool = False
+
+
+def lookup_child(branches: list[Branch], parent: Node, name: bytes) -> Found | None:
+    """Find ``name`` in directory ``parent``; None if the union has no such entry."""
+    layers: list[int] = []
+    top_st: os.stat_result | None = None
+    redirect: tuple[int, Path] | None = None
+    player = parent.layers
+    nbr = len(branches)
+    opaque = False
+    for bi in range(player[0], nbr):
+        if redirect is None:
+            if bi not in player:
+                continue
+            ppath = parent.path(bi)
+            path = ppath + (name,)
+        else:
+            path = redirect[1]
+            ppath = path[:-1]
+        br = branches[bi]
+        st = br.lstat(path)
+        if st is None:
+            if path and br.exists(ppath + (whiteout.WH_PREFIX + path[-1],)):
+                break
+            continue
+        isdir = stat_mod.S_ISDIR(st.st_mode)
+        if top_st is None:
+            top_st = st
+            layers.append(bi)
+            if not isdir:
+                break
+        elif not isdir:
+            break
+        else:
+            layers.append(bi)
+        if bi == nbr - 1:
+            break
+        if whiteout.is_opaque(br, path):
+            opaque = True
+            break
+        if redirect is None:
+            r = whiteout.read_redirect(br, path)
+            if r is not None:
+                redirect = (bi, r)
+    if top_st is None:
+        return None
+    return Found(top_st, tuple(layers), redirect, opaque)
+
+
+def resolve_dir(branches: list[Branch], node: Node) -> Found | None:
+    """Recompute the layers of directory ``node`` (its parent's view of its name)."""
+    if node.parent is None:
+        return None
+    return lookup_child(branches, node.parent, node.name)

@@ -1,0 +1,204 @@
+"""What counts as a finding: hung tasks, modelled kernel events, unexpected workload errors.
+
+Hung tasks mirror ``check_hung_task()`` (kernel/hung_task.c): a task is hung when it has not been
+scheduled for longer than the threshold, i.e. its switch count did not move. Here the task must
+also be waiting on a watched FUSE connection (in ``request_wait_answer`` or elsewhere in FUSE
+code) or be in state D on a watched mount or as a worker of a watched daemon. "Blocked since"
+comes from the scheduler's ``se.exec_start`` (the last time the task ran) when /proc has it,
+otherwise from the first scan that saw it blocked with the same switch count. A request that
+completes wakes its caller, which moves the switch count and resets the clock: progress, not
+mere liveness.
+
+Modelled events (``oops``, ``recursive_locking``, ``lock_inversion``, ``barrier_timeout``) come
+from any testbed daemon's state (docs/ARCHITECTURE.md); only events newer than the watchdog's
+start count. Workload errors are told to the watchdog by the reproducer that ran the workload
+(:meth:`Detector.workload_error`).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackfs.watchdog.procscan import DaemonView, TaskInfo
+
+DEFAULT_THRESHOLD = 1.0
+EVENT_TYPES = ("oops", "recursive_locking", "lock_inversion", "barrier_timeout")
+
+
+@dataclass
+class Hang:
+    """A task blocked for longer than the threshold."""
+
+    task: TaskInfo
+    since: float
+    blocked_for: float
+    #: "sched" (se.exec_start), "observed" (switch count unchanged across scans)
+    how: str
+    waiting: int | None = None
+    daemon: dict[str, Any] | None = None
+    request: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task.to_json(), "since": self.since,
+                "blocked_for": self.blocked_for, "how": self.how, "waiting": self.waiting,
+                "daemon": self.daemon, "request": self.request}
+
+
+@dataclass
+class ModelEvent:
+    """An event from a testbed daemon's modelled kernel."""
+
+    daemon_pid: int | None
+    mountpoint: str
+    fsname: str
+    event: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.event.get("type", "?"))
+
+    @property
+    def time(self) -> float:
+        t = self.event.get("time")
+        return float(t) if isinstance(t, (int, float)) else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"daemon": self.daemon_pid, "mountpoint": self.mountpoint,
+                "fsname": self.fsname, **self.event}
+
+
+@dataclass
+class WorkloadError:
+    """An error a workload process got that it should not have (told by the reproducer)."""
+
+    pid: int | None
+    comm: str
+    op: str
+    path: str | None
+    errno: int
+    expected: str | None = None
+    message: str | None = None
+    time: float = field(default_factory=time.time)
+
+    @property
+    def errname(self) -> str:
+        return errno_mod.errorcode.get(self.errno, f"E{self.errno}")
+
+    def render(self) -> str:
+        who = f"{self.comm}/{self.pid}" if self.pid else self.comm
+        call = f"{self.op}(\"{self.path}\")" if self.path else self.op
+        line = f"{who}: {call} = -{self.errname} ({os.strerror(self.errno)})"
+        if self.expected:
+            line += f", expected {self.expected}"
+        if self.message:
+            line += f": {self.message}"
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "comm": self.comm, "op": self.op, "path": self.path,
+                "errno": self.errno, "errname": self.errname, "expected": self.expected,
+                "message": self.message, "time": self.time}
+
+
+class Detector:
+    """Keeps what earlier scans saw, and turns a scan into findings."""
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, since: float | None = None) -> None:
+        self.threshold = threshold
+        self.start = time.time() if since is None else since
+        self._seen: dict[int, tuple[int | None, float]] = {}  # tid -> (switches, first seen)
+        self._events_seen: set[tuple] = set()
+        self.errors: list[WorkloadError] = []
+        #: conn -> (in-flight request ids, time of the last completion seen)
+        self._inflight: dict[int, tuple[set[int], float | None]] = {}
+
+    # -- hung tasks --------------------------------------------------------------------------
+
+    def blocked_since(self, t: TaskInfo, now: float) -> tuple[float, str]:
+        prev = self._seen.get(t.tid)
+        if prev is None or prev[0] != t.switches:
+            first = now
+        else:
+            first = prev[1]
+        self._seen[t.tid] = (t.switches, first)
+        if t.last_ran is not None and t.last_ran <= now:
+            return t.last_ran, "sched"
+        return first, "observed"
+
+    def hangs(
+        self,
+        tasks: dict[int, TaskInfo],
+        relevant: set[int],
+        daemons: dict[int, DaemonView],
+        waiting: dict[int, int],
+        now: float | None = None,
+    ) -> list[Hang]:
+        """Tasks among ``relevant`` (tids) blocked for at least the threshold."""
+        now = time.time() if now is None else now
+        for tid in list(self._seen):
+            if tid not in tasks:
+                del self._seen[tid]
+        out = []
+        for tid, t in tasks.items():
+            since, how = self.blocked_since(t, now)
+            if tid not in relevant:
+                continue
+            blocked_for = now - since
+            if blocked_for < self.threshold:
+                continue
+            view = daemons.get(t.conn) if t.conn is not None else None
+            req = None
+            if view is not None:
+                req = next((r for r in view.inflight()
+                            if (r.get("task") or {}).get("pid") == tid), None)
+            out.append(Hang(
+                t, since, blocked_for, how,
+                waiting.get(t.conn) if t.conn is not None else None,
+                {"pid": view.pid, "comm": view.comm, "fsname": view.fsname,
+                 "alive": view.alive, "testbed": view.testbed} if view else None,
+                req,
+            ))
+        out.sort(key=lambda h: h.since)
+        return out
+
+    def progress(self, daemons: dict[int, DaemonView], now: float | None = None) -> dict[int, Any]:
+        """Per testbed connection: requests in flight and when one last completed."""
+        now = time.time() if now is None else now
+        out = {}
+        for conn, view in daemons.items():
+            if view.state is None:
+                continue
+            ids = {r.get("id") for r in view.inflight() if isinstance(r.get("id"), int)}
+            old, last = self._inflight.get(conn, (set(), None))
+            if old - ids:
+                last = now
+            self._inflight[conn] = (ids, last)
+            out[conn] = {"inflight": sorted(ids), "last_completion": last}
+        return out
+
+    # -- modelled events ----------------------------------------------------------------------
+
+    def new_events(self, daemons: dict[int, DaemonView]) -> list[ModelEvent]:
+        out = []
+        for view in daemons.values():
+            for ev in (view.state or {}).get("events") or []:
+                if not isinstance(ev, dict) or ev.get("type") not in EVENT_TYPES:
+                    continue
+                t = ev.get("time")
+                if isinstance(t, (int, float)) and t < self.start:
+                    continue
+                key = (view.pid, ev.get("type"), t, ev.get("summary"))
+                if key in self._events_seen:
+                    continue
+                self._events_seen.add(key)
+                out.append(ModelEvent(view.pid, view.mountpoint, view.fsname, ev))
+        return out
+
+    # -- workload errors ----------------------------------------------------------------------
+
+    def workload_error(self, err: WorkloadError) -> None:
+        self.errors.append(err)

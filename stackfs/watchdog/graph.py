@@ -1,0 +1,458 @@
+"""The wait-for graph: who waits for whom, across processes, mounts, daemons and locks.
+
+Nodes are tasks (real threads from /proc), FUSE requests (a testbed daemon's in-flight
+requests; for a foreign mount, the connection), daemons, modelled locks (from a daemon's state)
+and real kernel locks inferred from stacks (:mod:`stackfs.watchdog.kernlocks`). Edges::
+
+    task  --fuse_wait-->  request        the task sleeps in request_wait_answer for this request
+    task  --fuse_wait-->  conn           ... on a connection whose daemon we cannot see inside
+    request --served_by--> task          the daemon serves it in a worker thread (in_worker)
+    request --lock_wait--> lock          its handler waits for a modelled lock (a waiter's task
+                                          is the request's task)
+    request --barrier-->  inject         its handler is held at an injection barrier
+    request --handler-->  daemon         none of the above: the daemon has not answered
+    conn  --served_by-->  daemon
+    task  --lock_wait-->  klock          asleep in down_write/down_read of an i_rwsem
+    lock | klock --held_by--> task       the holder
+
+A worker thread is a task like any other: when it sleeps in a FUSE wait on a lower mount, its
+own ``fuse_wait`` edge leads into the lower daemon, whose request's task is that tid. This is how
+a chain crosses layers. A cycle in this graph is a deadlock; :func:`cycles` finds them and
+:class:`Cycle` names one ("fuse_reentry", "recursive_locking", "lock_inversion").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackfs.watchdog import kernlocks
+from stackfs.watchdog.procscan import DaemonView, Scanner, TaskInfo
+
+MAX_CYCLES = 16
+
+
+@dataclass
+class Node:
+    id: str
+    kind: str  # task | request | conn | daemon | lock | klock | inject
+    label: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "label": self.label, "attrs": self.attrs}
+
+
+@dataclass
+class Edge:
+    src: str
+    dst: str
+    kind: str  # fuse_wait | served_by | lock_wait | held_by | barrier | handler
+    label: str
+    inferred: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"src": self.src, "dst": self.dst, "kind": self.kind, "label": self.label,
+                "inferred": self.inferred, "attrs": self.attrs}
+
+
+@dataclass
+class Segment:
+    """One step of a cycle from a waiting task to the task it waits for."""
+
+    waiter: int
+    holder: int
+    request: str | None = None   # node id of the FUSE request on the way, if any
+    lock: str | None = None      # node id of the lock on the way, if any
+    wait_mode: str | None = None
+    hold_mode: str | None = None
+    wait_at: str | None = None
+    hold_at: str | None = None
+
+
+@dataclass
+class Cycle:
+    """A cycle in the wait-for graph: a deadlock."""
+
+    nodes: list[str]
+    edges: list[Edge]
+    kind: str
+    title: str
+    summary: str
+    tasks: list[int]
+    segments: list[Segment]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "title": self.title, "summary": self.summary,
+            "nodes": self.nodes, "edges": [e.to_json() for e in self.edges],
+            "tasks": self.tasks,
+            "segments": [s.__dict__ for s in self.segments],
+        }
+
+
+class WaitGraph:
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.edges: list[Edge] = []
+        self.tasks: dict[int, TaskInfo] = {}
+        self.daemons: dict[int, DaemonView] = {}
+
+    def add(self, node: Node) -> Node:
+        return self.nodes.setdefault(node.id, node)
+
+    def link(self, edge: Edge) -> None:
+        if not any(e.src == edge.src and e.dst == edge.dst and e.kind == edge.kind
+                   for e in self.edges):
+            self.edges.append(edge)
+
+    def out(self, nid: str) -> list[Edge]:
+        return [e for e in self.edges if e.src == nid]
+
+    def edge(self, src: str, dst: str) -> Edge | None:
+        for e in self.edges:
+            if e.src == src and e.dst == dst:
+                return e
+        return None
+
+    def cycles(self) -> list[list[str]]:
+        """Elementary cycles (each once, starting at its smallest node), at most MAX_CYCLES."""
+        order = sorted(self.nodes)
+        index = {n: i for i, n in enumerate(order)}
+        succ: dict[str, list[str]] = {n: [] for n in order}
+        for e in self.edges:
+            if e.dst in succ[e.src]:
+                continue
+            succ[e.src].append(e.dst)
+        found: list[list[str]] = []
+        for start in order:
+            stack = [(start, iter(succ[start]))]
+            path = [start]
+            on_path = {start}
+            while stack and len(found) < MAX_CYCLES:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    on_path.discard(path.pop())
+                    continue
+                if nxt == start:
+                    found.append(list(path))
+                elif index[nxt] > index[start] and nxt not in on_path:
+                    path.append(nxt)
+                    on_path.add(nxt)
+                    stack.append((nxt, iter(succ[nxt])))
+        return found
+
+    def reachable(self, roots: list[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [r for r in roots if r in self.nodes]
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            todo.extend(e.dst for e in self.out(n))
+        return seen
+
+    def prune(self, roots: list[str]) -> None:
+        """Keep only what the roots (the blocked tasks) lead to."""
+        keep = self.reachable(roots)
+        self.nodes = {k: v for k, v in self.nodes.items() if k in keep}
+        self.edges = [e for e in self.edges if e.src in keep and e.dst in keep]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodes": [n.to_json() for n in self.nodes.values()],
+                "edges": [e.to_json() for e in self.edges]}
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def task_id(tid: int) -> str:
+    return f"task:{tid}"
+
+
+def _task_node(g: WaitGraph, t: TaskInfo) -> str:
+    g.tasks.setdefault(t.tid, t)
+    nid = task_id(t.tid)
+    what = t.syscall.render() if t.syscall else ""
+    g.add(Node(nid, "task", f"{t.comm}/{t.tid}\n{t.state} {t.wchan}" + (f"\n{what}" if what
+                                                                        else ""),
+               {"tid": t.tid, "pid": t.pid, "comm": t.comm, "state": t.state, "wchan": t.wchan}))
+    return nid
+
+
+def _request_label(req: dict[str, Any]) -> str:
+    name = req.get("name")
+    what = f"{req.get('op', '?')} \"{name}\"" if name else str(req.get("op", "?"))
+    ino = req.get("ino")
+    return what + (f" (ino {ino})" if ino is not None else "")
+
+
+def build(
+    tasks: dict[int, TaskInfo],
+    daemons: dict[int, DaemonView],
+    scanner: Scanner,
+    waiting: dict[int, int] | None = None,
+) -> WaitGraph:
+    """Join blocked ``tasks``, the ``daemons`` (conn -> view) and their states into a graph."""
+    g = WaitGraph()
+    g.daemons = daemons
+    waiting = waiting or {}
+    tasks = dict(tasks)
+
+    # every in-flight request of every testbed daemon, by the tid of its task
+    by_task: dict[int, tuple[DaemonView, dict[str, Any]]] = {}
+    for view in daemons.values():
+        for req in view.inflight():
+            tid = (req.get("task") or {}).get("pid")
+            if isinstance(tid, int):
+                by_task[tid] = (view, req)
+
+    def lookup_name(t: TaskInfo) -> str | None:
+        hit = by_task.get(t.tid)
+        if hit and hit[1].get("op") == "lookup":
+            return hit[1].get("name")
+        return None
+
+    def ensure_task(tid: int) -> str | None:
+        if tid not in tasks:
+            t = scanner.read_task(tid)
+            if t is None:
+                return None
+            tasks[tid] = t
+        return _task_node(g, tasks[tid])
+
+    def request_node(view: DaemonView, req: dict[str, Any]) -> str:
+        nid = f"req:{view.pid}:{req.get('id')}"
+        if nid in g.nodes:
+            return nid
+        age = req.get("age")
+        g.add(Node(nid, "request",
+                   f"FUSE {_request_label(req)}\nreq #{req.get('id')}"
+                   + (f", {age:.2f} s" if isinstance(age, (int, float)) else "")
+                   + f"\nconn {view.conn} daemon {view.name()}",
+                   {"daemon": view.pid, "conn": view.conn, "mountpoint": view.mountpoint,
+                    "request": req}))
+        _request_edges(g, view, req, nid, ensure_task)
+        return nid
+
+    # 1. FUSE waits: task -> request (testbed) or -> connection (foreign)
+    only_waiting = [c for c, n in waiting.items() if n]
+    for t in list(tasks.values()):
+        _task_node(g, t)
+    for tid in list(tasks):
+        t = tasks[tid]
+        if not t.fuse_wait:
+            continue
+        hit = by_task.get(tid)
+        if hit is not None and (t.conn is None or t.conn == hit[0].conn):
+            view, req = hit
+            if t.conn is None:
+                t.mountpoint, t.conn, t.fsname = view.mountpoint, view.conn, view.fsname
+                t.conn_how = "daemon request"
+            g.link(Edge(task_id(tid), request_node(view, req), "fuse_wait",
+                        f"waits for reply ({t.fuse_op or 'fuse'})"))
+            continue
+        if t.conn is None and len(only_waiting) == 1:
+            t.conn, t.conn_how = only_waiting[0], "only waiting connection"
+            view = daemons.get(t.conn)
+            if view is not None:
+                t.mountpoint, t.fsname = view.mountpoint, view.fsname
+        cid = _conn_node(g, t.conn, daemons.get(t.conn) if t.conn is not None else None,
+                         waiting)
+        g.link(Edge(task_id(tid), cid, "fuse_wait",
+                    f"waits for reply ({t.fuse_op or 'fuse'})"
+                    + ("; the daemon has not read the request" if daemons.get(t.conn or -1)
+                       and daemons[t.conn].testbed else "")))
+
+    # 3. real kernel locks inferred from stacks
+    klocks: dict[kernlocks.KLock, str] = {}
+    holders: list[tuple[TaskInfo, kernlocks.KLockUse]] = []
+    for t in list(tasks.values()):
+        for use in kernlocks.holds(t, lookup_name(t)):
+            holders.append((t, use))
+    for t in list(tasks.values()):
+        for use in kernlocks.waits_for(t, lookup_name(t)):
+            lid = klocks.get(use.lock)
+            if lid is None:
+                lid = klocks[use.lock] = f"klock:{use.lock.path}"
+                g.add(Node(lid, "klock", f"i_rwsem\n{use.lock.path}\n(kernel, inferred)",
+                           {"path": use.lock.path, "conn": use.lock.conn,
+                            "is_dir": use.lock.is_dir}))
+            g.link(Edge(task_id(t.tid), lid, "lock_wait",
+                        f"down_{use.mode} in {use.at}", inferred=True,
+                        attrs={"mode": use.mode, "at": use.at}))
+            for h, huse in holders:
+                if huse.lock == use.lock and kernlocks.conflicts(use.mode, huse.mode):
+                    g.link(Edge(lid, task_id(h.tid), "held_by",
+                                f"held {huse.mode} in {huse.at}"
+                                + (" (one of its ancestors)" if huse.ambiguous else ""),
+                                inferred=True,
+                                attrs={"mode": huse.mode, "at": huse.at,
+                                       "ambiguous": huse.ambiguous}))
+    g.prune([task_id(t) for t in tasks if tasks[t].blocked])
+    return g
+
+
+def _conn_node(g: WaitGraph, conn: int | None, view: DaemonView | None,
+               waiting: dict[int, int]) -> str:
+    cid = f"conn:{conn if conn is not None else '?'}"
+    if cid in g.nodes:
+        return cid
+    if conn is None:
+        g.add(Node(cid, "conn", "FUSE connection ?\n(not found)", {"conn": None}))
+        return cid
+    mp = view.mountpoint if view else "?"
+    g.add(Node(cid, "conn",
+               f"FUSE conn {conn}\n{mp}\nwaiting {waiting.get(conn, '?')}",
+               {"conn": conn, "mountpoint": mp, "waiting": waiting.get(conn),
+                "fsname": view.fsname if view else None}))
+    if view is not None:
+        did = _daemon_node(g, view)
+        g.link(Edge(cid, did, "served_by", "served by" if view.alive is not False
+                    else "daemon gone"))
+    return cid
+
+
+def _daemon_node(g: WaitGraph, view: DaemonView) -> str:
+    did = f"daemon:{view.pid if view.pid else 'conn' + str(view.conn)}"
+    status = ("alive" if view.alive else "dead" if view.alive is False else "unknown")
+    g.add(Node(did, "daemon", f"daemon {view.name()}\n{view.fsname}\n{status}",
+               {"pid": view.pid, "comm": view.comm, "alive": view.alive,
+                "conn": view.conn, "mountpoint": view.mountpoint, "how": view.how}))
+    return did
+
+
+def _request_edges(g: WaitGraph, view: DaemonView, req: dict[str, Any], nid: str,
+                   ensure_task) -> None:
+    state = view.state or {}
+    task_pid = (req.get("task") or {}).get("pid")
+    linked = False
+    worker = (req.get("worker") or {}).get("tid")
+    if isinstance(worker, int):
+        wid = ensure_task(worker)
+        if wid is not None:
+            g.link(Edge(nid, wid, "served_by", "served by worker thread"))
+            linked = True
+    for lock in state.get("locks") or []:
+        for w in lock.get("waiters") or []:
+            if (w.get("task") or {}).get("pid") != task_pid or task_pid is None:
+                continue
+            lid = _lock_node(g, view, lock)
+            chain = w.get("chain") or []
+            g.link(Edge(nid, lid, "lock_wait",
+                        f"down_{w.get('mode', '?')}" + (f" in {chain[-1]}" if chain else ""),
+                        attrs={"mode": w.get("mode"), "chain": chain}))
+            linked = True
+            for h in lock.get("holders") or []:
+                hp = (h.get("task") or {}).get("pid")
+                if not isinstance(hp, int):
+                    continue
+                hid = ensure_task(hp)
+                if hid is None:
+                    hid = f"task:{hp}"
+                    g.add(Node(hid, "task", f"{(h.get('task') or {}).get('comm', '?')}/{hp}\n"
+                               "(exited)", {"tid": hp, "state": "gone"}))
+                hchain = h.get("chain") or []
+                g.link(Edge(lid, hid, "held_by",
+                            f"held {h.get('mode', '?')}"
+                            + (f" since {hchain[-1]}" if hchain else ""),
+                            attrs={"mode": h.get("mode"), "chain": hchain}))
+    for point in state.get("inject") or []:
+        if any(w.get("pid") == task_pid for w in point.get("waiting") or []) and task_pid:
+            pid_ = f"inject:{view.pid}:{point.get('point')}"
+            g.add(Node(pid_, "inject",
+                       f"injection point\n{point.get('point')}\n{point.get('action')}",
+                       {"point": point.get("point"), "action": point.get("action")}))
+            g.link(Edge(nid, pid_, "barrier", "held at"))
+            linked = True
+    if not linked:
+        did = _daemon_node(g, view)
+        g.link(Edge(nid, did, "handler",
+                    "not answered by" if view.alive else "daemon gone"))
+
+
+def _lock_node(g: WaitGraph, view: DaemonView, lock: dict[str, Any]) -> str:
+    ident = f"{lock.get('name', 'lock')} {lock.get('key', '?')}"
+    lid = f"lock:{view.pid}:{ident}"
+    g.add(Node(lid, "lock",
+               f"{ident}\n{lock.get('desc') or ''}\n(model, {view.fsname})",
+               {"ident": ident, "desc": lock.get("desc"), "daemon": view.pid,
+                "conn": view.conn, "lock": lock}))
+    return lid
+
+
+# -- naming a cycle -------------------------------------------------------------------------------
+
+
+def name_cycle(g: WaitGraph, nodes: list[str]) -> Cycle:
+    """Rotate the cycle to start at a task, split it into task-to-task segments and name it."""
+    first = next((i for i, n in enumerate(nodes) if g.nodes[n].kind == "task"), 0)
+    nodes = nodes[first:] + nodes[:first]
+    edges = [g.edge(nodes[i], nodes[(i + 1) % len(nodes)]) for i in range(len(nodes))]
+    edges = [e for e in edges if e is not None]
+    tasks = [g.nodes[n].attrs.get("tid") for n in nodes if g.nodes[n].kind == "task"]
+    segments: list[Segment] = []
+    cur: Segment | None = None
+    for e in edges:
+        src, dst = g.nodes[e.src], g.nodes[e.dst]
+        if src.kind == "task":
+            cur = Segment(waiter=src.attrs.get("tid"), holder=-1)
+        if cur is None:
+            continue
+        if dst.kind == "request":
+            cur.request = dst.id
+            cur.wait_at = cur.wait_at or (e.label.split("(")[-1].rstrip(")") or None)
+        if dst.kind in ("lock", "klock"):
+            cur.lock = dst.id
+            cur.wait_mode = e.attrs.get("mode")
+            cur.wait_at = e.attrs.get("at") or (e.attrs.get("chain") or [None])[-1]
+        if src.kind in ("lock", "klock") and e.kind == "held_by":
+            cur.hold_mode = e.attrs.get("mode")
+            cur.hold_at = e.attrs.get("at") or (e.attrs.get("chain") or [None])[-1]
+        if dst.kind == "task":
+            cur.holder = dst.attrs.get("tid")
+            segments.append(cur)
+            cur = None
+    kinds = {g.nodes[n].kind for n in nodes}
+    ntask = len(set(tasks))
+    if "lock" in kinds and ntask == 1:
+        kind, title = "recursive_locking", "possible recursive locking: a task waits for a " \
+            "lock it holds itself"
+    elif "lock" in kinds or ("klock" in kinds and "request" not in kinds and ntask > 1):
+        kind, title = "lock_inversion", "circular locking dependency (ABBA deadlock)"
+    elif "request" in kinds or "conn" in kinds:
+        kind, title = "fuse_reentry", (
+            "FUSE daemon re-entry: the reply a task waits for depends on a lock that task holds")
+    else:
+        kind, title = "wait_cycle", "cycle in the wait-for graph"
+    parts = []
+    for n, e in zip(nodes, edges, strict=False):
+        parts.append(_short(g.nodes[n]))
+        parts.append(f"-[{e.label}]->")
+    parts.append(_short(g.nodes[nodes[0]]))
+    return Cycle(nodes, edges, kind, title, " ".join(parts), [t for t in tasks if t], segments)
+
+
+def _short(n: Node) -> str:
+    if n.kind == "task":
+        return f"{n.attrs.get('comm', '?')}/{n.attrs.get('tid')}"
+    if n.kind == "request":
+        req = n.attrs.get("request") or {}
+        return f"FUSE {_request_label(req)} (req #{req.get('id')}, conn {n.attrs.get('conn')})"
+    if n.kind == "klock":
+        return f"i_rwsem {n.attrs.get('path')}"
+    if n.kind == "lock":
+        return f"{n.attrs.get('ident')} ({n.attrs.get('desc') or 'model'})"
+    return n.label.replace("\n", " ")
+
+
+def short(g: WaitGraph, nid: str) -> str:
+    return _short(g.nodes[nid]) if nid in g.nodes else nid
+
+
+def find_cycles(g: WaitGraph) -> list[Cycle]:
+    return [name_cycle(g, c) for c in g.cycles()]
