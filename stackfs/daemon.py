@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from stackfs import control, mountinfo, rundir
+from stackfs import control, fusectl, mountinfo, rundir
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, current_task, set_current_task
 
@@ -272,17 +272,32 @@ async def _main(ops: TestbedOperations, cfg: DaemonConfig, info: dict[str, Any],
 
     async with trio.open_nursery() as nursery:
         await nursery.start(control.serve, sock, handlers)
-        nursery.start_soon(_signals)
+        nursery.start_soon(_signals, nursery.cancel_scope)
+        if info.get("conn"):
+            nursery.start_soon(_watch_connection, info["conn"], nursery.cancel_scope)
         _ready("ready")
         await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_tasks)
         nursery.cancel_scope.cancel()
 
 
-async def _signals() -> None:
+async def _signals(scope: trio.CancelScope) -> None:
+    """SIGTERM/SIGINT/SIGHUP end the daemon at once, also while handlers are stuck (a stuck
+    handler is what a deadlocked filesystem has): cancelling the scope cancels them all."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for _sig in signals:
-            pyfuse3.terminate()
+            scope.cancel()
             return
+
+
+async def _watch_connection(conn: int, scope: trio.CancelScope) -> None:
+    """End the daemon once its FUSE connection is gone (aborted and detached): pyfuse3's loop
+    stops reading at ENODEV, but would wait for stuck handlers that can never reply."""
+    path = fusectl.conn_dir(conn)
+    if not path.exists():
+        return
+    while path.exists():
+        await trio.sleep(0.25)
+    scope.cancel()
 
 
 def fuse_error(exc: OSError) -> pyfuse3.FUSEError:

@@ -204,19 +204,19 @@ def _mounted_by(mp: Path, pid: int) -> bool:
     return any(e.mountpoint == str(mp) and e.daemon_pid == pid for e in mountinfo.mounts())
 
 
-def _reap(m: Mount, timeout: float) -> bool:
+def _reap(m: Mount, timeout: float, grace: float = 1.0) -> bool:
     """Wait for the daemon to exit; SIGTERM, then SIGKILL. Returns whether it had to be killed."""
     deadline = time.monotonic() + timeout
     while m.daemon_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     killed = False
-    for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 3.0)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
         if not m.daemon_alive():
             break
         killed = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(m.pid, sig)
-        end = time.monotonic() + grace
+        end = time.monotonic() + wait
         while m.daemon_alive() and time.monotonic() < end:
             time.sleep(0.02)
     if m.proc is not None:
@@ -225,8 +225,30 @@ def _reap(m: Mount, timeout: float) -> bool:
     return killed
 
 
-def unmount(m: Mount, timeout: float = 5.0) -> UnmountReport:
-    """Take ``m`` down: clean umount if possible, else abort the connection and detach."""
+def abort_if_ours(m: Mount) -> bool:
+    """Abort ``m``'s FUSE connection, but only while mountinfo still shows that mount on that
+    connection: connection numbers are reused within milliseconds once a mount goes away."""
+    if not m.conn:
+        return False
+    entry = mountinfo.find(m.mountpoint)
+    if entry is None or entry.conn != m.conn or (m.pid and entry.daemon_pid != m.pid):
+        return False
+    return fusectl.abort(m.conn)
+
+
+def detach(m: Mount, timeout: float = 5.0) -> bool:
+    """Abort the connection (if it is still ``m``'s) and lazily detach the mount point."""
+    aborted = abort_if_ours(m)
+    _umount(m.mountpoint, "-l", timeout=timeout)
+    return aborted
+
+
+def unmount(m: Mount, timeout: float = 5.0, grace: float = 1.0) -> UnmountReport:
+    """Take ``m`` down: clean umount if possible, else abort the connection and detach.
+
+    ``grace`` is how long a daemon gets to exit after an abort before SIGTERM (and as long
+    again before SIGKILL).
+    """
     t0 = time.monotonic()
     mp = m.mountpoint
     clean = aborted = detached = False
@@ -234,14 +256,9 @@ def unmount(m: Mount, timeout: float = 5.0) -> UnmountReport:
         # A hung request keeps the mount busy, so umount fails (EBUSY) rather than hangs.
         clean = _umount(mp, timeout=min(timeout, 2.0))
         if not clean:
-            if m.conn:
-                aborted = fusectl.abort(m.conn)
+            aborted = abort_if_ours(m)
             detached = _umount(mp, "-l", timeout=timeout)
-    elif m.conn and m.waiting():
-        aborted = fusectl.abort(m.conn)
-    killed = _reap(m, timeout=timeout if clean else 1.0)
-    if m.conn and fusectl.waiting(m.conn):
-        aborted = fusectl.abort(m.conn) or aborted
+    killed = _reap(m, timeout=timeout if clean else grace, grace=grace)
     return UnmountReport(str(mp), clean, aborted, detached, killed, time.monotonic() - t0)
 
 
@@ -272,9 +289,8 @@ class Stack:
 
     def close(self, timeout: float = 5.0) -> list[UnmountReport]:
         """Unmount everything, top-down. Hung connections are aborted first, all of them."""
-        hung = [m for m in self.mounts if m.conn and m.waiting()]
-        for m in hung:
-            fusectl.abort(m.conn)
+        for m in [m for m in self.mounts if m.conn and m.waiting()]:
+            abort_if_ours(m)
         while self.mounts:
             m = self.mounts.pop()
             self.reports.append(unmount(m, timeout=timeout))
@@ -344,7 +360,7 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
 
 def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
     t0 = time.monotonic()
-    aborted = fusectl.abort(m.conn) if m.conn else False
+    aborted = abort_if_ours(m)
     detached = _umount(m.mountpoint, "-l", timeout=timeout)
     return UnmountReport(str(m.mountpoint), False, aborted, detached, False, time.monotonic() - t0)
 
