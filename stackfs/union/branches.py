@@ -164,6 +164,14 @@ class Branch:
     def exists(self, path: Path) -> bool:
         return self.lstat(path) is not None
 
+    def meta_exists(self, path: Path) -> bool:
+        """Is the union meta entry (``.wh.*``) at ``path`` there? A branch that is itself a
+        union refuses such names with EPERM: it has applied its own whiteouts already."""
+        try:
+            return self.lstat(path) is not None
+        except PermissionError:
+            return False
+
     def open(self, path: Path, flags: int, mode: int = 0o777) -> int:
         dfd, name, close = self.at(path)
         try:

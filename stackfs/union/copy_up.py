@@ -108,7 +108,6 @@ class CopyUp:
         uino: int,
         mode: str = "plain",
         plink: bool = False,
-        lower_names: int = 0,
         hit: Callable[[str], None] | None = None,
         restore_parent_times: bool = True,
     ) -> None:
@@ -116,8 +115,11 @@ class CopyUp:
         self.upper, self.dst_parent, self.name = upper, dst_parent, name
         self.work, self.xino, self.uino = work, xino, uino
         self.mode = mode
+        #: make a pseudo-link if the source is a hard-linked regular file
         self.plink = plink
-        self.lower_names = lower_names
+        self.plinked = False
+        #: copy to the pseudo-link only (dst is WORK/plink/UINO): the name is gone
+        self.orphan = False
         self.hit = hit
         self.restore_parent_times = restore_parent_times
         self.st: os.stat_result | None = None
@@ -242,14 +244,22 @@ class CopyUp:
         tst = w.stat(self.tmp)
         # xino first: whatever a lookup can see after the rename has its old number
         self.xino.set_override(tst.st_ino, self.uino)
-        if self.plink:
+        st = self.st
+        assert st is not None
+        if self.orphan:
+            # the copy IS the pseudo-link; the lower names but the removed one still see it
+            self.xino.set_lower_names(self.uino, st.st_nlink - 1)
+        elif self.plink and stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
             pl = (PLINK_DIR, str(self.uino).encode())
             try:
                 w.unlink(pl)
             except FileNotFoundError:
                 pass
             w.link(self.tmp, w, pl)
-            self.xino.set_lower_names(self.uino, self.lower_names)
+            # the other lower names still point at the lower inode, and see the copy through
+            # the pseudo-link until they are copied up themselves
+            self.xino.set_lower_names(self.uino, st.st_nlink - 1)
+            self.plinked = True
         pst = self.upper.lstat(self.dst_parent) if self.restore_parent_times else None
         w.rename(self.tmp, self.upper, self.dst_parent + (self.name,))
         self.committed = True

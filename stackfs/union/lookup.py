@@ -31,15 +31,21 @@ class Found:
     opaque: bool = False
 
 
-def lookup_child(branches: list[Branch], parent: Node, name: bytes) -> Found | None:
-    """Find ``name`` in directory ``parent``; None if the union has no such entry."""
+def lookup_child(
+    branches: list[Branch], parent: Node, name: bytes, first: int = 0
+) -> Found | None:
+    """Find ``name`` in directory ``parent``; None if the union has no such entry.
+
+    ``first`` skips the branches above it (``first=1``: is the name still there below the upper
+    branch? That decides whether removing it needs a whiteout).
+    """
     layers: list[int] = []
     top_st: os.stat_result | None = None
     redirect: tuple[int, Path] | None = None
     player = parent.layers
     nbr = len(branches)
     opaque = False
-    for bi in range(player[0], nbr):
+    for bi in range(max(player[0], first), nbr):
         if redirect is None:
             if bi not in player:
                 continue
@@ -51,7 +57,7 @@ def lookup_child(branches: list[Branch], parent: Node, name: bytes) -> Found | N
         br = branches[bi]
         st = br.lstat(path)
         if st is None:
-            if path and br.exists(ppath + (whiteout.WH_PREFIX + path[-1],)):
+            if path and whiteout.has_whiteout(br, ppath, path[-1]):
                 break
             continue
         isdir = stat_mod.S_ISDIR(st.st_mode)

@@ -48,7 +48,7 @@ def wh_name(name: bytes) -> bytes:
 
 
 def has_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
-    return br.exists(parent + (WH_PREFIX + name,))
+    return br.meta_exists(parent + (WH_PREFIX + name,))
 
 
 def make_whiteout(br: Branch, parent: Path, name: bytes) -> None:
@@ -70,7 +70,7 @@ def remove_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
 
 
 def is_opaque(br: Branch, path: Path) -> bool:
-    return br.exists(path + (OPAQUE,))
+    return br.meta_exists(path + (OPAQUE,))
 
 
 def make_opaque(br: Branch, path: Path) -> None:
@@ -85,7 +85,7 @@ def read_redirect(br: Branch, path: Path) -> Path | None:
     """The lower path recorded in directory ``path``, or None."""
     try:
         fd = br.open(path + (REDIRECT,), os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
         return None
     try:
         data = os.read(fd, 1 << 16)

@@ -1,0 +1,1 @@
+"""The aufs-like union filesystem (``stackfs mount``); see :mod:`stackfs.union.fs`."""
