@@ -118,15 +118,25 @@ class Detector:
 
     # -- hung tasks --------------------------------------------------------------------------
 
+    def observe(self, tasks: dict[int, TaskInfo], now: float | None = None) -> None:
+        """Record a scan: a task whose switch count moved made progress since the last one."""
+        now = time.time() if now is None else now
+        for tid in list(self._seen):
+            if tid not in tasks:
+                del self._seen[tid]
+        for tid, t in tasks.items():
+            prev = self._seen.get(tid)
+            if prev is None or prev[0] != t.switches:
+                self._seen[tid] = (t.switches, now)
+
     def blocked_since(self, t: TaskInfo, now: float) -> tuple[float, str]:
+        """When ``t`` last made progress: ``se.exec_start`` if known, else first seen stuck."""
         prev = self._seen.get(t.tid)
-        if prev is None or prev[0] != t.switches:
-            first = now
-        else:
-            first = prev[1]
-        self._seen[t.tid] = (t.switches, first)
+        first = prev[1] if prev is not None and prev[0] == t.switches else now
         if t.last_ran is not None and t.last_ran <= now:
-            return t.last_ran, "sched"
+            # the scheduler clock converts to wall time within some 10-50 ms (per-CPU clocks,
+            # irq time): never earlier than the thread's own creation
+            return max(t.last_ran, t.started or 0.0), "sched"
         return first, "observed"
 
     def hangs(
@@ -136,25 +146,28 @@ class Detector:
         daemons: dict[int, DaemonView],
         waiting: dict[int, int],
         now: float | None = None,
+        min_blocked: float | None = None,
     ) -> list[Hang]:
-        """Tasks among ``relevant`` (tids) blocked for at least the threshold."""
+        """Tasks among ``relevant`` (tids) blocked for at least the threshold (or
+        ``min_blocked``)."""
         now = time.time() if now is None else now
-        for tid in list(self._seen):
-            if tid not in tasks:
-                del self._seen[tid]
+        limit = self.threshold if min_blocked is None else min_blocked
         out = []
         for tid, t in tasks.items():
-            since, how = self.blocked_since(t, now)
-            if tid not in relevant:
+            if tid not in relevant or not t.blocked:
                 continue
+            since, how = self.blocked_since(t, now)
             blocked_for = now - since
-            if blocked_for < self.threshold:
+            if blocked_for < limit:
                 continue
             view = daemons.get(t.conn) if t.conn is not None else None
             req = None
-            if view is not None:
-                req = next((r for r in view.inflight()
+            for v in daemons.values():
+                req = next((r for r in v.inflight()
                             if (r.get("task") or {}).get("pid") == tid), None)
+                if req is not None:
+                    view = v
+                    break
             out.append(Hang(
                 t, since, blocked_for, how,
                 waiting.get(t.conn) if t.conn is not None else None,

@@ -107,12 +107,13 @@ class WaitGraph:
                    for e in self.edges):
             self.edges.append(edge)
 
-    def out(self, nid: str) -> list[Edge]:
-        return [e for e in self.edges if e.src == nid]
+    def out(self, nid: str, context: bool = False) -> list[Edge]:
+        """Edges leaving ``nid`` (the ``context`` ones, e.g. request -> its daemon, if asked)."""
+        return [e for e in self.edges if e.src == nid and (context or e.kind != "context")]
 
     def edge(self, src: str, dst: str) -> Edge | None:
         for e in self.edges:
-            if e.src == src and e.dst == dst:
+            if e.src == src and e.dst == dst and e.kind != "context":
                 return e
         return None
 
@@ -122,7 +123,7 @@ class WaitGraph:
         index = {n: i for i, n in enumerate(order)}
         succ: dict[str, list[str]] = {n: [] for n in order}
         for e in self.edges:
-            if e.dst in succ[e.src]:
+            if e.kind == "context" or e.dst in succ[e.src]:
                 continue
             succ[e.src].append(e.dst)
         found: list[list[str]] = []
@@ -153,8 +154,25 @@ class WaitGraph:
             if n in seen:
                 continue
             seen.add(n)
-            todo.extend(e.dst for e in self.out(n))
+            todo.extend(e.dst for e in self.out(n, context=True))
         return seen
+
+    def keep_component(self, seeds: list[str]) -> None:
+        """Keep the weakly connected component(s) of ``seeds`` (drop unrelated waits)."""
+        adj: dict[str, set[str]] = {}
+        for e in self.edges:
+            adj.setdefault(e.src, set()).add(e.dst)
+            adj.setdefault(e.dst, set()).add(e.src)
+        keep: set[str] = set()
+        todo = [s for s in seeds if s in self.nodes]
+        while todo:
+            n = todo.pop()
+            if n in keep:
+                continue
+            keep.add(n)
+            todo.extend(adj.get(n, ()))
+        self.nodes = {k: v for k, v in self.nodes.items() if k in keep}
+        self.edges = [e for e in self.edges if e.src in keep and e.dst in keep]
 
     def prune(self, roots: list[str]) -> None:
         """Keep only what the roots (the blocked tasks) lead to."""
@@ -239,7 +257,8 @@ def build(
         _request_edges(g, view, req, nid, ensure_task)
         return nid
 
-    # 1. FUSE waits: task -> request (testbed) or -> connection (foreign)
+    # 1. FUSE waits: task -> request (testbed) or -> connection (foreign); ``waiting`` covers
+    #    every connection of the machine, so "the only one waiting" is a safe guess
     only_waiting = [c for c, n in waiting.items() if n]
     for t in list(tasks.values()):
         _task_node(g, t)
@@ -369,10 +388,12 @@ def _request_edges(g: WaitGraph, view: DaemonView, req: dict[str, Any], nid: str
                        {"point": point.get("point"), "action": point.get("action")}))
             g.link(Edge(nid, pid_, "barrier", "held at"))
             linked = True
+    did = _daemon_node(g, view)
     if not linked:
-        did = _daemon_node(g, view)
         g.link(Edge(nid, did, "handler",
                     "not answered by" if view.alive else "daemon gone"))
+    else:
+        g.link(Edge(nid, did, "context", "in daemon"))
 
 
 def _lock_node(g: WaitGraph, view: DaemonView, lock: dict[str, Any]) -> str:

@@ -61,6 +61,7 @@ AT_FDCWD = 0xFFFFFF9C  # -100 as the kernel prints an int argument
 #: x86_64 syscalls that name a file: nr -> (name, [("path", arg, dirfd-arg|None) | ("fd", arg)]).
 _X86_64: dict[int, tuple[str, list[tuple]]] = {
     0: ("read", [("fd", 0)]), 1: ("write", [("fd", 0)]), 2: ("open", [("path", 0, None)]),
+    3: ("close", [("fd", 0)]),
     4: ("stat", [("path", 0, None)]), 5: ("fstat", [("fd", 0)]),
     6: ("lstat", [("path", 0, None)]), 8: ("lseek", [("fd", 0)]),
     16: ("ioctl", [("fd", 0)]), 17: ("pread64", [("fd", 0)]), 18: ("pwrite64", [("fd", 0)]),
@@ -160,6 +161,8 @@ class TaskInfo:
     switches: int | None = None
     #: wall-clock time the task last ran (``se.exec_start``), None if unknown
     last_ran: float | None = None
+    #: wall-clock time the thread was created (10 ms resolution)
+    started: float | None = None
     syscall: Syscall | None = None
     #: the FUSE mount / connection the task is waiting on (or whose path its syscall names)
     mountpoint: str | None = None
@@ -247,7 +250,7 @@ class SchedClock:
         for _ in range(3):
             time.sleep(0.001)
             mono = time.monotonic()
-            data = _read(f"/proc/thread-self/sched") or _read("/proc/self/sched")
+            data = _read("/proc/thread-self/sched") or _read("/proc/self/sched")
             m = _EXEC_START.search(data or b"")
             if m is None:
                 self.available = False
@@ -329,7 +332,8 @@ class Scanner:
                 continue
             for tid_s in tids:
                 base = f"/proc/{pid_s}/task/{tid_s}"
-                head = _parse_stat(_read(base + "/stat", 1024))
+                raw = _read(base + "/stat", 1024)
+                head = _parse_stat(raw)
                 if head is None:
                     continue
                 comm, state, ppid = head
@@ -342,6 +346,7 @@ class Scanner:
                 ):
                     continue
                 task = TaskInfo(int(tid_s), int(pid_s), comm, state, ppid, wchan)
+                task.started = _start_time(raw)
                 self._fill(task)
                 if task.blocked:
                     out[task.tid] = task
@@ -354,12 +359,14 @@ class Scanner:
         if tgid is None:
             return None
         base = f"/proc/{tgid}/task/{tid}"
-        head = _parse_stat(_read(base + "/stat", 1024))
+        raw = _read(base + "/stat", 1024)
+        head = _parse_stat(raw)
         if head is None:
             return None
         comm, state, ppid = head
         wchan = (_read(base + "/wchan", 256) or b"").decode(errors="replace")
         task = TaskInfo(tid, tgid, comm, state, ppid, wchan)
+        task.started = _start_time(raw)
         if state in "DS":
             self._fill(task)
             self._locate_all({tid: task})
@@ -482,6 +489,7 @@ def mount_of_path(path: str, table: list[MountEntry]) -> MountEntry | None:
 
 
 def _parse_stat(data: bytes | None) -> tuple[str, str, int] | None:
+    """(comm, state, ppid) from a ``stat`` line."""
     if not data:
         return None
     lp, rp = data.find(b"("), data.rfind(b")")
@@ -491,6 +499,20 @@ def _parse_stat(data: bytes | None) -> tuple[str, str, int] | None:
     if len(rest) < 2:
         return None
     return data[lp + 1:rp].decode(errors="replace"), rest[0].decode(), int(rest[1])
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _start_time(data: bytes | None) -> float | None:
+    """Wall-clock time the thread started (``stat`` field 22, ticks since boot)."""
+    if not data:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    if len(rest) < 20:
+        return None
+    since_boot = int(rest[19]) / _CLK_TCK
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
 def _tgid(tid: int) -> int | None:
@@ -535,7 +557,7 @@ class DaemonView:
 
 
 def fuse_daemons() -> dict[int, list[int]]:
-    """conn -> pids of the processes holding ``/dev/fuse`` open for it (fdinfo ``fuse_connection``)."""
+    """conn -> pids holding ``/dev/fuse`` open for it (fdinfo ``fuse_connection``)."""
     out: dict[int, list[int]] = {}
     for pid_s in os.listdir("/proc"):
         if not pid_s.isdigit():

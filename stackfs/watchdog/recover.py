@@ -76,12 +76,11 @@ class Recovery:
         return not (self.still_blocked or self.still_mounted or self.daemons_alive)
 
     def render(self) -> list[str]:
+        daemons = ", ".join(f"{p} ({self.signalled.get(p, 'exited')})" for p in self.daemons)
         out = [f"recovery: {'complete' if self.ok else 'INCOMPLETE'} in {self.seconds:.3f} s: "
                f"aborted connection{'s' if len(self.aborted) != 1 else ''} "
                f"{', '.join(map(str, self.aborted)) or '-'}; detached "
-               f"{', '.join(self.detached) or '-'}; daemons "
-               f"{', '.join(f'{p} ({self.signalled.get(p, 'exited')})' for p in self.daemons)
-                  or '-'}"]
+               f"{', '.join(self.detached) or '-'}; daemons {daemons or '-'}"]
         if self.steps:
             out.append("  " + ", ".join(f"{k} at {v:.3f} s" for k, v in self.steps.items()))
         if self.foreign_daemons:
@@ -125,8 +124,13 @@ def recover(
     grace: float = 0.3,
     verify_timeout: float = 3.0,
     kill_foreign: bool = False,
+    mountpoints: dict[int, str] | None = None,
 ) -> Recovery:
-    """Abort ``conns``, detach their mounts, reap their testbed daemons, verify (see module)."""
+    """Abort ``conns``, detach their mounts, reap their testbed daemons, verify (see module).
+
+    ``mountpoints`` (conn -> mount point, as seen when the finding was made) guards against a
+    connection number that was reused by another mount since: such a connection is not touched.
+    """
     t0 = time.monotonic()
     conns = sorted(set(conns))
     tids = sorted(set(tids))
@@ -135,6 +139,20 @@ def recover(
     if not fusectl.ensure_mounted():
         rec.notes.append("the FUSE control filesystem is not available: cannot abort")
     entries = [e for e in mountinfo.mounts() if e.is_fuse and e.conn in conns]
+    if mountpoints:
+        for c in list(conns):
+            want = mountpoints.get(c)
+            mine = [e for e in entries if e.conn == c]
+            if want is not None and mine and not any(e.mountpoint == want for e in mine):
+                entries = [e for e in entries if e.conn != c]
+                conns.remove(c)
+                rec.notes.append(f"connection {c} now serves {mine[0].mountpoint}, not {want}: "
+                                 "its mount went away and the number was reused; not touched")
+    for c in list(conns):
+        if not any(e.conn == c for e in entries) and not fusectl.waiting(c):
+            conns.remove(c)  # gone and idle: its number may be handed out again any moment
+            rec.notes.append(f"connection {c} is gone or idle and has no mount: not touched")
+    rec.conns = conns
     rec.mounts = [e.mountpoint for e in entries]
     testbed: dict[int, str] = {}
     for e in entries:
@@ -176,11 +194,14 @@ def recover(
     deadline = time.monotonic() + verify_timeout
     while True:
         rec.still_blocked = [t.to_json() for t in scanner.still_blocked(tids)]
+        # a connection number is reused as soon as its mount is gone (another test's mount
+        # may get it within milliseconds): match mounts and tasks by mount point too
+        ours = {(e.mount_id, e.mountpoint, e.conn) for e in entries}
         for t in scanner.scan().values():
-            if t.conn in conns and t.tid not in tids:
+            if t.conn in conns and t.tid not in tids and t.mountpoint in rec.mounts:
                 rec.still_blocked.append(t.to_json())
         rec.still_mounted = [e.mountpoint for e in mountinfo.mounts()
-                             if e.is_fuse and e.conn in conns]
+                             if (e.mount_id, e.mountpoint, e.conn) in ours]
         rec.daemons_alive = [p for p in victims if procscan.alive(p)]
         if rec.ok or time.monotonic() >= deadline:
             break

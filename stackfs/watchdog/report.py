@@ -53,6 +53,8 @@ class Report:
     time: float
     threshold: float
     hangs: list[Hang] = field(default_factory=list)
+    #: other blocked tasks of the wait-for graph, blocked for less than the threshold so far
+    also_blocked: list[Hang] = field(default_factory=list)
     blocked: list[TaskInfo] = field(default_factory=list)
     cycle: Cycle | None = None
     cycles: list[Cycle] = field(default_factory=list)
@@ -91,9 +93,17 @@ class Report:
                 if isinstance(c, int):
                     conns.add(c)
         for t in self.blocked:
-            if t.conn is not None and (self.graph is None or f"task:{t.tid}" in self.graph.nodes):
+            if t.conn is not None:
                 conns.add(t.conn)
-        return sorted(c for c in conns if c in self.daemons or not self.daemons)
+        return sorted(conns)
+
+    def involved_mounts(self) -> dict[int, str]:
+        """conn -> mount point, as seen when the findings were made."""
+        out = {c: v.mountpoint for c, v in self.daemons.items()}
+        for t in [h.task for h in self.hangs] + self.blocked:
+            if t.conn is not None and t.mountpoint:
+                out.setdefault(t.conn, t.mountpoint)
+        return out
 
     def involved_tids(self) -> list[int]:
         tids = {h.task.tid for h in self.hangs}
@@ -114,6 +124,7 @@ class Report:
             "threshold": self.threshold,
             "kernel": os.uname().release,
             "hangs": [h.to_json() for h in self.hangs],
+            "also_blocked": [h.to_json() for h in self.also_blocked],
             "blocked": [t.to_json() for t in self.blocked],
             "cycle": self.cycle.to_json() if self.cycle else None,
             "cycles": [c.to_json() for c in self.cycles],
@@ -135,7 +146,9 @@ class Report:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         if picture and self.graph is not None and self.graph.nodes:
-            self.files.update(write_picture(self.graph, self.cycle, d, self.notes))
+            title = self.cycle.title if self.cycle else f"{self.verdict}, no cycle"
+            self.files.update(write_picture(self.graph, self.cycle, d, self.notes,
+                                            {h.task.tid for h in self.hangs}, title))
         (d / "report.txt").write_text(self.text() + "\n")
         self.files["text"] = str(d / "report.txt")
         self.files["json"] = str(d / "report.json")
@@ -157,7 +170,7 @@ def _clock(t: float | None) -> str:
 
 
 def lock_class(is_dir: bool | None) -> str:
-    """The lockdep class name of an inode's i_rwsem (fs/inode.c ``lockdep_annotate_inode_mutex_key``)."""
+    """The lockdep class of an inode's i_rwsem (``lockdep_annotate_inode_mutex_key``)."""
     return "&type->i_mutex_dir_key" if is_dir else "&sb->s_type->i_mutex_key"
 
 
@@ -180,14 +193,21 @@ def _task_name(g: WaitGraph | None, tid: int) -> str:
     return f"?/{tid}"
 
 
-def render_hang(h: Hang, threshold: float) -> list[str]:
+def render_hang(h: Hang, threshold: float, hung: bool = True,
+                g: WaitGraph | None = None) -> list[str]:
     t = h.task
     lim = f"{threshold:g}"
-    out = [
-        f"INFO: task {t.comm}:{t.tid} blocked for more than {lim} seconds.",
-        f"      Not tainted {os.uname().release} (stackfs watchdog)",
-        f'"stackfs watch --threshold {lim}" sets this limit '
-        "(the kernel's own: /proc/sys/kernel/hung_task_timeout_secs).",
+    if hung:
+        out = [
+            f"INFO: task {t.comm}:{t.tid} blocked for more than {lim} seconds.",
+            f"      Not tainted {os.uname().release} (stackfs watchdog)",
+            f'"stackfs watch --threshold {lim}" sets this limit '
+            "(the kernel's own: /proc/sys/kernel/hung_task_timeout_secs).",
+        ]
+    else:
+        out = [f"task {t.comm}:{t.tid} blocked for {h.blocked_for:.2f} seconds "
+               "(under the threshold so far; it is part of the wait-for graph):"]
+    out += [
         f"task:{t.comm:<15.15} state:{t.state} pid:{t.tid:<5d} tgid:{t.pid:<5d} "
         f"ppid:{t.ppid:<6d} wchan:{t.wchan or '?'}",
         "Call Trace:",
@@ -199,7 +219,9 @@ def render_hang(h: Hang, threshold: float) -> list[str]:
     ]
     if t.syscall is not None:
         out.append(f" in syscall: {t.syscall.render()}")
-    if t.conn is not None:
+    if t.conn is not None and not t.fuse_wait:
+        out.append(f" on mount: {t.mountpoint} (FUSE connection {t.conn}, {t.fsname})")
+    elif t.conn is not None:
         d = h.daemon or {}
         who = (f"daemon {d.get('comm') or '?'}/{d.get('pid')}"
                + (" (alive)" if d.get("alive") else " (gone)" if d.get("alive") is False else "")
@@ -222,6 +244,12 @@ def render_hang(h: Hang, threshold: float) -> list[str]:
             + (f", in flight {age:.2f} s" if isinstance(age, (int, float)) else "")
             + (f", served by worker thread {worker}" if worker else "")
         )
+    if g is not None:
+        for e in g.out(f"task:{t.tid}"):
+            if g.nodes[e.dst].kind in ("lock", "klock"):
+                holders = [short(g, x.dst) for x in g.out(e.dst) if x.kind == "held_by"]
+                out.append(f" waits for: {short(g, e.dst)} ({e.label})"
+                           + (f", held by {', '.join(holders)}" if holders else ""))
     return out
 
 
@@ -305,8 +333,8 @@ def _scenario(g: WaitGraph, cycle: Cycle) -> list[str]:
     out.append(line([f"CPU{i}" for i in range(n)]))
     out.append(line(["----"] * n))
     out.append(line([_task_name(g, t) for t in order]))
-    for c, text in rows:
-        out.append("  " + " " * (width * c) + text)
+    for c, text in rows:  # lockdep: CPU0 rows at column 2, the others under their header
+        out.append(("  " if c == 0 else " " * (7 + width * c)) + text)
     out += ["", " *** DEADLOCK ***", ""]
     return out
 
@@ -361,16 +389,35 @@ def render_cycle(r: Report, cycle: Cycle) -> list[str]:
                     ""]
         elif s.request is not None:
             node = g.nodes.get(s.request)
-            daemon = (node.attrs.get("daemon") if node else None)
+            dpid = node.attrs.get("daemon") if node else None
+            view = next((v for v in g.daemons.values() if v.pid == dpid), None)
+            daemon = f"{view.name()} ({view.fsname})" if view else str(dpid)
             out += [f"{w} waits in {s.wait_at or 'request_wait_answer'} for the reply to "
                     f"{short(g, s.request)},",
-                    f"which daemon {daemon} is serving in {h}.", ""]
+                    f"which daemon {daemon} is serving in thread {h}.", ""]
         else:
             out += [f"{w} waits for {h}.", ""]
     out += _cycle_path(g, cycle)
     out += ["other info that might help us debug this:", ""]
     out += _scenario(g, cycle)
     return out
+
+
+def _model_event_of(r: Report, cycle: Cycle) -> ModelEvent | None:
+    """The modelled ``recursive_locking`` event that a one-task lock cycle is, if recorded."""
+    if cycle.kind != "recursive_locking" or r.graph is None or not cycle.segments:
+        return None
+    seg = cycle.segments[0]
+    node = r.graph.nodes.get(seg.lock or "")
+    if node is None or node.kind != "lock":
+        return None
+    for ev in r.events:
+        tasks = ev.event.get("tasks") or [{}]
+        if (ev.type == "recursive_locking" and ev.daemon_pid == node.attrs.get("daemon")
+                and (ev.event.get("detail") or {}).get("lock") == node.attrs.get("ident")
+                and tasks[0].get("pid") == seg.waiter):
+            return ev
+    return None
 
 
 def _cycle_path(g: WaitGraph, cycle: Cycle) -> list[str]:
@@ -388,7 +435,8 @@ def render_event(ev: ModelEvent) -> list[str]:
     if ev.type == "oops":
         lines = list(d.get("lines") or [])
         if not lines:
-            lines = ["------------[ cut here ]------------", d.get("bug") or f"BUG: {e.get('summary')}"]
+            lines = ["------------[ cut here ]------------",
+                     d.get("bug") or f"BUG: {e.get('summary')}"]
         out = ["", *lines, where, "---[ end trace ]---", "",
                "racing tasks (crash dump, innermost frame first):"]
         for t in tasks:
@@ -489,16 +537,26 @@ def render_daemons(r: Report) -> list[str]:
 def render_text(r: Report) -> str:
     out = [f"stackfs watchdog: {r.verdict}: {r.summary}", ""]
     for h in r.hangs:
-        out += render_hang(h, r.threshold)
+        out += render_hang(h, r.threshold, g=r.graph)
+        out.append("")
+    for h in r.also_blocked:
+        out += render_hang(h, r.threshold, hung=False, g=r.graph)
         out.append("")
     if r.hangs or r.cycle:
         out += render_locks_held(r)
+    events = list(r.events)
     if r.cycle is not None:
-        out += render_cycle(r, r.cycle)
+        same = _model_event_of(r, r.cycle)
+        if same is not None:  # the model's own lockdep report says it with its call chains
+            events.remove(same)
+            out += render_event(same)
+            out += [""] + _cycle_path(r.graph, r.cycle)
+        else:
+            out += render_cycle(r, r.cycle)
     for c in r.cycles:
         if c is not r.cycle:
             out += ["", f"another cycle: {c.title}", f"  {c.summary}"]
-    for ev in r.events:
+    for ev in events:
         out += render_event(ev)
     if r.errors:
         out += ["", "unexpected errors reported by the workload:"]
@@ -506,9 +564,11 @@ def render_text(r: Report) -> str:
     daemons = render_daemons(r)
     if daemons:
         out += ["", "connections and daemons:"] + [f" {x}" for x in daemons]
-    if r.graph is not None and r.graph.edges and r.cycle is None and r.hangs:
-        out += ["", "wait-for graph (no cycle):"]
+    if r.graph is not None and r.graph.edges and (r.hangs or r.cycle):
+        out += ["", "wait-for graph" + (" (no cycle):" if r.cycle is None else ":")]
         for e in r.graph.edges:
+            if e.kind == "context":
+                continue
             out.append(f"  {short(r.graph, e.src)} -> {e.label}"
                        f"{' (inferred)' if e.inferred else ''} -> {short(r.graph, e.dst)}")
     t = r.timing
@@ -531,7 +591,11 @@ _SHAPES = {"task": "box", "request": "ellipse", "conn": "hexagon", "daemon": "co
            "lock": "octagon", "klock": "octagon", "inject": "diamond"}
 
 
-def to_dot(g: WaitGraph, cycle: Cycle | None) -> str:
+def to_dot(g: WaitGraph, cycle: Cycle | None, hung: set[int] | None = None,
+           title: str = "") -> str:
+    """The graph in graphviz form: the cycle in red, hung tasks in orange, inferred edges
+    dashed, context edges (request -> its daemon) dotted."""
+    hung = hung or set()
     in_cycle = set(cycle.nodes) if cycle else set()
     cycle_edges = {(e.src, e.dst) for e in cycle.edges} if cycle else set()
 
@@ -540,8 +604,9 @@ def to_dot(g: WaitGraph, cycle: Cycle | None) -> str:
 
     lines = ["digraph waitfor {", '  rankdir=LR; node [fontname="monospace", fontsize=10];',
              '  edge [fontname="monospace", fontsize=9];',
-             '  label="stackfs watchdog: wait-for graph' + (f' - {cycle.title}' if cycle else "")
-             .replace('"', "'") + '"; labelloc=t;']
+             '  label="stackfs watchdog: wait-for graph'
+             + (f" - {title or (cycle.title if cycle else '')}".replace('"', "'")
+                if title or cycle else "") + '"; labelloc=t;']
     for n in g.nodes.values():
         attrs = [f"label={q(n.label)}", f"shape={_SHAPES.get(n.kind, 'box')}"]
         style = ["rounded"] if n.kind == "task" else []
@@ -551,6 +616,9 @@ def to_dot(g: WaitGraph, cycle: Cycle | None) -> str:
             style.append("filled")
             attrs.append('fillcolor="#ffd0d0"')
             attrs.append('color="#c00000"')
+        elif n.kind == "task" and n.attrs.get("tid") in hung:
+            style.append("filled")
+            attrs.append('fillcolor="#ffe0b0"')
         elif n.kind == "task" and n.attrs.get("state") == "D":
             style.append("filled")
             attrs.append('fillcolor="#fff0c0"')
@@ -563,16 +631,19 @@ def to_dot(g: WaitGraph, cycle: Cycle | None) -> str:
             attrs += ['color="#c00000"', "penwidth=2", 'fontcolor="#c00000"']
         if e.inferred:
             attrs.append("style=dashed")
+        if e.kind == "context":
+            attrs += ["style=dotted", 'color="#808080"', 'fontcolor="#808080"']
         lines.append(f"  {q(e.src)} -> {q(e.dst)} [{', '.join(attrs)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def write_picture(g: WaitGraph, cycle: Cycle | None, d: Path, notes: list[str]) -> dict[str, str]:
+def write_picture(g: WaitGraph, cycle: Cycle | None, d: Path, notes: list[str],
+                  hung: set[int] | None = None, title: str = "") -> dict[str, str]:
     """``waitgraph.dot`` always; ``.svg`` and ``.png`` when graphviz ``dot`` is installed."""
     files = {}
     dot_file = d / "waitgraph.dot"
-    dot_file.write_text(to_dot(g, cycle))
+    dot_file.write_text(to_dot(g, cycle, hung, title))
     files["dot"] = str(dot_file)
     dot = shutil.which("dot")
     if dot is None:

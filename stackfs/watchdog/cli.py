@@ -1,0 +1,93 @@
+"""``stackfs watch``: watch live FUSE mounts (any FUSE filesystem) and report what hangs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from stackfs.cli import CLIError
+from stackfs.watchdog.detect import DEFAULT_THRESHOLD
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from stackfs import mountinfo
+    from stackfs.watchdog.monitor import Watchdog
+
+    if os.geteuid() != 0:
+        print("stackfs watch: not root: kernel stacks and other users' tasks are not readable",
+              file=sys.stderr)
+    fuse = {m.mountpoint for m in mountinfo.fuse_mounts()}
+    for mp in args.mountpoints:
+        if os.path.abspath(mp) not in fuse:
+            raise CLIError(f"{mp}: not a FUSE mount point")
+    if args.threshold <= 0:
+        raise CLIError("--threshold must be positive")
+    wd = Watchdog(
+        args.mountpoints or None, args.threshold, abort=args.abort,
+        report_dir=args.report_dir, json_file=args.json, picture=not args.no_picture,
+        since=0.0 if args.once else None,
+    )
+    if not wd.fusectl_ok:
+        print("stackfs watch: the FUSE control filesystem is not mounted and could not be: "
+              "no waiting counts, no abort", file=sys.stderr)
+    if args.once:
+        report = wd.check()
+        print(report.text())
+        return 1 if report.found else 0
+    if not args.quiet:
+        names = ", ".join(e.mountpoint for e in wd.watched()) or "none yet"
+        print(f"stackfs watch: watching {len(wd.watched())} FUSE mount(s) ({names}), "
+              f"threshold {args.threshold:g} s{', abort on hang' if args.abort else ''}",
+              file=sys.stderr, flush=True)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    found = 0
+    while True:
+        report = wd.poll()
+        if report is not None:
+            found += 1
+            print(report.text(), flush=True)
+            print(flush=True)
+            if args.count and found >= args.count:
+                break
+        if wd.gone():
+            if not args.quiet:
+                print("stackfs watch: no watched mount is left", file=sys.stderr)
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(wd.interval)
+    return 1 if found else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="watch FUSE mounts, report hung tasks with the kernel's words, optionally recover",
+        description="Watch live FUSE mounts (any FUSE filesystem; with no MOUNTPOINT, every FUSE "
+        "mount, also ones mounted later) and print a report when a task has been blocked in a "
+        "FUSE wait or in state D for longer than the threshold: the kernel's hung-task message "
+        "with the /proc stack, the connection and daemon it waits on, the daemon's requests "
+        "in flight and modelled locks (testbed mounts), the wait-for graph and its cycle as a "
+        "lockdep-style scenario. Modelled oopses and lockdep events of testbed daemons are "
+        "reported too. --abort then aborts the connections involved, detaches the mounts and "
+        "reaps the daemons. It never touches a watched mount through the VFS. Exit status: 0 "
+        "when nothing was reported, 1 when something was.",
+    )
+    p.add_argument("mountpoints", metavar="MOUNTPOINT", nargs="*")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="S",
+                   help="seconds without progress before a task counts as hung (default 1)")
+    p.add_argument("--abort", action="store_true",
+                   help="recover: abort the connections involved, detach, reap the daemons")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="write report.txt, report.json and waitgraph.svg/.png here")
+    p.add_argument("--json", metavar="FILE", help="write the JSON report to FILE")
+    p.add_argument("--once", action="store_true",
+                   help="look once and report what hangs now (exit 1 if something does)")
+    p.add_argument("--count", type=int, default=0, metavar="N",
+                   help="exit after N reports (default: keep watching)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop watching after S seconds")
+    p.add_argument("--no-picture", action="store_true", help="do not run graphviz")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_watch)

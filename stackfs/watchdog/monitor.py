@@ -1,0 +1,402 @@
+"""The watchdog loop: poll cheaply, scan when something waits, report, recover.
+
+Each :meth:`Watchdog.poll` reads the ``waiting`` counter of every watched FUSE connection (one
+small sysfs read each). Only when one of them is not zero does it scan /proc (at most every
+``scan_interval``); only when a scanned task has been blocked for the threshold does it read the
+daemons' states, build the wait-for graph and make a :class:`~stackfs.watchdog.report.Report`.
+Testbed daemons' states are also read every ``state_interval`` to catch modelled events (an oops
+leaves nothing waiting). Idle cost: a few file reads every ``interval``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stackfs import fusectl
+from stackfs.mountinfo import MountEntry
+from stackfs.watchdog import graph as graph_mod
+from stackfs.watchdog.detect import DEFAULT_THRESHOLD, Detector, Hang, ModelEvent, WorkloadError
+from stackfs.watchdog.procscan import DaemonView, Scanner, TaskInfo, fuse_daemons, query_daemons
+from stackfs.watchdog.recover import Recovery, recover
+from stackfs.watchdog.report import Report, write_json
+
+
+class Watchdog:
+    """Watches FUSE mounts for hangs, modelled kernel events and workload errors.
+
+    ``mounts``: mount points to watch (None: every FUSE mount, also ones that appear later).
+    ``threshold``: seconds without progress before a blocked task counts as hung.
+    ``abort``: recover (abort, detach, reap) as soon as something is reported.
+    ``report_dir`` / ``json_file``: where to write each report (text, JSON, picture).
+    ``since``: ignore modelled events older than this (default: now).
+    """
+
+    def __init__(
+        self,
+        mounts: Sequence[str | os.PathLike[str]] | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        interval: float = 0.05,
+        scan_interval: float = 0.1,
+        state_interval: float = 0.5,
+        abort: bool = False,
+        report_dir: str | os.PathLike[str] | None = None,
+        json_file: str | os.PathLike[str] | None = None,
+        picture: bool = True,
+        since: float | None = None,
+        event_settle: float | None = None,
+        grace: float = 0.25,
+    ) -> None:
+        self.targets = [os.path.abspath(m) for m in mounts] if mounts else None
+        self.threshold = threshold
+        self.interval = interval
+        self.scan_interval = scan_interval
+        self.state_interval = state_interval
+        self.abort = abort
+        self.report_dir = Path(report_dir) if report_dir else None
+        self.json_file = Path(json_file) if json_file else None
+        self.picture = picture
+        self.grace = grace
+        #: how long to keep watching after a modelled event before reporting it, so that the
+        #: hang it causes is in the same report (an oops is reported after a short settle)
+        self.event_settle = threshold + 0.3 if event_settle is None else event_settle
+        self.scanner = Scanner()
+        self.detector = Detector(threshold, since)
+        self.fusectl_ok = fusectl.ensure_mounted()
+        self.entries: dict[int, MountEntry] = {}
+        self.seen_targets: set[str] = set()
+        self.reports: list[Report] = []
+        self._reported: set[int] = set()
+        #: (tid, switch count) of hung tasks that turned out to wait on unwatched mounts
+        self._irrelevant: set[tuple[int, int | None]] = set()
+        self._tasks: dict[int, TaskInfo] = {}
+        self._scan_every = scan_interval
+        self._last_key: tuple = ()
+        self._forming = False
+        #: conn -> monotonic time before which its daemon's state is not polled again
+        self._backoff: dict[int, float] = {}
+        self._pending: list[ModelEvent] = []
+        self._pending_since: float | None = None
+        self._errors_reported = 0
+        self._last_scan = self._last_state = self._last_mounts = -1e9
+        self._refresh_mounts()
+
+    # -- what is watched --------------------------------------------------------------------
+
+    def _refresh_mounts(self) -> None:
+        table = self.scanner.refresh_mounts()
+        fuse = [e for e in table if e.is_fuse]
+        if self.targets is None:
+            chosen = fuse
+        else:
+            chosen = [e for e in fuse if e.mountpoint in self.targets]
+        self.entries = {e.conn: e for e in chosen}
+        self.seen_targets.update(e.mountpoint for e in chosen)
+        self._last_mounts = time.monotonic()
+
+    def watched(self) -> list[MountEntry]:
+        """The FUSE mounts watched now."""
+        return list(self.entries.values())
+
+    def gone(self) -> bool:
+        """Explicit mount points were given, were seen, and none is mounted any more."""
+        return bool(self.targets) and bool(self.seen_targets) and not self.entries
+
+    # -- the API for reproducers -------------------------------------------------------------
+
+    def workload_error(
+        self,
+        pid: int | None,
+        comm: str,
+        op: str,
+        path: str | None,
+        err: int,
+        expected: str | None = None,
+        message: str | None = None,
+    ) -> WorkloadError:
+        """A workload process got ``err`` from ``op(path)`` and should not have."""
+        e = WorkloadError(pid, comm, op, path, err, expected, message)
+        self.detector.workload_error(e)
+        return e
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def waiting(self) -> dict[int, int]:
+        out = {}
+        for c in list(self.entries):
+            n = fusectl.waiting(c)
+            if n is not None:
+                out[c] = n
+        return out
+
+    def poll(self) -> Report | None:
+        """One step; returns a report when something was found (and recovered, with abort)."""
+        mono = time.monotonic()
+        if mono - self._last_mounts >= 1.0:
+            self._refresh_mounts()
+        waiting = self.waiting()
+        busy = any(waiting.values())
+        if any(e.is_testbed for e in self.entries.values()) and (
+            mono - self._last_state >= self.state_interval
+        ):
+            self._last_state = mono
+            ask = [e for e in self.entries.values()
+                   if e.is_testbed and self._backoff.get(e.conn, 0.0) <= mono]
+            views = query_daemons(ask, timeout=0.25)
+            for c, v in views.items():
+                if v.error is not None:  # a wedged daemon's loop: do not stall every poll
+                    self._backoff[c] = time.monotonic() + 5.0
+            new = self.detector.new_events(views)
+            if new:
+                self._pending.extend(new)
+                if self._pending_since is None:
+                    self._pending_since = mono
+        hangs: list[Hang] = []
+        if busy and mono - self._last_scan >= self._scan_every:
+            self._last_scan = mono
+            hangs = self._hangs(self.scanner.scan(), waiting)
+            # nothing new forming and the counters unchanged (a hang already reported, or
+            # one on a mount we do not watch): scan less and less often, up to once a second
+            key = tuple(sorted(waiting.items()))
+            if hangs or self._forming or key != self._last_key:
+                self._scan_every = self.scan_interval
+            else:
+                self._scan_every = min(self._scan_every * 2, max(1.0, self.scan_interval))
+            self._last_key = key
+        if hangs:
+            return self._finish(self._build(hangs=hangs, waiting=waiting))
+        settle = self.event_settle if not any(e.type == "oops" for e in self._pending) \
+            else min(self.event_settle, 0.3)
+        if self._pending and self._pending_since is not None and mono - self._pending_since >= \
+                settle:
+            return self._finish(self._build(waiting=waiting, full=True))
+        if len(self.detector.errors) > self._errors_reported:
+            return self._finish(self._build(waiting=waiting, full=True))
+        return None
+
+    def _candidates(self, tasks: dict[int, TaskInfo]) -> set[int]:
+        conns = set(self.entries)
+        return {t.tid for t in tasks.values()
+                if t.conn in conns or (t.fuse_wait and t.conn is None)}
+
+    def _hangs(self, tasks: dict[int, TaskInfo], waiting: dict[int, int]) -> list[Hang]:
+        self._tasks = tasks
+        self.detector.observe(tasks)
+        fresh = {t for t in self._candidates(tasks) if t not in self._reported
+                 and (t, tasks[t].switches) not in self._irrelevant}
+        hangs = self.detector.hangs(tasks, fresh, {}, waiting)
+        self._forming = bool(fresh) and not hangs
+        return hangs
+
+    def check(self) -> Report:
+        """Look now, whatever the counters say: a report, with verdict ``ok`` if nothing."""
+        self._refresh_mounts()
+        waiting = self.waiting()
+        tasks = self.scanner.scan()
+        self.detector.observe(tasks)
+        views = query_daemons([e for e in self.entries.values() if e.is_testbed], timeout=0.5)
+        self._pending.extend(self.detector.new_events(views))
+        self._tasks = tasks
+        hangs = self.detector.hangs(tasks, self._candidates(tasks), {}, waiting)
+        return self._finish(self._build(hangs=hangs, waiting=waiting, full=True),
+                            keep_ok=True)
+
+    # -- report ------------------------------------------------------------------------------
+
+    def _daemon_views(self, tasks: dict[int, TaskInfo]) -> dict[int, DaemonView]:
+        """Every testbed mount's daemon (states included) and the daemons of involved mounts."""
+        table = [e for e in self.scanner.mounts if e.is_fuse]
+        want = set(self.entries) | {t.conn for t in tasks.values() if t.conn is not None}
+        chosen = [e for e in table if e.is_testbed or e.conn in want]
+        foreign = fuse_daemons() if any(not e.is_testbed for e in chosen) else None
+        return query_daemons(chosen, timeout=1.0, foreign=foreign)
+
+    def _build(self, hangs: list[Hang] | None = None, waiting: dict[int, int] | None = None,
+               full: bool = False) -> Report:
+        now = time.time()
+        waiting = dict(waiting or {})
+        tasks = self._tasks
+        if full and not hangs:
+            tasks = self._tasks = self.scanner.scan()
+            self.detector.observe(tasks)
+            hangs = self.detector.hangs(tasks, self._candidates(tasks), {}, waiting)
+        hangs = list(hangs or [])
+        before = {h.task.tid: h.task.switches for h in hangs}
+        views = self._daemon_views(tasks)
+        all_waiting = {c: n for c in fusectl.connections()
+                       if (n := fusectl.waiting(c)) is not None}
+        g = graph_mod.build(tasks, views, self.scanner, all_waiting)
+        # a task's connection may only be known from a daemon's request: hang details again
+        relevant = self._relevant(g, tasks)
+        g.keep_component([f"task:{t}" for t in relevant]
+                         + [n.id for n in g.nodes.values()
+                            if n.kind == "conn" and n.attrs.get("conn") in self.entries])
+        hangs = self.detector.hangs({h.task.tid: h.task for h in hangs}, relevant, views,
+                                    all_waiting, now) if hangs else []
+        kept = {h.task.tid for h in hangs}
+        self._irrelevant.update((t, sw) for t, sw in before.items() if t not in kept)
+        in_graph = {t.tid: t for t in g.tasks.values() if f"task:{t.tid}" in g.nodes}
+        also = [h for h in self.detector.hangs(in_graph, set(in_graph), views, all_waiting, now,
+                                               min_blocked=0.0) if h.task.tid not in kept]
+        cycles = graph_mod.find_cycles(g)
+        hung = {h.task.tid for h in hangs}
+        cycle = next((c for c in cycles if hung & set(c.tasks)), cycles[0] if cycles else None)
+        events = list(self._pending)
+        self._pending, self._pending_since = [], None
+        errors = self.detector.errors[self._errors_reported:]
+        self._errors_reported = len(self.detector.errors)
+        verdict, summary = _verdict(hangs, cycle, events, errors, g, self.threshold)
+        involved = {n.attrs.get("conn") for n in g.nodes.values()}
+        involved |= {h.task.conn for h in hangs}
+        waiting = {c: n for c, n in all_waiting.items() if c in involved or c in self.entries}
+        report = Report(
+            verdict=verdict, summary=summary, time=now, threshold=self.threshold,
+            hangs=hangs, also_blocked=also, blocked=list(in_graph.values()),
+            cycle=cycle, cycles=cycles, graph=g, events=events, errors=errors,
+            daemons={c: v for c, v in views.items() if c in involved or c in self.entries},
+            waiting=waiting, progress=self.detector.progress(views, now),
+        )
+        report.timing = _timing(report, g, now)
+        return report
+
+    def _relevant(self, g: graph_mod.WaitGraph, tasks: dict[int, TaskInfo]) -> set[int]:
+        """Tasks connected in the graph to a watched connection (either direction)."""
+        conns = set(self.entries)
+        adj: dict[str, set[str]] = {}
+        for e in g.edges:
+            adj.setdefault(e.src, set()).add(e.dst)
+            adj.setdefault(e.dst, set()).add(e.src)
+        seeds = [n.id for n in g.nodes.values() if n.attrs.get("conn") in conns]
+        seeds += [f"task:{t.tid}" for t in tasks.values() if t.conn in conns]
+        seen: set[str] = set()
+        todo = [s for s in seeds if s in g.nodes]
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            todo.extend(adj.get(n, ()))
+        out = {g.nodes[n].attrs.get("tid") for n in seen if g.nodes[n].kind == "task"}
+        out |= {t.tid for t in tasks.values() if t.conn in conns}
+        return {t for t in out if isinstance(t, int)}
+
+    def _finish(self, report: Report, keep_ok: bool = False) -> Report | None:
+        if report.verdict == "ok" and not keep_ok:
+            return None
+        self._reported.update(h.task.tid for h in report.hangs + report.also_blocked)
+        if self.abort and report.verdict != "ok":
+            report.recovery = self.recover(report)
+        if self.report_dir is not None:
+            sub = self.report_dir if not self.reports else \
+                self.report_dir / f"report-{len(self.reports) + 1}"
+            report.write(sub, picture=self.picture)
+        if self.json_file is not None:
+            write_json(report, self.json_file)
+        self.reports.append(report)
+        return report
+
+    def recover(self, report: Report) -> Recovery:
+        """Abort the report's connections, detach, reap, verify."""
+        rec = recover(report.involved_conns(), report.involved_tids(), scanner=self.scanner,
+                      grace=self.grace, mountpoints=report.involved_mounts())
+        self._refresh_mounts()
+        return rec
+
+    # -- drivers -----------------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None,
+            stop: Callable[[], bool] | None = None) -> Report:
+        """Poll until a verdict (returned), ``stop()`` is true or ``timeout`` passes (then a
+        final :meth:`check`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            report = self.poll()
+            if report is not None:
+                return report
+            if (stop is not None and stop()) or (deadline is not None
+                                                 and time.monotonic() >= deadline):
+                return self.check()
+            time.sleep(self.interval)
+
+    async def run_async(self, timeout: float | None = None,
+                        stop: Callable[[], bool] | None = None) -> Report:
+        """:meth:`run` for trio code: /proc and socket reads run in a worker thread."""
+        import trio
+
+        deadline = None if timeout is None else trio.current_time() + timeout
+        while True:
+            report = await trio.to_thread.run_sync(self.poll, abandon_on_cancel=True)
+            if report is not None:
+                return report
+            if (stop is not None and stop()) or (deadline is not None
+                                                 and trio.current_time() >= deadline):
+                return await trio.to_thread.run_sync(self.check, abandon_on_cancel=True)
+            await trio.sleep(self.interval)
+
+
+def _verdict(hangs: list[Hang], cycle: graph_mod.Cycle | None, events: list[ModelEvent],
+             errors: list[WorkloadError], g: graph_mod.WaitGraph,
+             threshold: float) -> tuple[str, str]:
+    types = [e.type for e in events]
+    if hangs and cycle is not None:
+        n = len(hangs)
+        return "deadlock", (f"{cycle.title}; {n} task{'s' if n != 1 else ''} blocked for more "
+                            f"than {threshold:g} s; cycle: {cycle.summary}")
+    if "oops" in types:
+        ev = events[types.index("oops")]
+        return "oops", str(ev.event.get("summary", "oops"))
+    if hangs:
+        why = []
+        for h in hangs:
+            tid = f"task:{h.task.tid}"
+            path = _path_from(g, tid)
+            why.append(f"{h.task.comm}/{h.task.tid}: " + " -> ".join(path))
+        n = len(hangs)
+        return "hang", (f"{n} task{'s' if n != 1 else ''} blocked for more than {threshold:g} s, "
+                        "no cycle: " + "; ".join(why))
+    for kind in ("recursive_locking", "lock_inversion", "barrier_timeout"):
+        if kind in types:
+            return kind, str(events[types.index(kind)].event.get("summary", kind))
+    if errors:
+        return "error", "; ".join(e.render() for e in errors)
+    return "ok", "no hung task, no modelled event, no unexpected error"
+
+
+def _path_from(g: graph_mod.WaitGraph, start: str) -> list[str]:
+    out, node, seen = [], start, set()
+    while node in g.nodes and node not in seen:
+        seen.add(node)
+        edges = g.out(node)
+        if not edges:
+            break
+        e = edges[0]
+        out.append(f"{e.label} {graph_mod.short(g, e.dst)}")
+        node = e.dst
+    return out
+
+
+def _timing(r: Report, g: graph_mod.WaitGraph, now: float) -> dict[str, Any]:
+    t: dict[str, Any] = {"detected": now}
+    if r.hangs:
+        t["hang_since"] = min(h.since for h in r.hangs)
+    if r.cycle is not None:
+        formed = []
+        for tid in r.cycle.tasks:
+            task = g.tasks.get(tid)
+            if task is not None and task.last_ran is not None:
+                formed.append(max(task.last_ran, task.started or 0.0))
+        if formed:
+            t["cycle_formed"] = max(formed)
+    if "cycle_formed" in t:
+        t["latency"], t["latency_from"] = now - t["cycle_formed"], "the last edge of the cycle " \
+            "formed (the last task of the cycle blocked)"
+    elif "hang_since" in t:
+        t["latency"], t["latency_from"] = now - t["hang_since"], "the first hung task blocked"
+    elif r.events:
+        t["latency"], t["latency_from"] = now - min(e.time for e in r.events), \
+            "the first modelled event"
+    return t

@@ -1,0 +1,133 @@
+"""``stackfs watch`` on a mount that it did not start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
+
+
+def _watch(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stackfs", "watch", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_watching(w: subprocess.Popen) -> None:
+    line = w.stderr.readline()
+    assert "watching 1 FUSE mount" in line, line
+
+
+def test_watch_reports_and_recovers_a_hang(testfs, workload, tmp_path, nothing_left,
+                                           picture_ok):
+    m = testfs("hang")
+    out = tmp_path / "rep"
+    w = _watch(str(m.mountpoint), "--threshold", "0.5", "--abort", "--report-dir", str(out),
+               "--json", str(tmp_path / "r.json"), "--timeout", "20")
+    try:
+        _wait_watching(w)
+        stat = workload(["stat", str(m.mountpoint / "hang-cli")])
+        stdout, stderr = w.communicate(timeout=25)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    assert w.returncode == 1, stderr
+    assert f"INFO: task stat:{stat.pid} blocked for more than 0.5 seconds." in stdout
+    assert 'lookup "hang-cli"' in stdout and "not answered by daemon" in stdout
+    assert "recovery: complete" in stdout
+    assert "no watched mount is left" in stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["verdict"] == "hang" and data["recovery"]["ok"]
+    assert data["hangs"][0]["task"]["tid"] == stat.pid
+    picture_ok(data["files"])
+    assert stat.wait(timeout=5) != 0
+    nothing_left(m, [stat.pid])
+
+
+def test_watch_all_mounts_reports_without_abort(testfs, workload, tmp_path):
+    """No MOUNTPOINT: every FUSE mount is watched; without --abort the mount stays."""
+    m = testfs("lookup-mkdir")
+    w = subprocess.Popen([sys.executable, "-m", "stackfs", "watch", "--timeout", "20",
+                          "--no-picture"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        w.stderr.readline()
+        time.sleep(0.2)
+        stat = workload(["stat", str(m.mountpoint / "trigger")])
+        # other FUSE mounts of the machine may hang too: read until our report is complete
+        mine = False
+        for line in w.stdout:
+            lines.append(line)
+            mine = mine or f"INFO: task stat:{stat.pid} blocked" in line
+            if mine and "*** DEADLOCK ***" in line:
+                break
+    finally:
+        w.kill()
+        w.wait()
+    stdout = "".join(lines)
+    assert f"INFO: task stat:{stat.pid} blocked for more than 1 seconds." in stdout, stdout
+    assert "*** DEADLOCK ***" in stdout
+    assert m.is_mounted()  # not aborted
+
+
+def test_watch_once_and_bad_mountpoint(testfs, tmp_path):
+    m = testfs("hang")
+    res = subprocess.run([sys.executable, "-m", "stackfs", "watch", "--once", str(m.mountpoint)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "stackfs watchdog: ok" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "stackfs", "watch", str(tmp_path)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1 and "not a FUSE mount point" in res.stderr
+
+
+def test_watch_a_foreign_fuse_filesystem(workload, tmp_path):
+    """Not a testbed mount: the connection comes from the syscall's path, the daemon from the
+    process holding /dev/fuse for that connection (fdinfo), and --abort still recovers."""
+    from pathlib import Path
+
+    from stackfs import fusectl, mountinfo
+
+    mp = tmp_path / "foreign"
+    mp.mkdir()
+    daemon = subprocess.Popen([sys.executable, str(Path(__file__).with_name("foreignfs.py")),
+                               str(mp)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert daemon.stdout.readline() == b"ready\n"
+        entry = mountinfo.find(mp)
+        assert entry is not None and entry.fstype == "fuse.foreign" and not entry.is_testbed
+        w = _watch(str(mp), "--threshold", "0.5", "--abort", "--json", str(tmp_path / "f.json"),
+                   "--no-picture", "--timeout", "20")
+        try:
+            _wait_watching(w)
+            stat = workload(["stat", str(mp / "hang-foreign")])
+            stdout, stderr = w.communicate(timeout=25)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        assert w.returncode == 1, stderr
+        data = json.loads((tmp_path / "f.json").read_text())
+        assert data["verdict"] == "hang"
+        [hang] = data["hangs"]
+        assert hang["task"]["tid"] == stat.pid and hang["task"]["conn"] == entry.conn
+        assert hang["task"]["conn_how"] == "syscall path"
+        assert hang["daemon"]["pid"] == daemon.pid and not hang["daemon"]["testbed"]
+        assert f"FUSE connection {entry.conn} at {mp} (foreignfs)" in stdout
+        assert data["recovery"]["ok"] and data["recovery"]["aborted"] == [entry.conn]
+        assert data["recovery"]["foreign_daemons"] == [daemon.pid]
+        assert stat.wait(timeout=5) != 0
+        assert mountinfo.find(mp) is None
+    finally:
+        entry = mountinfo.find(mp)
+        if entry is not None and entry.fstype == "fuse.foreign":
+            fusectl.abort(entry.conn)
+            subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+        daemon.kill()
+        daemon.wait(timeout=5)
