@@ -1,0 +1,90 @@
+"""The few *at() system calls Python's ``os`` module does not offer, through ctypes.
+
+The store is reached through ``O_PATH`` file descriptors (one per inode the kernel knows), as
+libfuse's passthrough_ll does. ``os`` cannot operate on such a descriptor itself for some calls
+(``fchown``/``futimens`` refuse O_PATH descriptors), nor pass the kernel's rename flags; these
+wrappers call ``renameat2``, ``fchownat``, ``utimensat`` and ``linkat`` with ``AT_EMPTY_PATH``.
+Every wrapper raises :class:`OSError` with the syscall's errno.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.renameat2.argtypes = [
+    ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
+]
+_libc.fchownat.argtypes = [
+    ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int,
+]
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+
+
+def _check(ret: int, what: str, name: bytes | None = None) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        if name is not None:
+            raise OSError(err, f"{what}: {os.strerror(err)}", os.fsdecode(name))
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
+    """``renameat2(2)``: rename with RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT."""
+    _check(_libc.renameat2(olddirfd, old, newdirfd, new, flags), "renameat2", old)
+
+
+def fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """``fchownat(fd, "", uid, gid, AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW)``: works on O_PATH fds and
+    on symlinks themselves. ``-1`` leaves an id unchanged."""
+    _check(
+        _libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF,
+                       AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
+        "fchownat",
+    )
+
+
+def fchownat(dirfd: int, name: bytes, uid: int, gid: int) -> None:
+    """``fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)``."""
+    _check(
+        _libc.fchownat(dirfd, name, uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_SYMLINK_NOFOLLOW),
+        "fchownat", name,
+    )
+
+
+def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """``utimensat(fd, "", times, AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW)`` with nanoseconds;
+    ``None`` leaves that time alone (``UTIME_OMIT``)."""
+    times = (_Timespec * 2)()
+    for i, ns in enumerate((atime_ns, mtime_ns)):
+        if ns is None:
+            times[i].tv_sec, times[i].tv_nsec = 0, UTIME_OMIT
+        else:
+            times[i].tv_sec, times[i].tv_nsec = divmod(ns, 1_000_000_000)
+    _check(
+        _libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "utimensat"
+    )
+
+
+def link_empty(fd: int, newdirfd: int, name: bytes) -> None:
+    """``linkat(fd, "", newdirfd, name, AT_EMPTY_PATH)``: a new name for the object behind an
+    O_PATH fd (needs CAP_DAC_READ_SEARCH; the daemon runs as root)."""
+    _check(_libc.linkat(fd, b"", newdirfd, name, AT_EMPTY_PATH), "linkat", name)
