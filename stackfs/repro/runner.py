@@ -1,0 +1,428 @@
+"""Run a scenario: mount, prepare, run the workload under the watchdog, recover, judge.
+
+One run (:func:`run_once`) is one case of one variant, on a stack of its own:
+
+1. a :class:`~stackfs.lifecycle.Stack` with a run id of its own; the scenario mounts it
+   bottom-up (backends, then the union) and prepares it;
+2. the workload's real processes start together (natural mode: another client changes the
+   server at a random moment around that start);
+3. the watchdog watches every layer until a verdict: every process exited (then it looks once
+   more: a modelled event, e.g. an oops, leaves nothing hanging), a hung task (with or without a
+   cycle), or a modelled event;
+4. recovery: for a finding the watchdog aborts exactly the connections involved, detaches and
+   reaps; leftover workload processes are killed by pid; then the stack goes down top-down and
+   the runner checks that nothing of the run is mounted or alive;
+5. the OBSERVED outcome (``deadlock``, ``oops``, ``completes``, or whatever else was seen) is
+   judged against the variant's expectation, with the scenario's evidence checks for a finding
+   and its data checks (union and branches) for a run that completed.
+
+Each run writes a directory: ``report.txt``/``report.json``/``waitgraph.svg``/``.png`` (the
+watchdog's), ``result.json`` and ``summary.txt`` (the runner's), the workload's output and the
+daemons' logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stackfs import lifecycle, mountinfo
+from stackfs.repro.observe import INSTRUMENTATION, Observation, TimedAction, observe, recover
+from stackfs.repro.run import Run, SetupError
+from stackfs.repro.scenario import (
+    COMPLETES,
+    FORCED,
+    NATURAL,
+    Case,
+    Scenario,
+    ServerChange,
+    Variant,
+)
+from stackfs.repro.workload import ProcResult, Workload
+
+SETUP_ERROR = "setup-error"
+WRONG_RESULT = "wrong-result"
+STILL_RUNNING = "still-running"
+
+
+@dataclass
+class RunResult:
+    """What one run observed, and how it compares with the expectation."""
+
+    scenario: str
+    seed: str
+    case: str
+    variant: str
+    mode: str
+    iteration: int
+    expected: str
+    observed: str = SETUP_ERROR
+    matched: bool = False
+    #: the variant's bug happened (observed == expected for a buggy variant)
+    reproduced: bool = False
+    verdict: str | None = None
+    summary: str = ""
+    #: what is wrong: missing evidence, wrong data, unexpected errors
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    processes: list[ProcResult] = field(default_factory=list)
+    #: seconds from the start of the workload to the watchdog's verdict
+    time_to_verdict: float | None = None
+    #: the watchdog's detection latency (from the last edge of the cycle / the event)
+    detection_latency: float | None = None
+    latency_from: str | None = None
+    #: seconds from the verdict until nothing of the run was left (abort, detach, reap, unmount)
+    recovery_seconds: float | None = None
+    #: the watchdog's own recovery (abort, detach, reap, verify) for a finding
+    watchdog_recovery_seconds: float | None = None
+    recovered: bool = False
+    recovery_notes: list[str] = field(default_factory=list)
+    setup_seconds: float = 0.0
+    total_seconds: float = 0.0
+    report_dir: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    #: earlier attempts of this run that another process disturbed (their summaries)
+    disturbed: list[str] = field(default_factory=list)
+
+    @property
+    def row(self) -> str:
+        return self.scenario if self.case == "default" else f"{self.scenario} ({self.case})"
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["processes"] = [p.to_json() for p in self.processes]
+        return d
+
+
+def _out_dir(root: Path, scenario: type[Scenario], variant: Variant, case: Case,
+             index: int) -> Path:
+    parts = [scenario.name, variant.name]
+    if len(scenario.cases) > 1:
+        parts.append(case.name)
+    parts.append(f"{index:03d}")
+    return root.joinpath(*parts)
+
+
+def run_once(
+    scenario: type[Scenario],
+    variant: str,
+    case: str | None = None,
+    *,
+    mode: str = FORCED,
+    index: int = 1,
+    report_root: Path | None = None,
+    rng: random.Random | None = None,
+    threshold: float | None = None,
+    keep_scratch: bool = False,
+) -> RunResult:
+    """One run of ``scenario`` / ``variant`` / ``case`` (see the module docstring)."""
+    t0 = time.monotonic()
+    scen = scenario()
+    v = scenario.variant(variant)
+    c = scenario.case(case) if case else scenario.cases[0]
+    root = report_root or Path(tempfile.mkdtemp(prefix="stackfs-reports-"))
+    out = _out_dir(root, scenario, v, c, index)
+    if out.exists():
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    result = RunResult(scenario.name, scenario.seed, c.name, v.name, mode, index, v.expect,
+                       report_dir=str(out))
+    scratch = Path(tempfile.mkdtemp(prefix=f"stackfs-{scenario.name}-"))
+    run_id = f"repro-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    mountpoints: list[str] = []
+    daemons: list[int] = []
+    report = None
+    work: Workload | None = None
+    run: Run | None = None
+    obs: Observation | None = None
+    try:
+        with lifecycle.Stack(run_id=run_id, log_dir=out / "logs") as st:
+            run = Run(scen, v, c, mode, index, scratch, out, st, rng)
+            try:
+                scen.mount(run)
+                scen.prepare(run)
+            except SetupError as exc:
+                result.error = str(exc)
+                result.summary = f"set-up failed: {exc}"
+            mountpoints = run.mountpoints()
+            daemons = [layer.mount.pid for layer in run.layers.values()]
+            t_rec = time.monotonic()
+            if result.error is None:
+                result.setup_seconds = time.monotonic() - t0
+                obs = _observe(scen, run, out, threshold)
+                report, work = obs.report, obs.workload
+                # the data is checked while the stack is up (only when nothing was found)
+                checked = _check(result, scen, run, obs)
+                t_rec = time.monotonic()
+                recover(obs, own_conns=[la.mount.conn for la in run.layers.values()],
+                        own_pids=[la.mount.pid for la in run.layers.values()])
+                if obs.recovery is not None:
+                    result.watchdog_recovery_seconds = obs.recovery.seconds
+                    result.recovery_notes.extend(obs.recovery.render())
+                if obs.killed:
+                    result.recovery_notes.append(
+                        "killed after recovery: " + ", ".join(r.render() for r in obs.killed))
+        # the stack is down (top-down, hung layers aborted): check that nothing is left
+        leftovers = _leftovers(mountpoints, daemons, work)
+        left = lifecycle.cleanup(run_id=run_id)
+        if left:
+            leftovers.append("cleanup had to remove: " + ", ".join(
+                f"{a.what} {a.mountpoint}" for a in left))
+        result.recovery_seconds = time.monotonic() - t_rec
+        result.recovered = not leftovers
+        result.recovery_notes.extend(leftovers)
+        result.recovery_notes.extend(
+            f"unmount {r.mountpoint}: " + ("clean" if r.clean else
+                                           "aborted" if r.aborted else "detached")
+            + f" in {r.seconds:.3f} s" for r in st.reports)
+        if obs is None:
+            return result  # a set-up error: nothing was observed
+        _judge(result, v, mode, obs, checked)
+        result.time_to_verdict = obs.time_to_verdict
+        result.detection_latency = report.latency if obs.finding else None
+        result.latency_from = report.timing.get("latency_from") if obs.finding else None
+        result.summary = result.summary or report.summary
+    except SetupError as exc:
+        result.error = str(exc)
+        result.summary = f"set-up failed: {exc}"
+    finally:
+        if run is not None:
+            result.notes = list(run.notes)
+            result.layers = [layer.to_json() for layer in run.layers.values()]
+        if work is not None:
+            result.processes = list(work.results)
+        if report is not None:
+            with contextlib.suppress(Exception):
+                result.files.update(report.write(out, picture=True))
+        result.total_seconds = time.monotonic() - t0
+        _write_result(result, out, scenario, report)
+        if not keep_scratch:
+            _remove_scratch(scratch)
+    return result
+
+
+def _leftovers(mountpoints: Iterable[str], daemons: Iterable[int],
+               work: Workload | None) -> list[str]:
+    out = []
+    mounted = {e.mountpoint for e in mountinfo.mounts()}
+    for mp in mountpoints:
+        if mp in mounted:
+            out.append(f"still mounted: {mp}")
+    for pid in daemons:
+        if _alive(pid):
+            out.append(f"daemon {pid} still alive")
+    if work is not None:
+        for r in work.results:
+            if r.status is None:
+                out.append(f"workload process {r.comm}/{r.pid} could not be killed")
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _observe(scen: Scenario, run: Run, out: Path, threshold: float | None) -> Observation:
+    """Start the scenario's workload and watch until a verdict."""
+    timed: list[TimedAction] = []
+    if not run.forced:
+        for ch in scen.concurrent(run):
+            off = run.rng.uniform(-scen.natural_window, scen.natural_window)
+            timed.append((off, _server_action(run, ch)))
+    obs = observe(run.mountpoints(), scen.workload(run), out_dir=out / "workload",
+                  threshold=threshold if threshold is not None else scen.threshold,
+                  timeout=scen.timeout, timed=timed)
+    run.notes.extend(obs.notes)
+    return obs
+
+
+def _server_action(run: Run, ch: ServerChange):
+    def act() -> str:
+        return f"another client: {run.server(ch.role, ch.action, *ch.args)}"
+
+    return act
+
+
+def _check(result: RunResult, scen: Scenario, run: Run, obs: Observation) -> bool:
+    """While the stack is up: the scenario's evidence checks for a finding of the expected
+    kind, its data checks for a run in which every process exited and nothing was found."""
+    if obs.finding:
+        if obs.verdict == run.variant.expect:
+            result.problems.extend(scen.evidence(run, obs.report.to_json()))
+        return True
+    if not obs.workload.poll():
+        return False
+    bad = [r for r in obs.workload.results if not r.ok]
+    result.problems.extend(f"{r.render()}, expected exit "
+                           f"{' or '.join(map(str, r.ok_status or ()))}" for r in bad)
+    result.problems.extend(scen.verify(run, obs.workload.results))
+    return True
+
+
+def _judge(result: RunResult, v: Variant, mode: str, obs: Observation, checked: bool) -> None:
+    """Decide the OBSERVED outcome from what was seen, then compare it with the expectation."""
+    result.verdict = obs.verdict
+    if obs.finding:
+        result.observed = obs.verdict
+        result.summary = obs.report.summary
+    elif not checked:
+        result.observed = STILL_RUNNING
+        result.summary = ("no finding, but the workload was still running at the end: "
+                          + "; ".join(r.render() for r in obs.workload.results
+                                      if not r.exited))
+    else:
+        result.observed = COMPLETES if not result.problems else WRONG_RESULT
+        result.summary = ("every process exited as it should and the data is right"
+                          if not result.problems else "; ".join(result.problems))
+    exact = result.observed == v.expect and not result.problems
+    result.reproduced = v.is_bug and result.observed == v.expect
+    if mode == NATURAL and v.is_bug:
+        # natural mode measures a rate: a run in which the bug did not happen is fine, as long
+        # as it then completed correctly
+        result.matched = exact or (result.observed == COMPLETES and not result.problems)
+    else:
+        result.matched = exact
+    if not result.recovered:
+        result.matched = False
+        result.problems.append("recovery incomplete: " + "; ".join(
+            n for n in result.recovery_notes if not n.startswith("unmount ")))
+
+
+def _write_result(result: RunResult, out: Path, scenario: type[Scenario], report) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result.to_json(), indent=1, default=str) + "\n")
+    lines = [
+        f"{result.row}: variant {result.variant}, {result.mode} mode, run {result.iteration}",
+        f"seed {scenario.seed}: {scenario.summary}",
+        "",
+        f"expected: {result.expected}",
+        f"observed: {result.observed}" + (" (matches)" if result.matched else " (MISMATCH)"),
+        f"  {result.summary}",
+    ]
+    lines += [f"  problem: {p}" for p in result.problems]
+    if result.error:
+        lines.append(f"set-up error: {result.error}")
+    if result.notes:
+        lines += ["", "what was done:"] + [f"  - {n}" for n in result.notes]
+    if result.processes:
+        lines += ["", "workload:"] + [f"  {p.render()}" for p in result.processes]
+    lines += ["", "timing:"]
+    if result.time_to_verdict is not None:
+        lines.append(f"  workload start to verdict: {result.time_to_verdict:.3f} s")
+    if result.detection_latency is not None:
+        lines.append(f"  detection latency: {result.detection_latency:.3f} s "
+                     f"(from {result.latency_from})")
+    if result.recovery_seconds is not None:
+        lines.append(f"  recovery: {result.recovery_seconds:.3f} s, "
+                     f"{'complete' if result.recovered else 'INCOMPLETE'}")
+    lines += [f"  {n}" for n in result.recovery_notes]
+    if report is not None:
+        lines += ["", "the watchdog's report: report.txt, report.json"
+                  + (", waitgraph.svg, waitgraph.png" if "svg" in result.files else "")]
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    result.files["summary"] = str(out / "summary.txt")
+    result.files["result"] = str(out / "result.json")
+
+
+def _remove_scratch(scratch: Path) -> None:
+    """Remove the scratch directory, unless something is (still) mounted below it."""
+    prefix = str(scratch) + "/"
+    if any(e.mountpoint.startswith(prefix) for e in mountinfo.mounts()):
+        return
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+#: what a process sees when its FUSE connection is aborted (by recovery, or by someone else)
+ABORTED = (os.strerror(errno.ENOTCONN), os.strerror(errno.ECONNABORTED))
+
+
+def disturbed(r: RunResult) -> bool:
+    """Another process aborted this run's connections: a process or a prepare step saw the
+    connection go away although the run itself had found nothing to recover (the machine is
+    shared; a recovery elsewhere that aborts by connection number can hit a reused one)."""
+    if r.verdict not in (None, "ok", "error", *INSTRUMENTATION):
+        return False
+    text = (r.error or "") + "".join(p.stderr for p in r.processes)
+    return any(msg in text for msg in ABORTED)
+
+
+def run_with_retries(scenario: type[Scenario], variant: str, case: str | None = None,
+                     attempts: int = 3, **kw: Any) -> RunResult:
+    """:func:`run_once`, repeated (up to ``attempts`` in all) while another process disturbed
+    it; the disturbed attempts are listed in the result (``disturbed``)."""
+    notes: list[str] = []
+    while True:
+        r = run_once(scenario, variant, case, **kw)
+        if not disturbed(r) or len(notes) + 1 >= attempts:
+            r.disturbed = notes
+            return r
+        notes.append(f"attempt {len(notes) + 1} disturbed (connection aborted from outside): "
+                     f"{r.error or r.summary} [{r.report_dir}]")
+        if r.report_dir:
+            old = Path(r.report_dir)
+            with contextlib.suppress(OSError):
+                old.rename(old.with_name(old.name + f"-disturbed-{len(notes)}"))
+
+
+# -- many runs ------------------------------------------------------------------------------------
+
+Progress = Callable[[int, int, RunResult], None]
+
+
+@dataclass
+class Plan:
+    """Which runs: scenario, variants, cases, mode, iterations."""
+
+    scenario: type[Scenario]
+    variants: list[str]
+    cases: list[str]
+    mode: str = FORCED
+    iterations: int = 1
+
+    @property
+    def total(self) -> int:
+        return len(self.variants) * len(self.cases) * self.iterations
+
+
+def plan(scenario: type[Scenario], variant: str | None = None, case: str | None = None,
+         natural: bool = False, iterations: int = 1) -> Plan:
+    variants = [scenario.variant(variant).name] if variant else [v.name for v in
+                                                                 scenario.variants]
+    cases = [scenario.case(case).name] if case else [c.name for c in scenario.cases]
+    return Plan(scenario, variants, cases, NATURAL if natural else FORCED, iterations)
+
+
+def run_plan(p: Plan, report_root: Path, progress: Progress | None = None,
+             seed: int | None = None, threshold: float | None = None,
+             done_before: int = 0, total: int | None = None) -> list[RunResult]:
+    """Every run of ``p``, in order variant, case, iteration."""
+    rng = random.Random(seed)
+    results = []
+    n = done_before
+    for variant in p.variants:
+        for case in p.cases:
+            for i in range(1, p.iterations + 1):
+                r = run_with_retries(p.scenario, variant, case, mode=p.mode, index=i,
+                                     report_root=report_root, rng=rng, threshold=threshold)
+                results.append(r)
+                n += 1
+                if progress is not None:
+                    progress(n, total or p.total, r)
+    return results

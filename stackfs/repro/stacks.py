@@ -1,0 +1,60 @@
+"""Command lines of the testbed's layers, as the reproducers and the pytest plugin mount them.
+
+Every layer is its own daemon started in the foreground (``-f``) by
+:meth:`stackfs.lifecycle.Stack.mount`, which returns once the mount is live:
+
+* a backend: ``stackfs backend mount KIND --store DIR --variant V [-o OPT]... -f MNT``
+  (``-o inject=POINT=ACTION`` sets an injection point at mount time);
+* the union: ``stackfs mount -o br=UPPER=rw:LOWER=ro[:...][,copyup=MODE][,OPT...] -f MNT``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from stackfs import lifecycle
+
+PathLike = str | os.PathLike[str]
+
+
+def backend_argv(
+    kind: str,
+    store: PathLike,
+    mountpoint: PathLike,
+    *,
+    variant: str | None = None,
+    inject: Iterable[str] = (),
+    options: Iterable[str] = (),
+) -> list[str]:
+    """``python -m stackfs backend mount KIND --store STORE [--variant V] [-o ...] -f MNT``."""
+    argv = lifecycle.stackfs_argv("backend", "mount", kind, "--store", os.fspath(store))
+    if variant:
+        argv += ["--variant", variant]
+    for opt in options:
+        argv += ["-o", opt]
+    for spec in inject:
+        argv += ["-o", f"inject={spec}"]
+    argv += ["-f", os.fspath(mountpoint)]
+    return argv
+
+
+def union_argv(
+    upper: PathLike | None,
+    lowers: Sequence[PathLike],
+    mountpoint: PathLike,
+    *,
+    copyup: str | None = None,
+    inject: Iterable[str] = (),
+    options: Iterable[str] = (),
+) -> list[str]:
+    """``python -m stackfs mount -o br=UPPER=rw:LOWER=ro...[,copyup=MODE][,...] -f MNT``."""
+    branches = ([f"{os.fspath(upper)}=rw"] if upper is not None else []) + [
+        f"{os.fspath(lo)}=ro" for lo in lowers
+    ]
+    opts = ["br=" + ":".join(branches)]
+    if copyup:
+        opts.append(f"copyup={copyup}")
+    opts.extend(options)
+    opts.extend(f"inject={spec}" for spec in inject)
+    return lifecycle.stackfs_argv("mount", "-o", ",".join(opts), "-f", os.fspath(mountpoint))

@@ -1,0 +1,120 @@
+"""Pieces of the reproducers that need no mount: evidence checks, the report excerpt,
+aggregation, the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from stackfs.repro import evidence, registry
+from stackfs.repro.cli import excerpt
+from stackfs.repro.runner import RunResult, disturbed
+from stackfs.repro.scenario import COMPLETES, Variant
+from stackfs.repro.stats import summarize
+from stackfs.repro.workload import ProcResult, errno_in
+
+OOPS_REPORT = {
+    "events": [{
+        "type": "oops", "summary": "kernel BUG at fs/dcache.c:2989!",
+        "tasks": [
+            {"pid": 1, "comm": "cat", "chain": ["do_filp_open", "path_openat", "lookup_open",
+                                               "nfs_atomic_open", "nfs_lookup",
+                                               "d_splice_alias"]},
+            {"pid": 2, "comm": "cat", "chain": ["lookup_open", "nfs_atomic_open"]},
+        ],
+    }],
+}
+CHAIN = ["path_openat", "lookup_open", "nfs_atomic_open", "nfs_lookup", "d_splice_alias"]
+
+
+def test_oops_evidence():
+    assert evidence.oops(OOPS_REPORT, CHAIN, comms={"cat"}, min_tasks=2) == []
+    assert evidence.oops(OOPS_REPORT, CHAIN, comms={"ls"})
+    assert evidence.oops(OOPS_REPORT, CHAIN, min_tasks=3)
+    assert evidence.oops(OOPS_REPORT, ["nfs_lookup", "nfs_atomic_open"])  # wrong order
+    assert evidence.oops({"events": []}, CHAIN) == ["no oops event in the report"]
+
+
+def test_recursive_lock_and_blocked_task_evidence():
+    report = {
+        "hangs": [{"task": {"comm": "run from pyfuse"}}],
+        "blocked": [{"comm": "mv"}, {"comm": "run from pyfuse"}],
+        "cycle": {"kind": "recursive_locking", "summary": "x"},
+        "events": [{"type": "recursive_locking", "fsname": "stackfs:afs:9",
+                    "tasks": [{"chain": ["afs_open", "osi_VM_FlushPages"]}]}],
+    }
+    assert evidence.blocked_task(report, "mv") == []
+    assert evidence.blocked_task(report, "cat")
+    assert evidence.recursive_lock(report, via="osi_VM_FlushPages", fsname_kind="afs") == []
+    assert evidence.recursive_lock(report, via="osi_VM_FlushPages", fsname_kind="nfs")
+    assert evidence.recursive_lock({"events": [], "cycle": None}, via="x")
+
+
+def test_errno_from_coreutils_messages():
+    assert errno_in("cat: /x: Stale file handle\n") == 116
+    assert errno_in("mv: cannot stat 'a': Transport endpoint is not connected") == 107
+    assert errno_in("all fine") is None
+
+
+def test_excerpt_tells_the_story():
+    text = "\n".join([
+        "INFO: task mv:12 blocked for more than 1 seconds.",
+        "WARNING: possible recursive locking detected",
+        "w/13 is trying to acquire lock:",
+        " (i_rwsem ino:5), at: afs_linux_lock_inode",
+        "",
+        "but task is already holding lock:",
+        " (i_rwsem ino:5), at: inode_lock",
+        "",
+        "stack backtrace (model call chain, innermost first):",
+        " afs_linux_lock_inode", " osi_VM_FlushPages", "",
+        "kernel BUG at fs/dcache.c:2989!",
+        "PID: 7 Comm: cat", "RIP: 0010:d_splice_alias", "Call Trace:",
+        " nfs_lookup", " nfs_atomic_open", "---[ end trace ]---", "",
+        "racing tasks (crash dump, innermost frame first):",
+        'PID: 7  COMMAND: "cat"', " #0 d_splice_alias", 'PID: 8  COMMAND: "cat"',
+    ])
+    out = excerpt(text)
+    assert out[0].startswith("INFO: task mv:12")
+    assert " (i_rwsem ino:5), at: inode_lock" in out
+    assert "model backtrace: afs_linux_lock_inode <- osi_VM_FlushPages" in out
+    assert "Call Trace: nfs_lookup <- nfs_atomic_open" in out
+    assert "racing tasks: cat/7, cat/8" in out
+
+
+def _result(observed: str, reproduced: bool, **kw) -> RunResult:
+    r = RunResult("s", "000", "default", "buggy", "natural", 1, "deadlock",
+                  observed=observed, reproduced=reproduced, matched=True, **kw)
+    r.total_seconds = 2.0
+    return r
+
+
+def test_summary_rates():
+    rs = [_result("deadlock", True, time_to_verdict=1.0, detection_latency=1.0),
+          _result("completes", False), _result("completes", False),
+          _result("deadlock", True, time_to_verdict=1.2, detection_latency=1.1)]
+    [s] = summarize(rs)
+    assert s.rate == 50.0
+    assert s.per_minute == pytest.approx(60 * 2 / 8.0)
+    assert s.observed_text() in ("deadlock ×2, completes ×2", "completes ×2, deadlock ×2")
+    assert s.to_json()["time_to_reproduce"]["median"] == pytest.approx(1.1)
+
+
+def test_disturbed_runs_are_recognised():
+    p = ProcResult("cat", ["cat", "f"], 1, "cat", 0.0, status=1,
+                   stderr="cat: f: Software caused connection abort\n")
+    assert disturbed(_result("wrong-result", False, verdict="ok", processes=[p]))
+    assert not disturbed(_result("deadlock", True, verdict="deadlock", processes=[p]))
+    assert disturbed(_result("setup-error", False,
+                             error="cat: x: Transport endpoint is not connected"))
+
+
+def test_registry():
+    names = [s.name for s in registry.scenarios()]
+    assert "aufs-afs-copyup" in names and "nfs-atomic-open" in names
+    with pytest.raises(KeyError, match="no scenario"):
+        registry.get("nope")
+    s = registry.get("aufs-afs-copyup")
+    assert s.variant("buggy").is_bug and not s.variant("fixed-afs").is_bug
+    with pytest.raises(ValueError):
+        Variant("x", "sometimes", "bad expectation")
+    assert COMPLETES in {v.expect for v in s.variants}
