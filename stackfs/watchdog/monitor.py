@@ -66,6 +66,7 @@ class Watchdog:
         self.event_settle = threshold + 0.3 if event_settle is None else event_settle
         self.scanner = Scanner()
         self.detector = Detector(threshold, since)
+        self._defer_started: float | None = None
         self.fusectl_ok = fusectl.ensure_mounted()
         self.entries: dict[int, MountEntry] = {}
         self.seen_targets: set[str] = set()
@@ -168,7 +169,17 @@ class Watchdog:
                 self._scan_every = min(self._scan_every * 2, max(1.0, self.scan_interval))
             self._last_key = key
         if hangs:
-            return self._finish(self._build(hangs=hangs, waiting=waiting))
+            pending, since, errors = list(self._pending), self._pending_since, \
+                self._errors_reported
+            report = self._build(hangs=hangs, waiting=waiting)
+            wait = self._cycle_still_forming(report, mono)
+            if wait is None:
+                self._defer_started = None
+                return self._finish(report)
+            # not yet: keep what _build consumed for the report that will be made
+            self._pending, self._pending_since, self._errors_reported = pending, since, errors
+            self._scan_every = min(self.scan_interval, wait)
+            return None
         settle = self.event_settle if not any(e.type == "oops" for e in self._pending) \
             else min(self.event_settle, 0.3)
         if self._pending and self._pending_since is not None and mono - self._pending_since >= \
@@ -262,6 +273,26 @@ class Watchdog:
         )
         report.timing = _timing(report, g, now)
         return report
+
+    def _cycle_still_forming(self, report: Report, mono: float) -> float | None:
+        """Seconds to wait before reporting ``report``, or None to report now.
+
+        Like the kernel's hung-task detector, a task is named hung only once it has been
+        blocked for the threshold; a cycle's tasks block one after another (``mv`` first, the
+        copy-up's worker a little later), so the report waits until every task of the cycle is
+        over the threshold (bounded by one more threshold), and names them all."""
+        if report.cycle is None:
+            return None
+        if self._defer_started is None:
+            self._defer_started = mono
+        if mono - self._defer_started >= self.threshold:
+            return None
+        hung = {h.task.tid for h in report.hangs}
+        short = [h.blocked_for for h in report.also_blocked
+                 if h.task.tid in report.cycle.tasks and h.task.tid not in hung]
+        if not short:
+            return None
+        return max(0.01, self.threshold - min(short))
 
     def _relevant(self, g: graph_mod.WaitGraph, tasks: dict[int, TaskInfo]) -> set[int]:
         """Tasks connected in the graph to a watched connection (either direction)."""
