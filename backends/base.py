@@ -49,15 +49,8 @@ from backends import syscalls
 from backends.options import BASE_OPTIONS, Option, split_options
 from backends.server import ServerSide
 from backends.tables import DirHandle, Handle, Inode, ServerChange
-from backends.xattrlock import (
-    XATTR_I_RWSEM,
-    XATTR_LOCK_READ,
-    XATTR_LOCK_WRITE,
-    XATTR_PREFIX,
-    XATTR_UNLOCK,
-    InodeLocks,
-)
-from stackfs import control
+from backends.xattrlock import InodeLocks
+from stackfs import control, crosslock
 from stackfs.daemon import TestbedOperations
 from stackfs.kernel.events import Oops
 from stackfs.kernel.state import KernelState
@@ -782,10 +775,8 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     @fuse_op
     async def setxattr(self, inode, name, value, ctx):
         node = self.inode(inode)
-        if name.startswith(XATTR_PREFIX):
-            if name != XATTR_I_RWSEM:
-                raise _err(errno.EOPNOTSUPP)
-            await self.lock_i_rwsem(node, value, ctx)
+        if crosslock.reserved(name):
+            await crosslock.serve_setxattr(lambda: self.i_rwsem(node), name, value, ctx.pid)
             return
         self.check_inode(node, "setxattr")
         os.setxattr(_proc_fd(node.fd), name, value)
@@ -794,10 +785,8 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     @fuse_op
     async def removexattr(self, inode, name, ctx):
         node = self.inode(inode)
-        if name.startswith(XATTR_PREFIX):
-            if name != XATTR_I_RWSEM:
-                raise _err(pyfuse3.ENOATTR)
-            self.unlock_i_rwsem(node, ctx)
+        if crosslock.reserved(name):
+            crosslock.serve_removexattr(lambda: self.i_rwsem(node), name, ctx.pid)
             return
         self.check_inode(node, "removexattr")
         os.removexattr(_proc_fd(node.fd), name)
@@ -806,16 +795,8 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     @fuse_op
     async def getxattr(self, inode, name, ctx):
         node = self.inode(inode)
-        if name.startswith(XATTR_PREFIX):
-            if name in (XATTR_LOCK_WRITE, XATTR_LOCK_READ):
-                mode = name.rsplit(b".", 1)[1]
-                await self.lock_i_rwsem(node, mode, ctx, "getxattr", again=False)
-                return mode
-            if name == XATTR_UNLOCK:  # idempotent: a size-0 probe may have released it
-                with contextlib.suppress(pyfuse3.FUSEError):
-                    self.unlock_i_rwsem(node, ctx)
-                return b"unlocked"
-            raise _err(pyfuse3.ENOATTR)
+        if crosslock.reserved(name):
+            return await crosslock.serve_getxattr(lambda: self.i_rwsem(node), name, ctx.pid)
         self.check_inode(node, "getxattr")
         return os.getxattr(_proc_fd(node.fd), name)
 
@@ -825,7 +806,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self.check_inode(node, "listxattr")
         names = os.listxattr(_proc_fd(node.fd))
         out = [os.fsencode(n) for n in names]
-        return [n for n in out if not n.startswith(XATTR_PREFIX)]
+        return [n for n in out if not crosslock.reserved(n)]
 
     def control_ops(self) -> dict[str, control.Handler]:
         return {"server": self._server_op}

@@ -14,6 +14,7 @@ the layer below sees as its caller, so the chain can be followed down.
 from __future__ import annotations
 
 import contextvars
+import ctypes
 import errno
 import functools
 import logging
@@ -32,7 +33,7 @@ import trio
 
 from stackfs import control, fusectl, mountinfo, rundir
 from stackfs.kernel.state import KernelState
-from stackfs.kernel.task import Task, current_task, set_current_task
+from stackfs.kernel.task import Task, current_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,29 +89,42 @@ def _task(tid: int) -> Task:
 
 
 def _tracked(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap handler ``fn`` so the request is in the in-flight table while it runs."""
+    """Wrap handler ``fn`` so the request is in the in-flight table while it runs.
+
+    This runs on every FUSE request, so what does not depend on the arguments (is the first
+    argument an inode or a file handle?) is decided here, once per handler.
+    """
+    inode_op = op in _INODE_OPS
+    fh_op = op in _FH_OPS
+    first_arg = op != "statfs"
+    request_context = pyfuse3.RequestContext
+    set_request = current_request.set
+    reset_request = current_request.reset
+    set_task = current_task.set
+    reset_task = current_task.reset
 
     @functools.wraps(fn)
     async def wrapper(self: TestbedOperations, *args: Any) -> Any:
-        ctx = args[-1] if args and isinstance(args[-1], pyfuse3.RequestContext) else None
-        ino = args[0] if op != "statfs" and args and isinstance(args[0], int) else None
+        ctx = args[-1] if args and isinstance(args[-1], request_context) else None
+        ino = args[0] if first_arg and args and isinstance(args[0], int) else None
         name = args[1] if len(args) > 2 and isinstance(args[1], bytes) else None
-        rid = self.kernel.inflight.begin(
+        inflight = self.kernel.inflight
+        rid = inflight.begin(
             op,
-            ino if op in _INODE_OPS else None,
+            ino if inode_op else None,
             name,
             ctx.pid if ctx is not None else None,
-            fh=ino if op in _FH_OPS else None,
+            fh=ino if fh_op else None,
         )
-        token = current_request.set(rid)
-        task_token = set_current_task(_task(ctx.pid)) if ctx is not None else None
+        token = set_request(rid)
+        task_token = set_task(_task(ctx.pid)) if ctx is not None else None
         try:
             return await fn(self, *args)
         finally:
             if task_token is not None:
-                current_task.reset(task_token)
-            current_request.reset(token)
-            self.kernel.inflight.end(rid)
+                reset_task(task_token)
+            reset_request(token)
+            inflight.end(rid)
 
     wrapper.__stackfs_tracked__ = True  # type: ignore[attr-defined]
     return wrapper
@@ -146,6 +160,22 @@ class TestbedOperations(pyfuse3.Operations):
         return {}
 
 
+#: comm of the daemon's worker threads, as the layer below and the watchdog see them
+WORKER_COMM = ctypes.c_char_p(b"stackfs-worker")
+_PR_SET_NAME = 15
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def _name_worker() -> None:
+    """Give the worker thread a comm that says what it is. trio names its threads anew for
+    every job (after the function it runs), so this is done per job: one prctl."""
+    if _prctl is not None:
+        _prctl(_PR_SET_NAME, WORKER_COMM, 0, 0, 0)
+
+
 async def in_worker(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking syscall in a worker thread, recording the thread on the current request.
 
@@ -153,12 +183,11 @@ async def in_worker(fn: Callable[..., T], *args: Any) -> T:
     request from this daemon to the lower one through it.
     """
     rid = current_request.get()
-    if rid is None:
-        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
     state = _active_state
 
     def run() -> T:
-        if state is not None:
+        _name_worker()
+        if state is not None and rid is not None:
             state.inflight.set_worker(rid, threading.get_native_id())
         return fn(*args)
 

@@ -67,6 +67,9 @@ class Branch:
     fstype: str = ""
     dev: int = 0
     extra_fds: list[int] = field(default_factory=list)
+    #: (uid, gid) a file this process creates in the branch's temporary directory gets (the
+    #: work directory, when that directory is not set-gid); None: unknown
+    new_owner: tuple[int, int] | None = None
 
     @classmethod
     def open_branch(cls, index: int, path: str, writable: bool) -> Branch:

@@ -25,7 +25,7 @@ Branches, overlayfs syntax:                -o lowerdir=LOWER1:LOWER2,upperdir=UP
 Without a rw/upper branch the union is read-only (EROFS on writes).
 
 More options: entry_timeout=S, attr_timeout=S, negative_timeout=S, timeout=S (entry and attr;
-default 1 s; 0 shows changes made directly in a branch at once), copyup=plain|aufs|aufs-unlock
+default 5 s; 0 shows changes made directly in a branch at once), copyup=plain|aufs|aufs-unlock
 (plain: no cross-layer lock; aufs: lock the lower inode before opening it, as aufs did in
 2014; aufs-unlock: drop the lock around the open, the 2024 aufs fix), inject=POINT=ACTION
 (injection point copy_up), ro, debug.

@@ -31,11 +31,14 @@ import os
 import stat as stat_mod
 from collections.abc import Callable
 
+from stackfs import crosslock
 from stackfs.union.branches import Branch, Path
 from stackfs.union.xino import Xino
 
-I_RWSEM_XATTR = b"trusted.stackfs.i_rwsem"
 CHUNK = 16 << 20
+#: a copy-up between plain directories of a file up to this size runs in the trio thread (it
+#: costs less than the hop to a worker thread)
+INLINE_MAX = 256 << 10
 TMP_DIR = b"tmp"
 PLINK_DIR = b"plink"
 _counter = itertools.count()
@@ -46,6 +49,7 @@ _SKIP_XATTRS = ("trusted.stackfs.", "trusted.overlay.")
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
     """Copy ``size`` bytes, skipping holes (SEEK_DATA/SEEK_HOLE), in the kernel."""
     off = 0
+    copied_to = 0
     while off < size:
         try:
             data = os.lseek(src_fd, off, os.SEEK_DATA)
@@ -71,8 +75,10 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
                 hole = pos  # the source shrank under us
                 break
             pos += done
+        copied_to = pos
         off = max(hole, off + 1)
-    os.ftruncate(dst_fd, size)
+    if copied_to != size:
+        os.ftruncate(dst_fd, size)  # a hole at the end (or the source shrank)
 
 
 def copy_xattrs_fd(src_fd: int, dst_fd: int) -> None:
@@ -123,6 +129,8 @@ class CopyUp:
         self.hit = hit
         self.restore_parent_times = restore_parent_times
         self.st: os.stat_result | None = None
+        #: the source's lstat, when the caller has just made it (saves take_source a stat)
+        self.st_hint: os.stat_result | None = None
         self.locked = False
         self.src_fd = -1
         self.tmp: Path = (TMP_DIR, f"cu.{uino}.{os.getpid()}.{next(_counter)}".encode())
@@ -153,27 +161,17 @@ class CopyUp:
         )
 
     def lock_source(self) -> None:
-        """down_write the lower inode's i_rwsem (cross-layer: an xattr on the lower mount)."""
-        try:
-            self.src.setxattr(self.src_path, I_RWSEM_XATTR, b"write")
-        except OSError as e:
-            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-                return  # a plain directory: no modelled lock below
-            raise
-        self.locked = True
+        """down_write the lower inode's i_rwsem (cross-layer: :mod:`stackfs.crosslock`)."""
+        self.locked = crosslock.lock(self.src.getxattr, self.src_path, "write")
 
     def unlock_source(self) -> None:
         if not self.locked:
             return
         self.locked = False
-        try:
-            self.src.removexattr(self.src_path, I_RWSEM_XATTR)
-        except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENODATA):
-                raise
+        crosslock.unlock(self.src.getxattr, self.src_path)
 
     def take_source(self) -> None:
-        self.st = self.src.stat(self.src_path)
+        self.st = self.st_hint if self.st_hint is not None else self.src.stat(self.src_path)
         if self._cross_layer_lock():
             self.lock_source()
 
@@ -186,6 +184,9 @@ class CopyUp:
                 self.unlock_source()  # au_test_fs_unlock_for_open: drop before open
             try:
                 self.src_fd = self.src.open(self.src_path, os.O_RDONLY | os.O_NOFOLLOW)
+                # what is copied is what was opened: a write between the stat and the open
+                # (another client, the page cache flushed by the open) must not tear the copy
+                self.st = os.fstat(self.src_fd)
             finally:
                 if relock:
                     self.lock_source()
@@ -202,7 +203,8 @@ class CopyUp:
             self.tmp_made = True
             try:
                 copy_data(self.src_fd, fd, st.st_size)
-                os.fchown(fd, st.st_uid, st.st_gid)
+                if (st.st_uid, st.st_gid) != w.new_owner:
+                    os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, stat_mod.S_IMODE(mode))
                 copy_xattrs_fd(self.src_fd, fd)
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -269,7 +271,7 @@ class CopyUp:
                 self.upper.utime(self.dst_parent, (pst.st_atime_ns, pst.st_mtime_ns))
             except OSError:
                 pass
-        return self.upper.stat(self.dst_parent + (self.name,))
+        return tst  # the copy, as it was just before the rename (same inode)
 
     def release(self) -> None:
         try:

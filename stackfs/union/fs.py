@@ -25,13 +25,16 @@ import stat as stat_mod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from stat import S_ISDIR
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
+from stackfs import crosslock
 from stackfs.daemon import TestbedOperations, in_worker
-from stackfs.kernel.task import Task, calls, running_as
+from stackfs.kernel.locks import RWSem
+from stackfs.kernel.task import calls
 from stackfs.union import copy_up as cu
 from stackfs.union import readdir as rd
 from stackfs.union import whiteout
@@ -44,8 +47,11 @@ from stackfs.union.xino import ROOT, Xino
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-I_RWSEM_XATTR = cu.I_RWSEM_XATTR
 _XATTR_CREATE, _XATTR_REPLACE = 1, 2
+
+
+#: a readdirplus reply not made yet (None: the entry is gone)
+_UNSET: Any = object()
 
 
 def fuse_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,13 +76,14 @@ class Handle:
     fd: int
     node: Node
     blocking: bool
+    writable: bool = False
 
 
 @dataclass(slots=True, eq=False)
 class DirHandle:
     node: Node
-    entries: list[rd.Entry] | None = None
-    #: when ``entries`` was made (time.monotonic_ns)
+    listing: rd.Listing | None = None
+    #: when ``listing`` was taken (time.monotonic_ns)
     made: int = 0
 
 
@@ -126,8 +133,9 @@ class UnionFS(TestbedOperations):
             "in copy-up, after the lower file is taken (locked with copyup=aufs) and opened, "
             "before its data is copied",
         )
-        self.stats = {"copy_up": 0, "lookup": 0}
+        self.stats = {"copy_up": 0, "lookup": 0, "readdir_kept": 0}
         self._euid, self._egid = os.geteuid(), os.getegid()
+        self._live = False
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -148,6 +156,8 @@ class UnionFS(TestbedOperations):
                 w.mkdir((d,), 0o700)
             except FileExistsError:
                 pass
+        if not w.stat((cu.TMP_DIR,)).st_mode & stat_mod.S_ISGID:
+            w.new_owner = (os.geteuid(), os.getegid())
         # what a SIGKILL left in the middle of a copy-up: never visible, now garbage
         for n in w.listdir((cu.TMP_DIR,)):
             st = w.lstat((cu.TMP_DIR, n))
@@ -198,7 +208,7 @@ class UnionFS(TestbedOperations):
         return self.blocking_max >= bi
 
     def _node(self, ino: int) -> Node:
-        node = self.nodes.get(ino)
+        node = self.nodes.nodes.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return node
@@ -253,7 +263,10 @@ class UnionFS(TestbedOperations):
 
     async def _getattr_node(self, node: Node) -> pyfuse3.EntryAttributes:
         br, _ = self._data_loc(node)
-        st = await self._sys(br.blocking, self._stat_node, node)
+        if br.blocking:
+            st = await in_worker(self._stat_node, node)
+        else:
+            st = self._stat_node(node)
         return self._attr(st, node.uino, len(node.layers))
 
     def _node_from_found(self, parent: Node, name: bytes, f: Found) -> Node:
@@ -263,11 +276,12 @@ class UnionFS(TestbedOperations):
         return Node(uino, parent, name, f.st.st_mode, f.layers, f.redirect, plink)
 
     async def _lookup(self, parent: Node, name: bytes, first: int = 0) -> Found | None:
-        await self._resolve(parent)
+        if not parent.resolved:
+            await self._resolve(parent)
         self.stats["lookup"] += 1
-        return await self._sys(
-            self._blk_from(parent.top), lookup_child, self.branches, parent, name, first
-        )
+        if self.blocking_max >= parent.layers[0]:
+            return await in_worker(lookup_child, self.branches, parent, name, first)
+        return lookup_child(self.branches, parent, name, first)
 
     async def _resolve(self, node: Node) -> None:
         """Make sure directory ``node`` knows its layers (readdirplus nodes do not yet)."""
@@ -294,6 +308,39 @@ class UnionFS(TestbedOperations):
             return
         trio.from_thread.run(self.kernel.inject.hit, point)
 
+    def init(self) -> None:
+        """pyfuse3: the FUSE session is up (notifications to the kernel work from now on)."""
+        self._live = True
+
+    def _inval_attrs(self, node: Node) -> None:
+        """Drop the kernel's cached attributes of ``node`` after the union changed them behind
+        its back (attributes only: no page-cache invalidation, so no inode lock is taken and
+        it is safe inside a request handler)."""
+        if not self._live:
+            return
+        try:
+            pyfuse3.invalidate_inode(node.uino, attr_only=True)
+        except OSError:
+            pass  # the kernel does not hold this inode
+
+    def _hit_inline(self, point: str) -> None:
+        self.kernel.inject[point].hits += 1  # only used while the point is off
+
+    def _copy_up_inline(self, job: cu.CopyUp) -> bool:
+        """May ``job`` run in the trio thread? Only between plain directories (no FUSE branch
+        that could block, no cross-layer lock), for a small file, with the ``copy_up``
+        injection point off: a copy-up that can wait on another layer, or that a reproducer
+        stops at its injection point, keeps its own worker thread."""
+        if job.src.blocking or job.upper.blocking or job.work.blocking:
+            return False
+        if self.kernel.inject["copy_up"].action.kind != "off":
+            return False
+        st = job.src.lstat(job.src_path)
+        if st is None or st.st_size > cu.INLINE_MAX:
+            return False
+        job.st_hint = st
+        return True
+
     def _cu_lock(self, uino: int) -> trio.Lock:
         lock = self._cu_locks.get(uino)
         if lock is None:
@@ -301,8 +348,17 @@ class UnionFS(TestbedOperations):
         return lock
 
     def _changed(self, *dirs: Node) -> None:
+        """The entries of ``dirs`` changed: drop their listings, and the replies their parents
+        keep for them (a directory's mtime, ctime and st_nlink moved)."""
         for d in dirs:
             self.listings.invalidate(d.uino)
+            self._attrs_changed(d)
+
+    def _attrs_changed(self, node: Node) -> None:
+        """``node``'s attributes changed through the union: its directory's cached readdirplus
+        replies must not hand out the old ones."""
+        if node.parent is not None:
+            self.listings.drop_replies(node.parent.uino)
 
     def _name_gone(self, parent: Node, name: bytes) -> None:
         """``name`` left ``parent`` through the union: streams open on ``parent`` must not
@@ -339,8 +395,35 @@ class UnionFS(TestbedOperations):
             with calls("au_cpup_dirs", "au_cpup_single"):
                 await in_worker(job.run)
             node.layers = (0, *node.layers)
+            if len(node.layers) == 2:
+                self._inval_attrs(node)  # a merged directory reports st_nlink 1 from now on
             self.stats["copy_up"] += 1
             self._changed(node.parent)
+
+    def _copy_up_job(self, node: Node, upper: Branch) -> cu.CopyUp:
+        assert node.parent is not None and self.work is not None
+        return cu.CopyUp(
+            src=self.branches[node.top],
+            src_path=node.path(node.top),
+            upper=upper,
+            dst_parent=node.parent.path(0),
+            name=node.name,
+            work=self.work,
+            xino=self.xino,
+            uino=node.uino,
+            mode=self.opts.copyup,
+            plink=True,
+            hit=self._hit_from_thread,
+        )
+
+    def _copied_up(self, node: Node, job: cu.CopyUp | None) -> None:
+        if job is not None and job.plinked:
+            self.plinks.add(node.uino)
+        node.layers = (0,)
+        node.plink = False
+        self.stats["copy_up"] += 1
+        assert node.parent is not None
+        self._changed(node.parent)
 
     async def copy_up(self, node: Node) -> None:
         """Copy a non-directory up before it is modified (aufs ``au_sio_cpup_simple``)."""
@@ -350,14 +433,33 @@ class UnionFS(TestbedOperations):
         upper = self._need_upper()
         if node.top == 0:
             return
-        assert node.parent is not None and self.work is not None
+        parent = node.parent
+        assert parent is not None and self.work is not None
+        lock = self._cu_locks.get(node.uino)
+        if (
+            (lock is None or not lock.locked())
+            and not node.unlinked
+            and parent.resolved
+            and parent.layers[0] == 0
+            and node.uino not in self.plinks
+        ):
+            # the common case between plain directories: the whole copy-up runs here without
+            # a checkpoint, so no other trio task can come between (no lock needed)
+            job = self._copy_up_job(node, upper)
+            if self._copy_up_inline(job):
+                job.hit = self._hit_inline
+                with calls("au_sio_cpup_simple", "au_cpup_single"):
+                    job.run()
+                self._copied_up(node, job)
+                return
         async with self._cu_lock(node.uino):
             if node.top == 0:
                 return
             if node.unlinked:
                 await self._copy_up_orphan(node)
                 return
-            await self.copy_up_dir(node.parent)
+            await self.copy_up_dir(parent)
+            job = None
             if node.uino in self.plinks:
                 # another name of this inode is up already: link its pseudo-link into place
                 await in_worker(
@@ -366,33 +468,20 @@ class UnionFS(TestbedOperations):
                         work=self.work,
                         upper=upper,
                         uino=node.uino,
-                        dst_parent=node.parent.path(0),
+                        dst_parent=parent.path(0),
                         name=node.name,
                         xino=self.xino,
                     )
                 )
             else:
-                job = cu.CopyUp(
-                    src=self.branches[node.top],
-                    src_path=node.path(node.top),
-                    upper=upper,
-                    dst_parent=node.parent.path(0),
-                    name=node.name,
-                    work=self.work,
-                    xino=self.xino,
-                    uino=node.uino,
-                    mode=self.opts.copyup,
-                    plink=True,
-                    hit=self._hit_from_thread,
-                )
+                job = self._copy_up_job(node, upper)
                 with calls("au_sio_cpup_simple", "au_cpup_single"):
-                    await in_worker(job.run)
-                if job.plinked:
-                    self.plinks.add(node.uino)
-            node.layers = (0,)
-            node.plink = False
-            self.stats["copy_up"] += 1
-            self._changed(node.parent)
+                    if self._copy_up_inline(job):
+                        job.hit = self._hit_inline
+                        job.run()
+                    else:
+                        await in_worker(job.run)
+            self._copied_up(node, job)
 
     async def _copy_up_orphan(self, node: Node) -> None:
         """Copy up an object whose name is gone (unlinked while open, or the name the node
@@ -492,6 +581,7 @@ class UnionFS(TestbedOperations):
 
         with calls("notify_change", "aufs_setattr"):
             await self._sys(upper.blocking, apply)
+        self._attrs_changed(node)
         return await self._getattr_node(node)
 
     @fuse_errors
@@ -591,7 +681,8 @@ class UnionFS(TestbedOperations):
 
         node, st, fd = await self._create(parent, name, ctx, make)
         node = self.nodes.add(node)
-        self._add_handle(fd, node, self._need_upper().blocking)
+        self._add_handle(fd, node, self._need_upper().blocking,
+                         (flags & os.O_ACCMODE) != os.O_RDONLY)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._attr(st, node.uino)
 
     @fuse_errors
@@ -615,6 +706,7 @@ class UnionFS(TestbedOperations):
 
         st = await self._sys(upper.blocking, do)
         self._changed(parent)
+        self._attrs_changed(node)
         new = self.nodes.add(Node(node.uino, parent, new_name, st.st_mode, (0,)))
         return self._attr(st, new.uino)
 
@@ -821,8 +913,8 @@ class UnionFS(TestbedOperations):
 
     # -- files -----------------------------------------------------------------------------------
 
-    def _add_handle(self, fd: int, node: Node, blocking: bool) -> None:
-        self.handles[fd] = Handle(fd, node, blocking)
+    def _add_handle(self, fd: int, node: Node, blocking: bool, writable: bool = False) -> None:
+        self.handles[fd] = Handle(fd, node, blocking, writable)
         node.opened += 1
         node.fds.add(fd)
 
@@ -836,7 +928,9 @@ class UnionFS(TestbedOperations):
         oflags = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
         with calls("do_dentry_open", "aufs_open_nondir"):
             fd = await self._sys(br.blocking, br.open, path, oflags | os.O_NOFOLLOW)
-        self._add_handle(fd, node, br.blocking)
+        self._add_handle(fd, node, br.blocking, bool(writing))
+        if writing:
+            self._attrs_changed(node)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     @fuse_errors
@@ -863,6 +957,8 @@ class UnionFS(TestbedOperations):
             return
         h.node.opened -= 1
         h.node.fds.discard(fh)
+        if h.writable:
+            self._attrs_changed(h.node)
         self.nodes.closed(h.node)
         if h.blocking:
             await in_worker(os.close, fh)
@@ -886,26 +982,59 @@ class UnionFS(TestbedOperations):
         node.opened += 1
         return dh
 
-    def _listing(self, node: Node) -> list[rd.Entry]:
+    def _listing(self, node: Node) -> rd.Listing:
         layers = [(b, node.path(b)) for b in node.layers]
         made = time.time_ns()
         stamp = rd.layer_stamp(self.branches, layers)
-        entries = self.listings.get(node.uino, stamp)
-        if entries is None:
-            entries = rd.merge(self.branches, layers)
-            self.listings.put(node.uino, stamp, entries, made)
-        return entries
+        listing = self.listings.get(node.uino, stamp)
+        if listing is None:
+            listing = self.listings.put(node.uino, stamp, rd.merge(self.branches, layers), made)
+        return listing
 
-    def _entry_stats(self, node: Node, entries: list[rd.Entry]) -> list[os.stat_result | None]:
-        out: list[os.stat_result | None] = []
+    def _entry_replies(self, node: Node, entries: list[rd.Entry]) -> list[tuple | None]:
+        """stat ``entries`` (relative to one directory fd per layer) and build their
+        readdirplus replies: ``(name, attrs, uino, mode, branch, plink)``, None if gone."""
+        out: list[tuple | None] = []
         work = self.work
-        for e in entries:
-            st = self.branches[e.branch].lstat(node.path(e.branch) + (e.name,))
-            if st is not None and e.branch != 0 and work is not None and self.plinks:
-                uino = self.xino.uino(e.branch, st.st_ino)
-                if uino in self.plinks:
+        plinks = self.plinks
+        xino_uino = self.xino.uino
+        attr = self._attr
+        last = len(self.branches) - 1
+        dfds: dict[int, int] = {}
+        try:
+            for e in entries:
+                b = e.branch
+                dfd = dfds.get(b)
+                if dfd is None:
+                    try:
+                        dfd = dfds[b] = self.branches[b].open(
+                            node.path(b), os.O_PATH | os.O_DIRECTORY
+                        )
+                    except (FileNotFoundError, NotADirectoryError):
+                        dfd = dfds[b] = -1
+                if dfd < 0:
+                    out.append(None)
+                    continue
+                try:
+                    st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    out.append(None)
+                    continue
+                uino = xino_uino(b, st.st_ino)
+                plink = b != 0 and uino in plinks
+                if plink and work is not None:
                     st = work.lstat((cu.PLINK_DIR, str(uino).encode())) or st
-            out.append(st)
+                mode = st.st_mode
+                if stat_mod.S_ISDIR(mode):
+                    a = attr(st, uino, 2)
+                    a.st_nlink = st.st_nlink if b == last else 1
+                else:
+                    a = attr(st, uino, 1)
+                out.append((e.name, a, uino, mode, b, plink, st.st_nlink))
+        finally:
+            for fd in dfds.values():
+                if fd >= 0:
+                    os.close(fd)
         return out
 
     @fuse_errors
@@ -913,18 +1042,20 @@ class UnionFS(TestbedOperations):
         dh = self.dirs[fh]
         node = dh.node
         blk = self._blk_from(node.top)
-        if dh.entries is None or start_id == 0:
+        if dh.listing is None or start_id == 0:
             dh.made = time.monotonic_ns()
             with calls("iterate_dir", "aufs_iterate_shared"):
-                dh.entries = await self._sys(blk, self._listing, node)
-        entries = dh.entries
+                dh.listing = await self._sys(blk, self._listing, node)
+        listing = dh.listing
+        entries = listing.entries
         gone = self._gone.get(node.uino)
+        reply = pyfuse3.readdir_reply
         idx = start_id
         if idx == 0:
             a = pyfuse3.EntryAttributes()
             a.st_ino = node.uino
             a.st_mode = stat_mod.S_IFDIR
-            if not pyfuse3.readdir_reply(token, b".", a, 1):
+            if not reply(token, b".", a, 1):
                 return
             idx = 1
         if idx == 1:
@@ -932,29 +1063,72 @@ class UnionFS(TestbedOperations):
             a = pyfuse3.EntryAttributes()
             a.st_ino = p.uino
             a.st_mode = stat_mod.S_IFDIR
-            if not pyfuse3.readdir_reply(token, b"..", a, 2):
+            if not reply(token, b"..", a, 2):
                 return
             idx = 2
+        # the replies of this listing, reused while younger than the attribute timeout
+        now = time.monotonic_ns()
+        ttl = int(self.attr_timeout * 1e9)
+        replies = listing.replies
+        if ttl <= 0:
+            replies = None
+        elif replies is None or now - listing.replies_ns >= ttl:
+            replies = listing.replies = [_UNSET] * len(entries)
+            listing.replies_ns = now
+        left = (ttl - (now - listing.replies_ns)) / 1e9 if ttl > 0 else 0.0
+        nodes = self.nodes.nodes
         batch = 32
-        while idx - 2 < len(entries):
-            chunk = entries[idx - 2 : idx - 2 + batch]
-            stats = await self._sys(blk, self._entry_stats, node, chunk)
-            for e, st in zip(chunk, stats, strict=True):
+        n = len(entries)
+        while idx - 2 < n:
+            lo = idx - 2
+            hi = min(lo + batch, n)
+            batch = 256
+            fresh: set[int] | None = None
+            if replies is None:
+                chunk = await self._sys(blk, self._entry_replies, node, entries[lo:hi])
+            else:
+                # make the replies not made yet, and those of files open or hard-linked (their
+                # attributes may have moved without their directory changing)
+                need = [
+                    k for k in range(lo, hi)
+                    if (r := replies[k]) is _UNSET or r is not None and not S_ISDIR(r[3]) and (
+                        r[6] > 1 or (o := nodes.get(r[2])) is not None and o.opened > 0
+                    )
+                ]
+                if need:
+                    made = await self._sys(
+                        blk, self._entry_replies, node, [entries[k] for k in need]
+                    )
+                    for k, r in zip(need, made, strict=True):
+                        replies[k] = r
+                    fresh = set(need)
+                self.stats["readdir_kept"] += hi - lo - len(need)
+                chunk = replies[lo:hi]
+            for k, r in enumerate(chunk, lo):
                 idx += 1
-                if st is None or gone and gone.get(e.name, 0) >= dh.made:
+                if r is None:
                     continue  # removed since the listing was made
-                uino = self.xino.uino(e.branch, st.st_ino)
-                plink = e.branch != 0 and uino in self.plinks
-                isdir = stat_mod.S_ISDIR(st.st_mode)
-                child = Node(uino, node, e.name, st.st_mode, (e.branch,), None, plink,
-                             resolved=not isdir)
-                a = self._attr(st, uino, 1 if not isdir else 2)
-                if isdir:
-                    a.st_nlink = st.st_nlink if e.branch == len(self.branches) - 1 else 1
-                if not pyfuse3.readdir_reply(token, e.name, a, idx):
+                name, a, uino, mode, b, plink, _nl = r
+                if gone and gone.get(name, 0) >= dh.made:
+                    continue
+                if replies is not None and (fresh is None or k not in fresh):
+                    a.attr_timeout = left  # a kept reply: valid no longer than its stat
+                if not reply(token, name, a, idx):
                     return
-                self.nodes.add(child)
-            batch = 128
+                old = nodes.get(uino)
+                if old is None:
+                    child = Node(uino, node, name, mode, (b,), None, plink,
+                                 resolved=not stat_mod.S_ISDIR(mode))
+                    child.nlookup = 1
+                    nodes[uino] = child
+                else:
+                    old.nlookup += 1
+                    old.parent, old.name, old.mode = node, name, mode
+                    isdir = stat_mod.S_ISDIR(mode)
+                    if not isdir or old.layers[0] != b:
+                        old.layers, old.redirect, old.resolved = (b,), None, not isdir
+                    old.plink = plink
+                    old.unlinked = False
 
     @fuse_errors
     async def releasedir(self, fh):
@@ -989,8 +1163,8 @@ class UnionFS(TestbedOperations):
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
         node = self._node(inode)
-        if name == I_RWSEM_XATTR:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if crosslock.reserved(name):
+            return await crosslock.serve_getxattr(lambda: self._i_rwsem(node), name, ctx.pid)
         br, path = self._data_loc(node)
         try:
             return await self._sys(br.blocking, br.getxattr, path, name)
@@ -1009,21 +1183,23 @@ class UnionFS(TestbedOperations):
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
         node = self._node(inode)
-        if name == I_RWSEM_XATTR:
-            await self._xattr_lock(node, value, ctx)
+        if crosslock.reserved(name):
+            await crosslock.serve_setxattr(lambda: self._i_rwsem(node), name, value, ctx.pid)
             return
         await self.copy_up(node)
         br, path = self._data_loc(node)
         await self._sys(br.blocking, br.setxattr, path, name, value)
+        self._attrs_changed(node)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
         node = self._node(inode)
-        if name == I_RWSEM_XATTR:
-            self._xattr_unlock(node, ctx)
+        if crosslock.reserved(name):
+            crosslock.serve_removexattr(lambda: self._i_rwsem(node), name, ctx.pid)
             return
         await self.copy_up(node)
         br, path = self._data_loc(node)
+        self._attrs_changed(node)
         try:
             await self._sys(br.blocking, br.removexattr, path, name)
         except OSError as e:
@@ -1032,27 +1208,10 @@ class UnionFS(TestbedOperations):
             raise
 
     # cross-layer lock: a union stacked on this one takes our inode's i_rwsem through an xattr
-    async def _xattr_lock(self, node: Node, value: bytes, ctx) -> None:
-        task = Task.from_pid(ctx.pid)
+    def _i_rwsem(self, node: Node) -> RWSem:
         sem = self.kernel.locks.i_rwsem(node.uino, desc=f"{node.describe()} (ino {node.uino})")
-        with running_as(task), calls("vfs_setxattr", "inode_lock"):
-            if value == b"read":
-                await sem.down_read(task)
-            elif value == b"write":
-                await sem.down_write(task)
-            else:
-                raise OSError(errno.EINVAL, "i_rwsem xattr takes 'read' or 'write'")
-
-    def _xattr_unlock(self, node: Node, ctx) -> None:
-        task = Task.from_pid(ctx.pid)
-        sem = self.kernel.locks.find("i_rwsem", f"ino:{node.uino}")
-        mode = sem.held_by(task) if sem is not None else None
-        if sem is None or mode is None:
-            raise OSError(errno.ENODATA, "not holding that lock")
-        if mode == "read":
-            sem.up_read(task)
-        else:
-            sem.up_write(task)
+        crosslock.release_exited_holders(sem)
+        return sem
 
 
 def _rmtree(br: Branch, path: Path) -> None:

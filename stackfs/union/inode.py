@@ -19,7 +19,7 @@ from stackfs.union.branches import Path
 from stackfs.union.xino import ROOT
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     uino: int
     parent: Node | None

@@ -43,6 +43,7 @@ def lookup_child(
     top_st: os.stat_result | None = None
     redirect: tuple[int, Path] | None = None
     player = parent.layers
+    last = player[-1]
     nbr = len(branches)
     opaque = False
     for bi in range(max(player[0], first), nbr):
@@ -57,6 +58,8 @@ def lookup_child(
         br = branches[bi]
         st = br.lstat(path)
         if st is None:
+            if redirect is None and bi >= last:
+                break  # nothing below to hide: the whiteout would not change the answer
             if path and whiteout.has_whiteout(br, ppath, path[-1]):
                 break
             continue

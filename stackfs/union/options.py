@@ -52,8 +52,8 @@ class UnionOptions:
     workdir: str | None = None
     #: the workdir is the hidden UPPER/.wh..wh.stackfs of the aufs syntax (created on demand)
     workdir_in_upper: bool = False
-    entry_timeout: float = 1.0
-    attr_timeout: float = 1.0
+    entry_timeout: float = 5.0
+    attr_timeout: float = 5.0
     negative_timeout: float | None = None
     copyup: str = "plain"
     inject: list[str] = field(default_factory=list)

@@ -25,7 +25,7 @@ from stackfs.union.branches import Branch, Path
 SETTLE_NS = 50_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     name: bytes
     branch: int
@@ -38,6 +38,11 @@ class Listing:
     #: (branch, st_ino, st_mtime_ns) of every layer directory when the list was made
     stamp: tuple[tuple[int, int, int], ...]
     made_ns: int
+    #: readdirplus replies of the entries (index -> reply), kept for the attribute timeout so a
+    #: warm ``ls`` does not stat every entry again (aufs keeps its vdir ``rdcache`` seconds)
+    replies: list | None = None
+    #: when the oldest reply in ``replies`` was made (time.monotonic_ns)
+    replies_ns: int = 0
 
 
 def _scan(br: Branch, path: Path) -> list[tuple[bytes, bool]]:
@@ -86,25 +91,33 @@ class ListingCache:
     max_entries: int = 64
     listings: dict[int, Listing] = field(default_factory=dict)
 
-    def get(self, uino: int, stamp) -> list[Entry] | None:
+    def get(self, uino: int, stamp) -> Listing | None:
         lst = self.listings.get(uino)
         if lst is None or stamp is None or lst.stamp != stamp:
             return None
         # a change within the same clock tick as the listing would not move the mtime
         if any(lst.made_ns - m < SETTLE_NS for _b, _i, m in stamp):
             return None
-        return lst.entries
+        return lst
 
-    def put(self, uino: int, stamp, entries: list[Entry], made_ns: int) -> None:
+    def put(self, uino: int, stamp, entries: list[Entry], made_ns: int) -> Listing:
         """Keep ``entries``; ``made_ns`` is the time the stamp was taken (before the scan)."""
+        lst = Listing(entries, stamp, made_ns)
         if stamp is None:
-            return
+            return lst
         if len(self.listings) >= self.max_entries:
             self.listings.pop(next(iter(self.listings)))
-        self.listings[uino] = Listing(entries, stamp, made_ns)
+        self.listings[uino] = lst
+        return lst
 
     def invalidate(self, uino: int) -> None:
         self.listings.pop(uino, None)
+
+    def drop_replies(self, uino: int) -> None:
+        """An entry's attributes changed through the union: stat the entries again."""
+        lst = self.listings.get(uino)
+        if lst is not None:
+            lst.replies = None
 
     def clear(self) -> None:
         self.listings.clear()

@@ -36,7 +36,8 @@ class Hang:
     task: TaskInfo
     since: float
     blocked_for: float
-    #: "sched" (se.exec_start), "observed" (switch count unchanged across scans)
+    #: "sched" (se.exec_start), "request" (its FUSE request's arrival at the daemon),
+    #: "observed" (switch count unchanged across scans)
     how: str
     waiting: int | None = None
     daemon: dict[str, Any] | None = None
@@ -157,9 +158,6 @@ class Detector:
             if tid not in relevant or not t.blocked:
                 continue
             since, how = self.blocked_since(t, now)
-            blocked_for = now - since
-            if blocked_for < limit:
-                continue
             view = daemons.get(t.conn) if t.conn is not None else None
             req = None
             for v in daemons.values():
@@ -168,6 +166,14 @@ class Detector:
                 if req is not None:
                     view = v
                     break
+            # the task has waited at least since the daemon got its request (the scheduler's
+            # clock restarts whenever a FUSE wait is woken and goes back to sleep)
+            req_since = req.get("since") if req is not None else None
+            if isinstance(req_since, (int, float)) and req_since < since:
+                since, how = req_since, "request"
+            blocked_for = now - since
+            if blocked_for < limit:
+                continue
             out.append(Hang(
                 t, since, blocked_for, how,
                 waiting.get(t.conn) if t.conn is not None else None,

@@ -253,6 +253,11 @@ class Watchdog:
         in_graph = {t.tid: t for t in g.tasks.values() if f"task:{t.tid}" in g.nodes}
         also = [h for h in self.detector.hangs(in_graph, set(in_graph), views, all_waiting, now,
                                                min_blocked=0.0) if h.task.tid not in kept]
+        # with the daemons' requests in hand a task's wait may date back further than the
+        # scheduler said: those past the threshold are hung too
+        hangs += [h for h in also if h.blocked_for >= self.threshold]
+        hangs.sort(key=lambda h: h.since)
+        also = [h for h in also if h.blocked_for < self.threshold]
         cycles = graph_mod.find_cycles(g)
         hung = {h.task.tid for h in hangs}
         cycle = next((c for c in cycles if hung & set(c.tasks)), cycles[0] if cycles else None)

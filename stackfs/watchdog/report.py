@@ -215,7 +215,8 @@ def render_hang(h: Hang, threshold: float, hung: bool = True,
         *(f" {line}" for line in t.stack),
         " </TASK>",
         f" blocked for {h.blocked_for:.2f} s (since {_clock(h.since)}, "
-        + ("last ran per se.exec_start)" if h.how == "sched" else "switch count unchanged)"),
+        + {"sched": "last ran per se.exec_start)", "request": "its FUSE request's arrival)"}
+        .get(h.how, "switch count unchanged)"),
     ]
     if t.syscall is not None:
         out.append(f" in syscall: {t.syscall.render()}")
