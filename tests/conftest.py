@@ -17,12 +17,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _scale_timeouts(config, items)
     if os.geteuid() == 0 and os.path.exists("/dev/fuse"):
         return
     skip = pytest.mark.skip(reason="mount tests need root and /dev/fuse")
     for item in items:
         if "mount" in item.keywords:
             item.add_marker(skip)
+
+
+def _scale_timeouts(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``STACKFS_TIMEOUT_FACTOR=N`` multiplies every test's time limit (a VM under software
+    emulation runs about ten times slower; vagrant/run-tests sets it)."""
+    factor = float(os.environ.get("STACKFS_TIMEOUT_FACTOR") or 1)
+    if factor == 1:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        limit = float(marker.args[0]) if marker and marker.args else default
+        if limit:
+            item.add_marker(pytest.mark.timeout(limit * factor), append=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
