@@ -50,7 +50,7 @@ from backends.options import BASE_OPTIONS, Option, split_options
 from backends.server import ServerSide
 from backends.tables import DirHandle, Handle, Inode, ServerChange
 from backends.xattrlock import InodeLocks
-from stackfs import control, crosslock
+from stackfs import control, crosslock, fuseattr
 from stackfs.daemon import TestbedOperations
 from stackfs.kernel.events import Oops
 from stackfs.kernel.state import KernelState
@@ -308,29 +308,11 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         return st
 
     def entry(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = inode.ino
-        a.generation = 0
-        a.entry_timeout, a.attr_timeout = self.timeouts(inode)
-        a.st_mode = st.st_mode
-        a.st_nlink = st.st_nlink
-        a.st_uid = st.st_uid
-        a.st_gid = st.st_gid
-        a.st_rdev = st.st_rdev
-        a.st_size = st.st_size
-        a.st_blksize = st.st_blksize
-        a.st_blocks = st.st_blocks
-        a.st_atime_ns = st.st_atime_ns
-        a.st_mtime_ns = st.st_mtime_ns
-        a.st_ctime_ns = st.st_ctime_ns
-        return a
+        return fuseattr.entry_attributes(st, inode.ino, *self.timeouts(inode))
 
     def negative_entry(self) -> pyfuse3.EntryAttributes:
         """A cacheable negative answer (st_ino 0), for the entry timeout."""
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = 0
-        a.entry_timeout = self.timeouts(None)[0]
-        return a
+        return fuseattr.negative_entry(self.timeouts(None)[0])
 
     def check_inode(self, inode: Inode, op: str) -> None:
         """Hook: raise (e.g. ESTALE) if ``op`` may not go on with ``inode``."""

@@ -33,6 +33,7 @@ import trio
 
 from stackfs import crosslock
 from stackfs.daemon import TestbedOperations, in_worker
+from stackfs.fuseattr import entry_attributes, negative_entry
 from stackfs.kernel.locks import RWSem
 from stackfs.kernel.task import calls
 from stackfs.union import copy_up as cu
@@ -232,22 +233,8 @@ class UnionFS(TestbedOperations):
         return st.st_nlink
 
     def _attr(self, st: os.stat_result, uino: int, layers: int = 1) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = uino
-        a.entry_timeout = self.entry_timeout
-        a.attr_timeout = self.attr_timeout
-        a.st_mode = st.st_mode
-        a.st_nlink = self._nlink(uino, st, layers)
-        a.st_uid = st.st_uid
-        a.st_gid = st.st_gid
-        a.st_rdev = st.st_rdev
-        a.st_size = st.st_size
-        a.st_blksize = st.st_blksize
-        a.st_blocks = st.st_blocks
-        a.st_atime_ns = st.st_atime_ns
-        a.st_mtime_ns = st.st_mtime_ns
-        a.st_ctime_ns = st.st_ctime_ns
-        return a
+        return entry_attributes(st, uino, self.entry_timeout, self.attr_timeout,
+                                self._nlink(uino, st, layers))
 
     def _stat_node(self, node: Node) -> os.stat_result:
         if node.unlinked and node.fds and not node.plink:
@@ -527,10 +514,7 @@ class UnionFS(TestbedOperations):
         whiteout.check_name(name)
         f = await self._lookup(parent, name)
         if f is None:
-            a = pyfuse3.EntryAttributes()
-            a.st_ino = 0
-            a.entry_timeout = self.negative_timeout
-            return a
+            return negative_entry(self.negative_timeout)
         node = self.nodes.add(self._node_from_found(parent, name, f))
         if node.plink:
             return await self._getattr_node(node)

@@ -283,18 +283,19 @@ class Watchdog:
         """Seconds to wait before reporting ``report``, or None to report now.
 
         Like the kernel's hung-task detector, a task is named hung only once it has been
-        blocked for the threshold; a cycle's tasks block one after another (``mv`` first, the
-        copy-up's worker a little later), so the report waits until every task of the cycle is
-        over the threshold (bounded by one more threshold), and names them all."""
-        if report.cycle is None:
-            return None
+        blocked for the threshold. The tasks of one hang block one after another (``mv`` first,
+        the copy-up's worker a little later), and the blocked-since estimates are good to a few
+        tens of milliseconds, so the report waits (at most one more threshold) until every task
+        of the cycle, and every task of the graph that is about to cross, is over it too."""
         if self._defer_started is None:
             self._defer_started = mono
         if mono - self._defer_started >= self.threshold:
             return None
+        cycle = set(report.cycle.tasks) if report.cycle is not None else set()
         hung = {h.task.tid for h in report.hangs}
         short = [h.blocked_for for h in report.also_blocked
-                 if h.task.tid in report.cycle.tasks and h.task.tid not in hung]
+                 if h.task.tid not in hung
+                 and (h.task.tid in cycle or h.blocked_for >= 0.75 * self.threshold)]
         if not short:
             return None
         return max(0.01, self.threshold - min(short))
