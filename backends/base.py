@@ -729,13 +729,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     @fuse_op
     async def statfs(self, ctx):
         sv = os.statvfs(self.store)
-        out = pyfuse3.StatvfsData()
-        for attr in (
-            "f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
-            "f_favail", "f_namemax",
-        ):
-            setattr(out, attr, getattr(sv, attr))
-        return out
+        return fuseattr.statvfs_data(sv)
 
     @fuse_op
     async def access(self, inode, mode, ctx):

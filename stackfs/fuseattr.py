@@ -41,3 +41,19 @@ def negative_entry(entry_timeout: float) -> pyfuse3.EntryAttributes:
     a.st_ino = 0
     a.entry_timeout = entry_timeout
     return a
+
+
+def statvfs_data(sv: os.statvfs_result, namemax: int | None = None) -> pyfuse3.StatvfsData:
+    """The reply to STATFS from a ``statvfs`` of the backing directory (``namemax`` overrides
+    ``f_namemax``: the union reports what its whiteout prefix leaves)."""
+    out = pyfuse3.StatvfsData()
+    out.f_bsize = sv.f_bsize
+    out.f_frsize = sv.f_frsize
+    out.f_blocks = sv.f_blocks
+    out.f_bfree = sv.f_bfree
+    out.f_bavail = sv.f_bavail
+    out.f_files = sv.f_files
+    out.f_ffree = sv.f_ffree
+    out.f_favail = sv.f_favail
+    out.f_namemax = sv.f_namemax if namemax is None else namemax
+    return out

@@ -33,7 +33,7 @@ import trio
 
 from stackfs import crosslock
 from stackfs.daemon import TestbedOperations, in_worker
-from stackfs.fuseattr import entry_attributes, negative_entry
+from stackfs.fuseattr import entry_attributes, negative_entry, statvfs_data
 from stackfs.kernel.locks import RWSem
 from stackfs.kernel.task import calls
 from stackfs.union import copy_up as cu
@@ -1130,17 +1130,7 @@ class UnionFS(TestbedOperations):
     async def statfs(self, ctx):
         br = self.upper or self.branches[0]
         sv = await self._sys(br.blocking, br.statvfs)
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = sv.f_bsize
-        s.f_frsize = sv.f_frsize
-        s.f_blocks = sv.f_blocks
-        s.f_bfree = sv.f_bfree
-        s.f_bavail = sv.f_bavail
-        s.f_files = sv.f_files
-        s.f_ffree = sv.f_ffree
-        s.f_favail = sv.f_favail
-        s.f_namemax = max(sv.f_namemax - len(whiteout.WH_PREFIX), 1)
-        return s
+        return statvfs_data(sv, namemax=max(sv.f_namemax - len(whiteout.WH_PREFIX), 1))
 
     # -- xattrs ----------------------------------------------------------------------------------
 
