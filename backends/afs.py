@@ -281,6 +281,9 @@ class AFSFS(StoreFS):
             if inode is not None and "vcache" in inode.extra:
                 inode.extra["vcache"].callback = False
                 self.count("callback_breaks")
+                # the status is no longer valid (CStatd cleared): the kernel must ask again
+                # for size and times, but keeps the pages until the open flushes them
+                await self.invalidate_pages(inode, attr_only=True)
         if change.action not in ("write", "truncate") or change.created:
             await self.invalidate_kernel(change)
 
