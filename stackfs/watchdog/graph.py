@@ -157,20 +157,25 @@ class WaitGraph:
             todo.extend(e.dst for e in self.out(n, context=True))
         return seen
 
-    def keep_component(self, seeds: list[str]) -> None:
-        """Keep the weakly connected component(s) of ``seeds`` (drop unrelated waits)."""
+    def component(self, seeds: list[str]) -> set[str]:
+        """The nodes weakly connected to ``seeds`` (edges followed both ways)."""
         adj: dict[str, set[str]] = {}
         for e in self.edges:
             adj.setdefault(e.src, set()).add(e.dst)
             adj.setdefault(e.dst, set()).add(e.src)
-        keep: set[str] = set()
+        seen: set[str] = set()
         todo = [s for s in seeds if s in self.nodes]
         while todo:
             n = todo.pop()
-            if n in keep:
+            if n in seen:
                 continue
-            keep.add(n)
+            seen.add(n)
             todo.extend(adj.get(n, ()))
+        return seen
+
+    def keep_component(self, seeds: list[str]) -> None:
+        """Keep the weakly connected component(s) of ``seeds`` (drop unrelated waits)."""
+        keep = self.component(seeds)
         self.nodes = {k: v for k, v in self.nodes.items() if k in keep}
         self.edges = [e for e in self.edges if e.src in keep and e.dst in keep]
 

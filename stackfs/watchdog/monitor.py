@@ -303,20 +303,9 @@ class Watchdog:
     def _relevant(self, g: graph_mod.WaitGraph, tasks: dict[int, TaskInfo]) -> set[int]:
         """Tasks connected in the graph to a watched connection (either direction)."""
         conns = set(self.entries)
-        adj: dict[str, set[str]] = {}
-        for e in g.edges:
-            adj.setdefault(e.src, set()).add(e.dst)
-            adj.setdefault(e.dst, set()).add(e.src)
         seeds = [n.id for n in g.nodes.values() if n.attrs.get("conn") in conns]
         seeds += [f"task:{t.tid}" for t in tasks.values() if t.conn in conns]
-        seen: set[str] = set()
-        todo = [s for s in seeds if s in g.nodes]
-        while todo:
-            n = todo.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            todo.extend(adj.get(n, ()))
+        seen = g.component(seeds)
         out = {g.nodes[n].attrs.get("tid") for n in seen if g.nodes[n].kind == "task"}
         out |= {t.tid for t in tasks.values() if t.conn in conns}
         return {t for t in out if isinstance(t, int)}
