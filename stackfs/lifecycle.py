@@ -12,6 +12,7 @@ removes what a run killed with SIGKILL left behind, and only testbed mounts.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -200,6 +201,18 @@ def _umount(mp: Path, *flags: str, timeout: float) -> bool:
     return res.returncode == 0
 
 
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def lazy_detach(mountpoint: str | os.PathLike[str], timeout: float = 5.0) -> bool:
+    """``umount2(MNT_DETACH)``, ``umount -l`` as the fallback: the mount point is free at once,
+    the filesystem goes when its last user does. Never walks into the mount."""
+    if _libc.umount2(os.fsencode(os.fspath(mountpoint)), _MNT_DETACH) == 0:
+        return True
+    return _umount(Path(mountpoint), "-l", timeout=timeout)
+
+
 def _mounted_by(mp: Path, pid: int) -> bool:
     return any(e.mountpoint == str(mp) and e.daemon_pid == pid for e in mountinfo.mounts())
 
@@ -236,13 +249,6 @@ def abort_if_ours(m: Mount) -> bool:
     return fusectl.abort(m.conn)
 
 
-def detach(m: Mount, timeout: float = 5.0) -> bool:
-    """Abort the connection (if it is still ``m``'s) and lazily detach the mount point."""
-    aborted = abort_if_ours(m)
-    _umount(m.mountpoint, "-l", timeout=timeout)
-    return aborted
-
-
 def unmount(m: Mount, timeout: float = 5.0, grace: float = 1.0) -> UnmountReport:
     """Take ``m`` down: clean umount if possible, else abort the connection and detach.
 
@@ -257,7 +263,7 @@ def unmount(m: Mount, timeout: float = 5.0, grace: float = 1.0) -> UnmountReport
         clean = _umount(mp, timeout=min(timeout, 2.0))
         if not clean:
             aborted = abort_if_ours(m)
-            detached = _umount(mp, "-l", timeout=timeout)
+            detached = lazy_detach(mp, timeout=timeout)
     killed = _reap(m, timeout=timeout if clean else grace, grace=grace)
     return UnmountReport(str(mp), clean, aborted, detached, killed, time.monotonic() - t0)
 
@@ -340,7 +346,7 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
         if run_id is not None and (info is None or info.get("run_id") != run_id):
             continue
         m = Mount(Path(entry.mountpoint), pid or 0, entry.conn, entry.source, entry.kind or "?")
-        if pid is not None and not _looks_like_ours(pid, info):
+        if pid is not None and not is_testbed_daemon(pid):
             m.pid = 0
         rep = unmount(m, timeout=timeout) if m.pid else _unmount_orphan(m, timeout)
         how = "unmounted" if rep.clean else "aborted and detached" if rep.aborted else "detached"
@@ -348,7 +354,7 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
     for pid, info in infos.items():
         if run_id is not None and info.get("run_id") != run_id:
             continue
-        if not psutil.pid_exists(pid) or not _looks_like_ours(pid, info):
+        if not psutil.pid_exists(pid) or not is_testbed_daemon(pid):
             rundir.remove(pid)
         elif not _mounted_by(Path(info.get("mountpoint", "")), pid):
             with contextlib.suppress(ProcessLookupError):
@@ -361,24 +367,21 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
 def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
     t0 = time.monotonic()
     aborted = abort_if_ours(m)
-    detached = _umount(m.mountpoint, "-l", timeout=timeout)
+    detached = lazy_detach(m.mountpoint, timeout=timeout)
     return UnmountReport(str(m.mountpoint), False, aborted, detached, False, time.monotonic() - t0)
 
 
-def _looks_like_ours(pid: int, info: dict[str, Any] | None) -> bool:
-    """Guard against pid reuse: the process must be the daemon that wrote ``info``, or at
-    least a stackfs process when no run directory survived."""
+def is_testbed_daemon(pid: int, mountpoint: str | None = None) -> bool:
+    """Guard against pid reuse before signalling ``pid``: it must be the daemon that wrote its
+    run directory (started no later than it says, serving ``mountpoint`` if given), or at least
+    a stackfs process when no run directory survived."""
+    info = rundir.read_info(pid)
     try:
         proc = psutil.Process(pid)
         if info is not None:
-            return proc.create_time() <= float(info.get("started", 0)) + 1.0
+            return proc.create_time() <= float(info.get("started", 0)) + 1.0 and (
+                mountpoint is None or info.get("mountpoint") == str(mountpoint)
+            )
         return "stackfs" in " ".join(proc.cmdline())
     except psutil.Error:
         return False
-
-
-@contextlib.contextmanager
-def stack(run_id: str | None = None) -> Iterator[Stack]:
-    """``with stack() as st:`` — same as ``with Stack() as st:``."""
-    with Stack(run_id) as st:
-        yield st

@@ -17,9 +17,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from stackfs import mountinfo
+
+T = TypeVar("T")
 
 Path = tuple[bytes, ...]
 #: paths up to this many bytes are passed to the *at() call in one piece
@@ -143,6 +147,24 @@ class Branch:
         dfd, name, close = self.at(path)
         return f"/proc/self/fd/{dfd}/{os.fsdecode(name)}", close
 
+    def call_at(self, fn: Callable[..., T], path: Path, *args: Any, **kw: Any) -> T:
+        """``fn(name, *args, dir_fd=..., **kw)`` on ``path``'s directory fd (the *at() form)."""
+        dfd, name, close = self.at(path)
+        try:
+            return fn(name, *args, dir_fd=dfd, **kw)
+        finally:
+            if close >= 0:
+                os.close(close)
+
+    def call_proc(self, fn: Callable[..., T], path: Path, *args: Any) -> T:
+        """``fn(/proc/self/fd/N/name, *args)`` for calls with no *at() form (xattrs)."""
+        p, close = self.proc_path(path)
+        try:
+            return fn(p, *args, follow_symlinks=False)
+        finally:
+            if close >= 0:
+                os.close(close)
+
     # -- calls -----------------------------------------------------------------------------------
 
     def lstat(self, path: Path) -> os.stat_result | None:
@@ -157,12 +179,7 @@ class Branch:
                 os.close(close)
 
     def stat(self, path: Path) -> os.stat_result:
-        dfd, name, close = self.at(path)
-        try:
-            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        return self.call_at(os.stat, path, follow_symlinks=False)
 
     def exists(self, path: Path) -> bool:
         return self.lstat(path) is not None
@@ -176,12 +193,7 @@ class Branch:
             return False
 
     def open(self, path: Path, flags: int, mode: int = 0o777) -> int:
-        dfd, name, close = self.at(path)
-        try:
-            return os.open(name, flags | os.O_CLOEXEC, mode, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        return self.call_at(os.open, path, flags | os.O_CLOEXEC, mode)
 
     def opendir(self, path: Path) -> int:
         return self.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -194,135 +206,73 @@ class Branch:
             os.close(fd)
 
     def mkdir(self, path: Path, mode: int) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.mkdir(name, mode, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(os.mkdir, path, mode)
 
     def rmdir(self, path: Path) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.rmdir(name, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(os.rmdir, path)
 
     def unlink(self, path: Path) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.unlink(name, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(os.unlink, path)
 
     def symlink(self, target: bytes, path: Path) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.symlink(target, name, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(lambda name, dir_fd: os.symlink(target, name, dir_fd=dir_fd), path)
 
     def readlink(self, path: Path) -> bytes:
-        dfd, name, close = self.at(path)
-        try:
-            return os.readlink(name, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        return self.call_at(os.readlink, path)
 
     def mknod(self, path: Path, mode: int, rdev: int) -> None:
-        dfd, name, close = self.at(path)
+        self.call_at(os.mknod, path, mode, rdev)
+
+    def call_two_at(self, fn: Callable[[int, bytes, int, bytes], None], src: Path,
+                    dst_branch: Branch, dst: Path) -> None:
+        """``fn(src_dir_fd, src_name, dst_dir_fd, dst_name)``: the two-name *at() calls."""
+        sfd, sname, sclose = self.at(src)
         try:
-            os.mknod(name, mode, rdev, dir_fd=dfd)
+            dfd, dname, dclose = dst_branch.at(dst)
+            try:
+                fn(sfd, sname, dfd, dname)
+            finally:
+                if dclose >= 0:
+                    os.close(dclose)
         finally:
-            if close >= 0:
-                os.close(close)
+            if sclose >= 0:
+                os.close(sclose)
 
     def link(self, src: Path, dst_branch: Branch, dst: Path) -> None:
-        sfd, sname, sclose = self.at(src)
-        try:
-            dfd, dname, dclose = dst_branch.at(dst)
-            try:
-                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-            finally:
-                if dclose >= 0:
-                    os.close(dclose)
-        finally:
-            if sclose >= 0:
-                os.close(sclose)
+        self.call_two_at(
+            lambda sfd, sname, dfd, dname: os.link(
+                sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False
+            ),
+            src, dst_branch, dst,
+        )
 
     def rename(self, src: Path, dst_branch: Branch, dst: Path, flags: int = 0) -> None:
-        sfd, sname, sclose = self.at(src)
-        try:
-            dfd, dname, dclose = dst_branch.at(dst)
-            try:
-                renameat2(sfd, sname, dfd, dname, flags)
-            finally:
-                if dclose >= 0:
-                    os.close(dclose)
-        finally:
-            if sclose >= 0:
-                os.close(sclose)
+        self.call_two_at(
+            lambda sfd, sname, dfd, dname: renameat2(sfd, sname, dfd, dname, flags),
+            src, dst_branch, dst,
+        )
 
     def chown(self, path: Path, uid: int, gid: int) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(os.chown, path, uid, gid, follow_symlinks=False)
 
     def chmod(self, path: Path, mode: int) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.chmod(name, mode, dir_fd=dfd)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(os.chmod, path, mode)
 
     def utime(self, path: Path, ns: tuple[int, int]) -> None:
-        dfd, name, close = self.at(path)
-        try:
-            os.utime(name, ns=ns, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_at(os.utime, path, ns=ns, follow_symlinks=False)
 
     # xattrs have no *at() form: go through /proc/self/fd/N/NAME
     def getxattr(self, path: Path, name: bytes) -> bytes:
-        p, close = self.proc_path(path)
-        try:
-            return os.getxattr(p, name, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        return self.call_proc(os.getxattr, path, name)
 
     def listxattr(self, path: Path) -> list[str]:
-        p, close = self.proc_path(path)
-        try:
-            return os.listxattr(p, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        return self.call_proc(os.listxattr, path)
 
     def setxattr(self, path: Path, name: bytes, value: bytes, flags: int = 0) -> None:
-        p, close = self.proc_path(path)
-        try:
-            os.setxattr(p, name, value, flags, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_proc(os.setxattr, path, name, value, flags)
 
     def removexattr(self, path: Path, name: bytes) -> None:
-        p, close = self.proc_path(path)
-        try:
-            os.removexattr(p, name, follow_symlinks=False)
-        finally:
-            if close >= 0:
-                os.close(close)
+        self.call_proc(os.removexattr, path, name)
 
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.fd)

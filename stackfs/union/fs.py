@@ -367,18 +367,7 @@ class UnionFS(TestbedOperations):
             if node.layers[0] == 0:
                 return
             await self.copy_up_dir(node.parent)
-            assert self.work is not None
-            job = cu.CopyUp(
-                src=self.branches[node.top],
-                src_path=node.path(node.top),
-                upper=upper,
-                dst_parent=node.parent.path(0),
-                name=node.name,
-                work=self.work,
-                xino=self.xino,
-                uino=node.uino,
-                mode="plain",
-            )
+            job = self._copy_up_job(node, upper, mode="plain", plink=False, hit=None)
             with calls("au_cpup_dirs", "au_cpup_single"):
                 await in_worker(job.run)
             node.layers = (0, *node.layers)
@@ -387,8 +376,11 @@ class UnionFS(TestbedOperations):
             self.stats["copy_up"] += 1
             self._changed(node.parent)
 
-    def _copy_up_job(self, node: Node, upper: Branch) -> cu.CopyUp:
+    def _copy_up_job(self, node: Node, upper: Branch, **how: Any) -> cu.CopyUp:
+        """The copy-up of ``node`` into ``upper``; by default in the mount's copy-up order,
+        with pseudo-links and the ``copy_up`` injection point (``how`` overrides)."""
         assert node.parent is not None and self.work is not None
+        how = {"mode": self.opts.copyup, "plink": True, "hit": self._hit_from_thread, **how}
         return cu.CopyUp(
             src=self.branches[node.top],
             src_path=node.path(node.top),
@@ -398,9 +390,7 @@ class UnionFS(TestbedOperations):
             work=self.work,
             xino=self.xino,
             uino=node.uino,
-            mode=self.opts.copyup,
-            plink=True,
-            hit=self._hit_from_thread,
+            **how,
         )
 
     def _copied_up(self, node: Node, job: cu.CopyUp | None) -> None:

@@ -20,36 +20,15 @@ grace before signals: a daemon whose handler never returns survives both the abo
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackfs import fusectl, mountinfo, rundir
+from stackfs import fusectl, lifecycle, mountinfo, rundir
 from stackfs.watchdog import procscan
-
-MNT_DETACH = 2
-_libc = None
-
-
-def _umount2(path: str) -> bool:
-    """``umount2(path, MNT_DETACH)`` without walking into the mount; ``umount -l`` as fallback."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if _libc.umount2(os.fsencode(path), MNT_DETACH) == 0:
-        return True
-    try:
-        res = subprocess.run(["umount", "--no-canonicalize", "-l", path], capture_output=True,
-                             timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return res.returncode == 0
 
 
 @dataclass
@@ -97,15 +76,6 @@ class Recovery:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "ok": self.ok}
-
-
-def _is_ours(pid: int, mountpoint: str) -> bool:
-    """Guard against pid reuse: the daemon's run directory names this mount, or it is stackfs."""
-    info = rundir.read_info(pid)
-    if info is not None:
-        return info.get("mountpoint") == mountpoint
-    cmd = (procscan._read(f"/proc/{pid}/cmdline", 4096) or b"").replace(b"\0", b" ")
-    return b"stackfs" in cmd
 
 
 def _wait_dead(pids: list[int], deadline: float) -> list[int]:
@@ -156,7 +126,7 @@ def recover(
     rec.mounts = [e.mountpoint for e in entries]
     testbed: dict[int, str] = {}
     for e in entries:
-        if e.daemon_pid is not None and _is_ours(e.daemon_pid, e.mountpoint):
+        if e.daemon_pid is not None and lifecycle.is_testbed_daemon(e.daemon_pid, e.mountpoint):
             testbed[e.daemon_pid] = e.mountpoint
     foreign_conns = [c for c in conns if not any(e.conn == c and e.daemon_pid for e in entries)]
     if foreign_conns:
@@ -172,7 +142,7 @@ def recover(
     rec.steps["aborted"] = time.monotonic() - t0
     # 2. detach, topmost first
     for e in reversed(entries):
-        if _umount2(e.mountpoint):
+        if lifecycle.lazy_detach(e.mountpoint):
             rec.detached.append(e.mountpoint)
     rec.steps["detached"] = time.monotonic() - t0
     # 3. reap
