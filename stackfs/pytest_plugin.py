@@ -18,9 +18,9 @@ A new regression test is about this long::
 Fixtures (every mount goes down after the test, whatever happened):
 
 ``stackfs_stack``
-    a :class:`stackfs.repro.run.StackContext`: ``.backend(kind, variant=, files=, inject=,
+    a :class:`stackfs.repro.context.StackContext`: ``.backend(kind, variant=, files=, inject=,
     options=)`` and ``.union(lowers, copyup=, files=, options=)`` mount layers bottom-up and
-    return a :class:`~stackfs.repro.run.Layer` (``.mnt``, ``.store``, ``.upper``, ``.mount``);
+    return a :class:`~stackfs.repro.context.Layer` (``.mnt``, ``.store``, ``.upper``, ``.mount``);
     ``.server(role, action, *args)`` is another client; ``.inject(role, point, action)``;
     ``.sh(argv)`` runs a prepare step as a real process.
 ``stackfs_backend``
@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from stackfs.repro.run import Layer, StackContext
+    from stackfs.repro.context import Layer, StackContext
     from stackfs.repro.runner import RunResult
     from stackfs.repro.workload import ProcResult
 
@@ -162,7 +162,7 @@ def assert_does_not_reproduce(outcome: Outcome) -> None:
 def stackfs_stack(tmp_path: Path) -> Iterator[StackContext]:
     """Mount layers bottom-up; all of them go down after the test (hung ones are aborted)."""
     from stackfs import lifecycle
-    from stackfs.repro.run import StackContext
+    from stackfs.repro.context import StackContext
 
     scratch = tmp_path / "stackfs"
     scratch.mkdir()

@@ -7,7 +7,7 @@ Modules, one job each:
   ``completes``; modes ``forced``/``natural``);
 * :mod:`~stackfs.repro.registry` — ``@register`` and lookup; scenarios live in
   :mod:`stackfs.repro.scenarios` (one short module each);
-* :mod:`~stackfs.repro.run` — :class:`StackContext` (mount layers bottom-up, act as another
+* :mod:`~stackfs.repro.context` — :class:`StackContext` (mount layers bottom-up, act as another
   client, run prepare steps, note what was done) and :class:`Run`, the context of one run;
 * :mod:`~stackfs.repro.stacks` — the command lines of the layers;
 * :mod:`~stackfs.repro.workload` — the real processes;

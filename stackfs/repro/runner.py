@@ -39,7 +39,7 @@ from typing import Any
 
 from stackfs import lifecycle, mountinfo
 from stackfs.repro.observe import INSTRUMENTATION, Observation, TimedAction, observe, recover
-from stackfs.repro.run import Run, SetupError
+from stackfs.repro.context import Run, SetupError
 from stackfs.repro.scenario import (
     COMPLETES,
     FORCED,

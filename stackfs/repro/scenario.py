@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from stackfs.repro.run import Run
+    from stackfs.repro.context import Run
     from stackfs.repro.workload import ProcResult
 
 #: expected / observed outcomes
@@ -118,7 +118,7 @@ class ServerChange:
 class Scenario:
     """Base class of a reproducer. Subclasses set the class attributes and override the hooks.
 
-    Hooks get a :class:`stackfs.repro.run.Run`: the iteration's variant, case and mode, its
+    Hooks get a :class:`stackfs.repro.context.Run`: the iteration's variant, case and mode, its
     directories, its stack (``run.backend(...)``, ``run.union(...)``), ``run.server(...)`` and
     ``run.note(...)`` (what was done, for the report).
     """

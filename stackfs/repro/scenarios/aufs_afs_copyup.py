@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from stackfs.repro import evidence
 from stackfs.repro.registry import register
-from stackfs.repro.run import Run
+from stackfs.repro.context import Run
 from stackfs.repro.scenario import (
     COMPLETES,
     DEADLOCK,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from stackfs.repro import evidence
 from stackfs.repro.registry import register
-from stackfs.repro.run import Run
+from stackfs.repro.context import Run
 from stackfs.repro.scenario import COMPLETES, OOPS, Case, Proc, Scenario, Variant
 from stackfs.repro.workload import ProcResult
 
@@ -119,6 +119,6 @@ class NfsAtomicOpen(Scenario):
 
 
 def raise_setup(message: str) -> None:
-    from stackfs.repro.run import SetupError
+    from stackfs.repro.context import SetupError
 
     raise SetupError(message)
