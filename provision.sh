@@ -6,14 +6,97 @@
 #
 #   sudo ./provision.sh            # everything
 #   STACKFS_VENV=/path ./provision.sh
+#   sudo ./provision.sh --with vm  # also qemu for `stackfs vm` (virtme-ng is in the venv always)
+#   sudo ./provision.sh --with vagrant   # also what vagrant/ needs on the host (libvirt, qemu, ...)
+#   ./provision.sh --print-packages [--with ...]   # the Debian packages, one a line
+#   sudo ./provision.sh --packages-only  # only the Debian packages (vagrant/build-box's chroot)
+#   ./provision.sh --wheelhouse DIR      # build every wheel the install needs into DIR
+#
+# pip installs from a wheelhouse when one is there ($STACKFS_WHEELHOUSE, else vagrant/wheels,
+# which vagrant/run-tests builds once on the host): offline first, the configured index after.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV=${STACKFS_VENV:-/opt/stackfs-venv}
 PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv
-          graphviz attr rsync git tar psmisc procps util-linux)
+          graphviz attr rsync git tar psmisc procps util-linux man-db)
+# stackfs vm: qemu (virtme-ng boots kernels with it), busybox for virtme-ng's initramfs,
+# kmod (depmod) and file for a fetched kernel's modules and version, udev (the guest finds
+# virtme's virtio ports with it, so CMD's exit status comes back), zstd/xz for unpacking
+VM_PACKAGES=(qemu-system-x86 busybox-static kmod file udev zstd xz-utils)
+VAGRANT_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils
+                  debootstrap extlinux fdisk e2fsprogs dnsmasq-base rsync zstd)
+WHEELHOUSE=${STACKFS_WHEELHOUSE:-$REPO/vagrant/wheels}
+PRINT=0
+PACKAGES_ONLY=0
+WHEELHOUSE_OUT=""
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --with)
+            case "${2:-}" in
+                vm) PACKAGES+=("${VM_PACKAGES[@]}") ;;
+                vagrant) PACKAGES+=("${VAGRANT_PACKAGES[@]}") ;;
+                *) echo "provision.sh: --with takes vm or vagrant" >&2; exit 2 ;;
+            esac
+            shift 2 ;;
+        --print-packages) PRINT=1; shift ;;
+        --packages-only) PACKAGES_ONLY=1; shift ;;
+        --wheelhouse) WHEELHOUSE_OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "provision.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
 
 say() { printf '[provision] %s\n' "$*"; }
+
+PYFUSE3_PATCH=$REPO/patches/pyfuse3-3.5.0-stackfs.patch
+# patched_pyfuse3 PYTHON install|wheel [DIR]: pyfuse3 3.5.0 from its source release with
+# $PYFUSE3_PATCH, pip-installed into PYTHON's environment, or built as a wheel into DIR
+patched_pyfuse3() {
+    local py=$1 mode=$2 dir=${3:-} pbuild rc=0
+    pbuild=$(mktemp -d)
+    if "$py" -m pip download -q --no-deps --no-binary pyfuse3 pyfuse3==3.5.0 \
+            -d "$pbuild" >"$pbuild/log" 2>&1 &&
+       tar -xzf "$pbuild"/pyfuse3-3.5.0.tar.gz -C "$pbuild" &&
+       patch -s -p1 -d "$pbuild/pyfuse3-3.5.0" <"$PYFUSE3_PATCH" >>"$pbuild/log" 2>&1; then
+        if [ "$mode" = wheel ]; then
+            rm -f "$dir"/pyfuse3-*.whl
+            "$py" -m pip wheel -q --no-deps -w "$dir" "$pbuild/pyfuse3-3.5.0" \
+                >>"$pbuild/log" 2>&1 || rc=1
+        else
+            "$py" -m pip install -q --force-reinstall --no-deps "$pbuild/pyfuse3-3.5.0" \
+                >>"$pbuild/log" 2>&1 || rc=1
+        fi
+    else
+        rc=1
+    fi
+    [ "$rc" -eq 0 ] || grep -v '^WARNING: Location' "$pbuild/log" | tail -5 >&2
+    rm -rf "$pbuild"
+    return "$rc"
+}
+
+# --wheelhouse DIR (no root needed): every wheel the install below needs, built once here with
+# this host's python and pip configuration (vagrant/run-tests does this for the VM: same Debian
+# release and Python, so the guest installs without an index and compiles nothing)
+if [ -n "$WHEELHOUSE_OUT" ]; then
+    wvenv=$(mktemp -d)
+    /usr/bin/python3 -m venv "$wvenv"
+    mkdir -p "$WHEELHOUSE_OUT"
+    rc=0
+    "$wvenv/bin/python" -m pip download -q -d "$WHEELHOUSE_OUT" pip "setuptools>=61" wheel &&
+        "$wvenv/bin/python" -m pip wheel -q -w "$WHEELHOUSE_OUT" "$REPO[test,vm]" &&
+        patched_pyfuse3 "$wvenv/bin/python" wheel "$WHEELHOUSE_OUT" || rc=1
+    rm -f "$WHEELHOUSE_OUT"/stackfs-*.whl  # the checkout itself is installed editable
+    rm -rf "$wvenv"
+    [ "$rc" -eq 0 ] && say "wheelhouse: $(ls "$WHEELHOUSE_OUT" | wc -l) files in $WHEELHOUSE_OUT"
+    exit "$rc"
+fi
+
+if [ "$PRINT" -eq 1 ]; then
+    printf '%s\n' "${PACKAGES[@]}" | awk '!seen[$0]++'
+    exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "provision.sh: run me as root (sudo $0)" >&2
@@ -32,6 +115,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
     say "Debian packages present"
 fi
+[ "$PACKAGES_ONLY" -eq 0 ] || exit 0
 
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtual environment $VENV"
@@ -39,8 +123,21 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 say "installing stackfs (editable) into $VENV"
 piplog=$(mktemp)
-if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-       "$VENV/bin/python" -m pip install -q -e "$REPO[test]"; } >"$piplog" 2>&1; then
+pip_install() { "$VENV/bin/python" -m pip install -q "$@" >>"$piplog" 2>&1; }
+installed=0
+if compgen -G "$WHEELHOUSE/*.whl" >/dev/null; then
+    # Wheels built once on the host (vagrant/run-tests): no index, no compiler run in the guest.
+    # --no-compile: no byte-compiling of every installed file up front (minutes under TCG);
+    # Python compiles what it imports, when it imports it
+    if pip_install --no-index --no-compile --find-links "$WHEELHOUSE" --upgrade pip &&
+       pip_install --no-index --no-compile --find-links "$WHEELHOUSE" -e "$REPO[test,vm]"; then
+        installed=1
+        say "installed from the wheelhouse $WHEELHOUSE"
+    else
+        say "the wheelhouse $WHEELHOUSE is incomplete here; using the configured index"
+    fi
+fi
+if [ "$installed" -eq 0 ] && ! { pip_install --upgrade pip && pip_install -e "$REPO[test,vm]"; }; then
     grep -v '^WARNING: Location' "$piplog" >&2
     echo "provision.sh: pip install failed" >&2
     exit 1
@@ -48,7 +145,29 @@ fi
 rm -f "$piplog"
 "$VENV/bin/python" -c 'import pyfuse3, trio, stackfs' || { echo "provision.sh: install failed" >&2; exit 1; }
 
+# The union's fast paths (issue 15) need two small additions to pyfuse3 (patches/README.md):
+# rebuild pyfuse3 from its own source release with the patch, once. Without it the union runs
+# with the kernel's slower paths (it detects the missing patch), so a failure here only warns.
+if ! "$VENV/bin/python" -c 'import pyfuse3; pyfuse3.FileInfo(cache_readdir=1)' 2>/dev/null; then
+    say "building pyfuse3 3.5.0 from its source release with $PYFUSE3_PATCH"
+    if patched_pyfuse3 "$VENV/bin/python" install; then
+        say "installed the patched pyfuse3"
+    else
+        echo "provision.sh: warning: the patched pyfuse3 could not be built; the union" \
+             "falls back to the kernel's slower paths" >&2
+    fi
+fi
+
 ln -sf "$VENV/bin/stackfs" /usr/local/bin/stackfs
+# man stackfs, man stackfs-VERB: generated from the argument parser (argparse-manpage)
+MANDIR=${STACKFS_MANDIR:-/usr/local/share/man}
+if "$VENV/bin/python" -m stackfs.manpage "$MANDIR/man1" >/dev/null; then
+    command -v mandb >/dev/null && mandb -q "$MANDIR" 2>/dev/null || true
+    say "installed the manual pages (man stackfs) in $MANDIR/man1"
+else
+    echo "provision.sh: generating the manual pages failed" >&2
+    exit 1
+fi
 if "$VENV/bin/python" -c 'import stackfs.union.mount_helper' 2>/dev/null; then
     "$VENV/bin/python" -m stackfs.union.mount_helper --install >/dev/null && say "installed mount helper for mount -t fuse.stackfs"
 fi

@@ -59,8 +59,13 @@ class VCache:
     mtime_ns: int | None = None  # the client's modification time, sent with StoreData
 
     def to_json(self) -> dict[str, Any]:
-        return {"dv": self.dv, "map_dv": self.map_dv, "callback": self.callback,
-                "cache_dv": self.cache_dv, "dirty": self.dirty}
+        return {
+            "dv": self.dv,
+            "map_dv": self.map_dv,
+            "callback": self.callback,
+            "cache_dv": self.cache_dv,
+            "dirty": self.dirty,
+        }
 
 
 class AFSFS(StoreFS):
@@ -76,8 +81,12 @@ class AFSFS(StoreFS):
         "afs_store_data": "the StoreData round trip of afs_StoreAllSegments (close, fsync)",
     }
     extra_options = (
-        Option("callback_timeout", float, 60.0,
-               "seconds a callback promise lasts (a status fetched is trusted that long)"),
+        Option(
+            "callback_timeout",
+            float,
+            60.0,
+            "seconds a callback promise lasts (a status fetched is trusted that long)",
+        ),
     )
     #: callbacks keep the kernel's names and attributes valid; the cache manager decides
     option_defaults = {"entry_timeout": 60.0, "attr_timeout": 60.0}
@@ -291,7 +300,8 @@ class AFSFS(StoreFS):
         out = super().describe()
         out["vcaches"] = {
             str(i.ino): {"path": self.path_of(i), **i.extra["vcache"].to_json()}
-            for i in list(self.inodes.values())[:200] if "vcache" in i.extra
+            for i in list(self.inodes.values())[:200]
+            if "vcache" in i.extra
         }
         return out
 

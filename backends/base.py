@@ -38,14 +38,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext
 
-from backends import syscalls
 from backends.options import BASE_OPTIONS, Option, split_options
 from backends.server import ServerSide
 from backends.tables import DirHandle, Handle, Inode, ServerChange
@@ -54,12 +54,20 @@ from stackfs import control, crosslock, fuseattr
 from stackfs.daemon import TestbedOperations
 from stackfs.kernel.events import Oops
 from stackfs.kernel.state import KernelState
+from stackfs.linux import libc
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BASE_OPTIONS", "DirHandle", "Handle", "Inode", "Option", "ServerChange", "StoreFS",
-    "fuse_op", "split_options",
+    "BASE_OPTIONS",
+    "DirHandle",
+    "Handle",
+    "Inode",
+    "Option",
+    "ServerChange",
+    "StoreFS",
+    "fuse_op",
+    "split_options",
 ]
 
 ROOT = pyfuse3.ROOT_INODE
@@ -69,9 +77,7 @@ _ALLOC_BASE = 1 << 56
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Flags the kernel handled already, or that we handle differently (O_APPEND: the kernel
 #: computes the offset; O_DIRECT: reported as FOPEN_DIRECT_IO).
-_STRIP_OPEN = (
-    os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_APPEND | os.O_DIRECT
-)
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_APPEND | os.O_DIRECT
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -136,7 +142,8 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     def options(cls) -> tuple[Option, ...]:
         base = tuple(
             Option(o.name, o.kind, cls.option_defaults[o.name], o.help)
-            if o.name in cls.option_defaults else o
+            if o.name in cls.option_defaults
+            else o
             for o in BASE_OPTIONS
         )
         return base + cls.extra_options
@@ -247,9 +254,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
                 self._set_link(inode, parent.ino, name)
             return inode
         ino = self._alloc_ino(st)
-        inode = Inode(
-            ino, fd, key, stat.S_IFMT(st.st_mode), parent.ino if parent else None, name
-        )
+        inode = Inode(ino, fd, key, stat.S_IFMT(st.st_mode), parent.ino if parent else None, name)
         self.inodes[ino] = inode
         self.by_key[key] = ino
         self.new_inode(inode, st)
@@ -317,6 +322,17 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     def check_inode(self, inode: Inode, op: str) -> None:
         """Hook: raise (e.g. ESTALE) if ``op`` may not go on with ``inode``."""
 
+    def object_gone(self, inode: Inode) -> bool:
+        """The server no longer has ``inode``'s object: another client (or this one) renamed
+        over it or removed it, and its last link is gone. A stale NFS file handle and a Lustre
+        FID the MDT answers ENOENT for both mean this."""
+        if inode.ino == ROOT:
+            return False
+        try:
+            return os.fstat(inode.fd).st_nlink == 0
+        except OSError:
+            return True
+
     def changed(self, *inodes: Inode | None) -> None:
         """Hook: this client changed these inodes' attributes (NFS: drop cached attributes)."""
 
@@ -327,7 +343,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         gid = pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
         if ctx.uid == 0 and gid == 0:
             return
-        syscalls.fchownat(parent.fd, name, ctx.uid, gid)
+        libc.fchownat(parent.fd, name, ctx.uid, gid)
 
     def _created(self, parent: Inode, name: bytes, ctx) -> pyfuse3.EntryAttributes:
         self.changed(parent)
@@ -352,12 +368,14 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         return self.entry(inode, st)
 
     @fuse_op
-    async def lookup(self, parent_inode, name, ctx):
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "lookup")
         return await self.lookup_entry(parent, name, ctx)
 
-    async def forget(self, inode_list):
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for ino, n in inode_list:
             inode = self.inodes.get(ino)
             if inode is None or ino == ROOT:
@@ -370,20 +388,30 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         return self.stat_inode(inode)
 
     @fuse_op
-    async def getattr(self, inode, ctx):
+    async def getattr(self, inode: InodeT, ctx: RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inode(inode)
         self.check_inode(node, "getattr")
         return self.entry(node, self.getattr_inode(node))
 
     async def setattr_hook(
-        self, inode: Inode, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        self,
+        inode: Inode,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
         handle: Handle | None,
     ) -> bool:
         """Hook: apply a size change; return True if done (default: not handled here)."""
         return False
 
     @fuse_op
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         node = self.inode(inode)
         self.check_inode(node, "setattr")
         handle = self.handles.get(fh) if fh is not None else None
@@ -395,13 +423,13 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         if fields.update_mode and node.kind != stat.S_IFLNK:
             os.chmod(_proc_fd(node.fd), stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
-            syscalls.fchown_empty(
+            libc.fchown_empty(
                 node.fd,
                 attr.st_uid if fields.update_uid else -1,
                 attr.st_gid if fields.update_gid else -1,
             )
         if fields.update_atime or fields.update_mtime:
-            syscalls.utimens_empty(
+            libc.utimens_empty(
                 node.fd,
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
@@ -416,7 +444,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         """Hook: utimensat(2) set the times of ``inode`` (AFS: StoreData carries the mtime)."""
 
     @fuse_op
-    async def readlink(self, inode, ctx):
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
         node = self.inode(inode)
         self.check_inode(node, "readlink")
         return os.readlink(b"", dir_fd=node.fd)
@@ -424,33 +452,41 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     # -- namespace -------------------------------------------------------------------------------
 
     @fuse_op
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    async def mknod(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "mknod")
         os.mknod(name, mode, rdev, dir_fd=parent.fd)
         return self._created(parent, name, ctx)
 
     @fuse_op
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "mkdir")
         os.mkdir(name, mode, dir_fd=parent.fd)
         return self._created(parent, name, ctx)
 
     @fuse_op
-    async def symlink(self, parent_inode, name, target, ctx):
+    async def symlink(
+        self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "symlink")
         os.symlink(target, name, dir_fd=parent.fd)
         return self._created(parent, name, ctx)
 
     @fuse_op
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    async def link(
+        self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         node = self.inode(inode)
         parent = self.inode(new_parent_inode)
         self.check_inode(node, "link")
         self.check_inode(parent, "link")
-        syscalls.link_empty(node.fd, parent.fd, new_name)
+        libc.link_empty(node.fd, parent.fd, new_name)
         self.changed(node, parent)
         node.nlookup += 1
         if node.parent is None:
@@ -480,7 +516,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         known). NFS drops its modelled dentry; a server-side removal makes handles stale."""
 
     @fuse_op
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "unlink")
         victim = self._known_child(parent, name)
@@ -489,7 +525,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self._unlinked(victim, parent, name)
 
     @fuse_op
-    async def rmdir(self, parent_inode, name, ctx):
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "rmdir")
         victim = self._known_child(parent, name)
@@ -498,23 +534,38 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self._unlinked(victim, parent, name)
 
     @fuse_op
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: FlagT,
+        ctx: RequestContext,
+    ) -> None:
         old_parent = self.inode(parent_inode_old)
         new_parent = self.inode(parent_inode_new)
         self.check_inode(old_parent, "rename")
         self.check_inode(new_parent, "rename")
         moved = self._known_child(old_parent, name_old)
         target = self._known_child(new_parent, name_new)
-        syscalls.renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
+        libc.renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
         self.changed(old_parent, new_parent, moved, target)
         self.renamed(moved, target, old_parent, name_old, new_parent, name_new, flags)
 
     def renamed(
-        self, moved: Inode | None, target: Inode | None, old_parent: Inode, name_old: bytes,
-        new_parent: Inode, name_new: bytes, flags: int, by_server: bool = False,
+        self,
+        moved: Inode | None,
+        target: Inode | None,
+        old_parent: Inode,
+        name_old: bytes,
+        new_parent: Inode,
+        name_new: bytes,
+        flags: int,
+        by_server: bool = False,
     ) -> None:
         """Keep the names of the table right after a rename (ours or the server's)."""
-        if flags & syscalls.RENAME_EXCHANGE:
+        if flags & libc.RENAME_EXCHANGE:
             if moved is not None:
                 self._set_link(moved, new_parent.ino, name_new)
             if target is not None:
@@ -570,17 +621,19 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         return os.open(_proc_fd(inode.fd), (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
 
     @fuse_op
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> pyfuse3.FileInfo:
         node = self.inode(inode)
         self.check_inode(node, "open")
         fd = await self.open_inode(node, flags, ctx)
         return await self._opened(self._new_handle(node, fd, flags), ctx)
 
     @fuse_op
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT, ctx: RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self.inode(parent_inode)
         self.check_inode(parent, "create")
-        oflags = ((flags | os.O_CREAT) & ~(_STRIP_OPEN & ~(os.O_CREAT | os.O_EXCL)))
+        oflags = (flags | os.O_CREAT) & ~(_STRIP_OPEN & ~(os.O_CREAT | os.O_EXCL))
         fd = os.open(name, oflags | os.O_CLOEXEC, mode, dir_fd=parent.fd)
         try:
             attr = self._created(parent, name, ctx)
@@ -604,13 +657,13 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         handle.dirty = True
 
     @fuse_op
-    async def read(self, fh, off, size):
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         handle = self.handle(fh)
         self.check_handle(handle, "read")
         return os.pread(handle.fd, size, off)
 
     @fuse_op
-    async def write(self, fh, off, buf):
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         handle = self.handle(fh)
         self.check_handle(handle, "write")
         view = memoryview(buf)
@@ -634,11 +687,11 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         """Hook: the last descriptor of ``handle`` is closed."""
 
     @fuse_op
-    async def flush(self, fh):
+    async def flush(self, fh: FileHandleT) -> None:
         await self.flush_hook(self.handle(fh))
 
     @fuse_op
-    async def fsync(self, fh, datasync):
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         await self.fsync_hook(self.handle(fh), datasync)
 
     def _drop_handle(self, handle: Handle) -> None:
@@ -650,7 +703,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self.maybe_free(handle.inode)
 
     @fuse_op
-    async def release(self, fh):
+    async def release(self, fh: FileHandleT) -> None:
         handle = self.handles.get(fh)
         if handle is None:
             return
@@ -666,7 +719,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     # -- directories -----------------------------------------------------------------------------
 
     @fuse_op
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
         node = self.inode(inode)
         self.check_inode(node, "opendir")
         fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
@@ -680,7 +733,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         return [os.fsencode(n) for n in os.listdir(dh.fd)]
 
     @fuse_op
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         dh = self.dirs.get(fh)
         if dh is None:
             raise _err(errno.EBADF)
@@ -710,7 +763,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
             inode.nlookup += 1
 
     @fuse_op
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: FileHandleT) -> None:
         dh = self.dirs.pop(fh, None)
         if dh is None:
             return
@@ -720,19 +773,19 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self.maybe_free(dh.inode)
 
     @fuse_op
-    async def fsyncdir(self, fh, datasync):
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         dh = self.dirs.get(fh)
         if dh is None:
             raise _err(errno.EBADF)
         os.fsync(dh.fd)
 
     @fuse_op
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
         sv = os.statvfs(self.store)
         return fuseattr.statvfs_data(sv)
 
     @fuse_op
-    async def access(self, inode, mode, ctx):
+    async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
         # Only reached without default_permissions; the daemon is root, so check the bits.
         node = self.inode(inode)
         st = self.stat_inode(node)
@@ -749,7 +802,9 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     # -- xattrs and the cross-layer lock ---------------------------------------------------------
 
     @fuse_op
-    async def setxattr(self, inode, name, value, ctx):
+    async def setxattr(
+        self, inode: InodeT, name: FileNameT, value: bytes, ctx: RequestContext
+    ) -> None:
         node = self.inode(inode)
         if crosslock.reserved(name):
             await crosslock.serve_setxattr(lambda: self.i_rwsem(node), name, value, ctx.pid)
@@ -759,7 +814,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self.changed(node)  # ctime; a POSIX ACL sets the mode
 
     @fuse_op
-    async def removexattr(self, inode, name, ctx):
+    async def removexattr(self, inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         node = self.inode(inode)
         if crosslock.reserved(name):
             crosslock.serve_removexattr(lambda: self.i_rwsem(node), name, ctx.pid)
@@ -769,7 +824,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         self.changed(node)
 
     @fuse_op
-    async def getxattr(self, inode, name, ctx):
+    async def getxattr(self, inode: InodeT, name: FileNameT, ctx: RequestContext) -> bytes:
         node = self.inode(inode)
         if crosslock.reserved(name):
             return await crosslock.serve_getxattr(lambda: self.i_rwsem(node), name, ctx.pid)
@@ -777,7 +832,7 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         return os.getxattr(_proc_fd(node.fd), name)
 
     @fuse_op
-    async def listxattr(self, inode, ctx):
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[bytes]:
         node = self.inode(inode)
         self.check_inode(node, "listxattr")
         names = os.listxattr(_proc_fd(node.fd))

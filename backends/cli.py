@@ -51,8 +51,9 @@ def _resolve(args: argparse.Namespace):
             point, _action = parse_spec(spec)
             if point not in cls.injection_points:
                 known = ", ".join(cls.injection_points) or "none"
-                raise ValueError(f"unknown injection point {point!r} of {args.kind} "
-                                 f"(known: {known})")
+                raise ValueError(
+                    f"unknown injection point {point!r} of {args.kind} (known: {known})"
+                )
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     return cls, variant, own, fuse, inject
@@ -65,8 +66,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from stackfs import lifecycle
 
     argv = lifecycle.stackfs_argv(
-        "backend", "mount", args.kind, "--store", os.path.abspath(args.store),
-        "--variant", variant,
+        "backend",
+        "mount",
+        args.kind,
+        "--store",
+        os.path.abspath(args.store),
+        "--variant",
+        variant,
     )
     for spec in args.options:
         argv += ["-o", spec]
@@ -111,8 +117,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, text in cls.injection_points.items():
             print(f"  inject {name}: {text}")
         for opt in cls.options():
-            print(f"  -o {opt.name}{'' if opt.kind is bool else '=' + opt.kind.__name__.upper()}"
-                  f" (default {opt.default}): {opt.help}")
+            print(
+                f"  -o {opt.name}{'' if opt.kind is bool else '=' + opt.kind.__name__.upper()}"
+                f" (default {opt.default}): {opt.help}"
+            )
     return 0
 
 
@@ -136,7 +144,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--store", required=True, metavar="DIR", help="the server's directory")
     m.add_argument("--variant", metavar="V", help="variant (see `stackfs backend list`)")
     m.add_argument(
-        "-o", dest="options", action="append", default=[], metavar="OPTS",
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTS",
         help="options: entry_timeout=S, attr_timeout=S, panic_on_oops, inject=POINT=ACTION, "
         "personality options, or FUSE options (repeatable, comma-separated)",
     )

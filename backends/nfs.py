@@ -66,8 +66,15 @@ from stackfs.kernel.events import Oops
 from stackfs.kernel.task import Task, calls, running_as
 
 #: the VFS above an OPEN by file handle (what the kernel does after the lookup)
-OPEN_BY_HANDLE_CHAIN = ("entry_SYSCALL_64_fastpath", "sys_open", "do_sys_open", "do_filp_open",
-                        "path_openat", "do_dentry_open", "nfs4_file_open")
+OPEN_BY_HANDLE_CHAIN = (
+    "entry_SYSCALL_64_fastpath",
+    "sys_open",
+    "do_sys_open",
+    "do_filp_open",
+    "path_openat",
+    "do_dentry_open",
+    "nfs4_file_open",
+)
 
 
 def _estale(what: str) -> OSError:
@@ -80,10 +87,10 @@ class NFSFS(StoreFS):
     kind = "nfs"
     variants = {
         "buggy": "nfs_atomic_open d_drops only on ENOENT: failed openers d_splice_alias a "
-                 "hashed dentry (BUG, seed 003)",
+        "hashed dentry (BUG, seed 003)",
         "fixed": "d_drop on every open_context error (Linux 4.7-rc3)",
         "parallel-lookup": "d_alloc_parallel in nfs_atomic_open: one lookup per name at a "
-                           "time (Linux 4.7)",
+        "time (Linux 4.7)",
     }
     injection_points = {
         "nfs_atomic_open": "entry of nfs_atomic_open: every opener of the negative dentry",
@@ -93,8 +100,9 @@ class NFSFS(StoreFS):
     }
     extra_options = (
         Option("acregmin", float, 3.0, "seconds the attribute cache trusts a file's attributes"),
-        Option("acdirmin", float, 30.0,
-               "seconds for directories' attributes and negative dentries"),
+        Option(
+            "acdirmin", float, 30.0, "seconds for directories' attributes and negative dentries"
+        ),
     )
     option_defaults = {"entry_timeout": 0.0, "attr_timeout": 0.0}
 
@@ -117,11 +125,7 @@ class NFSFS(StoreFS):
             return False
         if inode.extra.get("stale"):
             return True
-        try:
-            nlink = os.fstat(inode.fd).st_nlink
-        except OSError:
-            nlink = 0
-        if nlink == 0 and not inode.extra.get("client_unlinked"):
+        if self.object_gone(inode) and not inode.extra.get("client_unlinked"):
             inode.extra["stale"] = True
             return True
         return False
@@ -138,8 +142,9 @@ class NFSFS(StoreFS):
             self.count("estale")
             raise _estale(self.path_of(handle.inode))
 
-    def name_changed(self, parent: Inode, name: bytes, inode: Inode | None,
-                     by_server: bool) -> None:
+    def name_changed(
+        self, parent: Inode, name: bytes, inode: Inode | None, by_server: bool
+    ) -> None:
         if by_server:
             # another client: this client is not told; the handle is stale if the object is gone
             if inode is not None:

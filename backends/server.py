@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -24,6 +25,31 @@ ROOT = pyfuse3.ROOT_INODE
 
 class ServerSide:
     """Mixin of :class:`~backends.base.StoreFS`: the other client, and kernel invalidation."""
+
+    if TYPE_CHECKING:  # what the mixin uses of StoreFS
+        store: Path
+        by_key: dict[tuple[int, int], int]
+        inodes: dict[int, Inode]
+
+        def count(self, what: str, n: int = 1) -> None: ...
+
+        def _set_link(self, inode: Inode, parent: int | None, name: bytes) -> None: ...
+
+        def _unlinked(
+            self, inode: Inode | None, parent: Inode, name: bytes, by_server: bool = False
+        ) -> None: ...
+
+        def renamed(
+            self,
+            moved: Inode | None,
+            target: Inode | None,
+            old_parent: Inode,
+            name_old: bytes,
+            new_parent: Inode,
+            name_new: bytes,
+            flags: int,
+            by_server: bool = False,
+        ) -> None: ...
 
     def _store_rel(self, text: str) -> bytes:
         """A store-relative path from the ``server`` op's argument; never outside the store."""
@@ -53,14 +79,22 @@ class ServerSide:
         ``unlink PATH``, ``mkdir PATH``, ``rmdir PATH``.
         """
         store = os.fsencode(self.store)
-        need = {"write": (2, 3), "truncate": (2, 2), "rename": (2, 2), "unlink": (1, 1),
-                "mkdir": (1, 1), "rmdir": (1, 1)}
+        need = {
+            "write": (2, 3),
+            "truncate": (2, 2),
+            "rename": (2, 2),
+            "unlink": (1, 1),
+            "mkdir": (1, 1),
+            "rmdir": (1, 1),
+        }
         if action not in need:
             raise ValueError(f"unknown server action {action!r} (known: {', '.join(need)})")
         lo, hi = need[action]
         if not lo <= len(args) <= hi:
-            raise ValueError(f"server {action} takes {lo}{'-' + str(hi) if hi != lo else ''} "
-                             f"arguments, got {len(args)}")
+            raise ValueError(
+                f"server {action} takes {lo}{'-' + str(hi) if hi != lo else ''} "
+                f"arguments, got {len(args)}"
+            )
         rel = self._store_rel(args[0])
         full = os.path.join(store, rel)
         parent, name = self._known_dir(rel)
@@ -84,8 +118,16 @@ class ServerSide:
             change.new_parent, change.new_name = self._known_dir(new_rel)
             os.rename(full, os.path.join(store, new_rel))
             if change.parent is not None and change.new_parent is not None:
-                self.renamed(change.inode, change.replaced, change.parent, name,
-                             change.new_parent, change.new_name, 0, by_server=True)
+                self.renamed(
+                    change.inode,
+                    change.replaced,
+                    change.parent,
+                    name,
+                    change.new_parent,
+                    change.new_name,
+                    0,
+                    by_server=True,
+                )
             elif change.inode is not None:
                 self._set_link(change.inode, None, change.new_name)
         elif action == "unlink":

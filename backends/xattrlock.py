@@ -7,13 +7,25 @@ takes a lower inode's i_mutex through the VFS; the personalities take it in thei
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from backends.tables import Inode
 from stackfs import crosslock
 from stackfs.kernel.locks import RWSem
 
+if TYPE_CHECKING:
+    from stackfs.kernel.state import KernelState
+
 
 class InodeLocks:
     """Mixin of :class:`~backends.base.StoreFS`: the modelled i_rwsem of its inodes."""
+
+    if TYPE_CHECKING:  # what the mixin uses of StoreFS
+        kernel: KernelState
+
+        def path_of(self, inode: Inode) -> str: ...
+
+        def count(self, what: str, n: int = 1) -> None: ...
 
     def i_rwsem(self, inode: Inode) -> RWSem:
         """The modelled ``inode->i_rwsem`` of ``inode`` (holds of exited tasks released)."""

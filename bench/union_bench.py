@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # a checkout without the editable install
 
-from stackfs import fusectl, lifecycle, mountinfo  # noqa: E402
+from stackfs import control, fusectl, lifecycle, mountinfo  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = 1 * MiB  # read/write size of the sequential measures
@@ -98,28 +99,32 @@ QUICK = Sizes(
 class Measure:
     key: str
     label: str
-    target: float  # the highest stackfs/fuse-overlayfs ratio that passes
+    target: float  # the highest stackfs/fuse-overlayfs ratio that passes (issue 15)
     unit: str = "ms"
+    #: operations in one sample (FUSE requests are reported per operation; MiB for I/O)
+    per: int = 1
 
 
 def measures(sz: Sizes) -> list[Measure]:
     big = f"{sz.seq_bytes // MiB} MiB"
     return [
-        Measure("stat_cold", f"stat {sz.stat_files} files, cold", 2.0),
-        Measure("stat_warm", f"stat {sz.stat_files} files, warm", 1.1),
-        Measure("readdir_cold", f"readdir {sz.readdir_entries} entries, cold", 0.5),
-        Measure("readdir_warm", f"readdir {sz.readdir_entries} entries, warm", 2.0),
-        Measure("readdir_merged", f"readdir merged {sz.merged_entries} (3 branches), cold", 0.5),
-        Measure("readdir_merged_warm", f"readdir merged {sz.merged_entries}, warm", 2.0),
-        Measure("create_unlink", f"create+unlink {sz.create_files} files", 2.0),
-        Measure("open_close_p50", "open+close p50", 1.1, "us"),
-        Measure("open_close_p99", "open+close p99", 1.1, "us"),
-        Measure("read_hot_lower", f"seq read {big}, hot lower", 2.0),
-        Measure("read_reread", f"seq re-read {big}", 1.1),
-        Measure("read_cold", f"seq read {big}, cold", 2.0),
-        Measure("write_seq", f"seq write {big}", 2.0),
-        Measure("copyup_big", f"copy-up 1 file of {big}", 1.0),
-        Measure("copyup_small", f"copy-up {sz.small_files} small files", 2.0),
+        Measure("stat_cold", f"stat {sz.stat_files} files, cold", 2.0, per=sz.stat_files),
+        Measure("stat_warm", f"stat {sz.stat_files} files, warm", 1.1, per=sz.stat_files),
+        Measure("readdir_cold", f"readdir {sz.readdir_entries} entries, cold", 1.0),
+        Measure("readdir_warm", f"readdir {sz.readdir_entries} entries, warm", 1.0),
+        Measure("readdir_merged", f"readdir merged {sz.merged_entries} (3 branches), cold", 1.0),
+        Measure("readdir_merged_warm", f"readdir merged {sz.merged_entries}, warm", 1.0),
+        Measure("create", f"create {sz.create_files} x 4 KiB", 2.0, per=sz.create_files),
+        Measure("unlink", f"unlink {sz.create_files}", 1.5, per=sz.create_files),
+        Measure("open_close_p50", "open+close p50", 2.0, "us", per=sz.open_samples),
+        Measure("open_close_p99", "open+close p99", 2.0, "us", per=sz.open_samples),
+        Measure("read_hot_lower", f"seq read {big}, hot lower", 1.5, per=sz.seq_bytes // MiB),
+        Measure("read_reread", f"seq re-read {big}", 1.1, per=sz.seq_bytes // MiB),
+        Measure("read_cold", f"seq read {big}, cold", 1.1, per=sz.seq_bytes // MiB),
+        Measure("write_seq", f"seq write {big}", 1.0, per=sz.seq_bytes // MiB),
+        Measure("copyup_big", f"copy-up 1 file of {big}", 1.1),
+        Measure("copyup_small", f"copy-up {sz.small_files} small files", 2.0,
+                per=sz.small_files),
     ]
 
 
@@ -130,6 +135,9 @@ class Recorder:
         self.samples: dict[str, dict[str, list[int]]] = {}
         self.problems: dict[str, list[str]] = {}
         self.aborted_from_outside = 0
+        #: stackfs: FUSE requests per measure (the daemon's counters), and samples counted
+        self.requests: dict[str, Counter[str]] = {}
+        self.counted: dict[str, int] = {}
 
     def add(self, peer: str, key: str, ns: int) -> None:
         self.samples.setdefault(peer, {}).setdefault(key, []).append(int(ns))
@@ -343,6 +351,26 @@ class UnionfsFuse(_ForegroundFusePeer):
         p = _run([self.binary, "--version"])
         out = p.stdout + p.stderr
         return next((ln.split()[-1] for ln in out.splitlines() if "unionfs" in ln), "?")
+
+
+class PyFloor(_ForegroundFusePeer):
+    """A bare pyfuse3 passthrough over the same branches with stackfs' kernel fast paths
+    (``bench/pyfuse3_floor.py``): the least any pyfuse3 filesystem pays per request here."""
+
+    name = "pyfuse3-floor"
+    binary = sys.executable
+
+    def argv(self, b: Branches, mp: Path) -> list[str]:
+        floor = str(REPO / "bench" / "pyfuse3_floor.py")
+        return [sys.executable, floor, str(b.upper), str(b.lower1), str(b.lower2), str(mp)]
+
+    def missing(self) -> str | None:
+        p = _run([sys.executable, "-c", "import pyfuse3; pyfuse3.FileInfo(cache_readdir=1)"])
+        return None if p.returncode == 0 else "pyfuse3 without the stackfs patch (provision.sh)"
+
+    def version(self) -> str:
+        p = _run([sys.executable, "-c", "import pyfuse3; print(pyfuse3.__version__)"])
+        return f"pyfuse3 {p.stdout.strip() or '?'}"
 
 
 class KernelOverlayfs(Peer):
@@ -566,16 +594,32 @@ def drop_file_cache(path: Path) -> None:
 
 
 def t_create_unlink(d: Path, names: list[str]) -> int:
+    return t_create(d, names, b"") + t_unlink(d, names)
+
+
+def t_create(d: Path, names: list[str], data: bytes) -> int:
+    """``open(O_CREAT|O_EXCL)``, one write of ``data`` (if any), ``close`` of each new name."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     with dirfd(d) as dfd, no_gc():
         t0 = time.perf_counter_ns()
         for n in names:
-            os.close(os.open(n, flags, 0o644, dir_fd=dfd))
+            fd = os.open(n, flags, 0o644, dir_fd=dfd)
+            try:
+                if data:
+                    os.write(fd, data)
+            finally:
+                os.close(fd)
+        return time.perf_counter_ns() - t0
+
+
+def t_unlink(d: Path, names: list[str]) -> int:
+    with dirfd(d) as dfd, no_gc():
+        t0 = time.perf_counter_ns()
         for n in names:
             os.unlink(n, dir_fd=dfd)
         ns = time.perf_counter_ns() - t0
     if os.listdir(d):
-        raise Check(f"{d.name}/ is not empty after create+unlink")
+        raise Check(f"{d.name}/ is not empty after unlink")
     return ns
 
 
@@ -628,9 +672,31 @@ class Ctx:
 
     def measure(self, key: str, fn: Callable[[], int]) -> None:
         try:
-            self.add(key, fn())
+            with self.counting(key):
+                self.add(key, fn())
         except Check as exc:
             self.rec.problem(self.peer.name, f"{key}: {exc}")
+
+    @contextlib.contextmanager
+    def counting(self, key: str) -> Iterator[None]:
+        """stackfs: count the FUSE requests the kernel sends while the body runs (the daemon's
+        per-opcode counters, ``stackfs state``; read outside the timed part)."""
+        if self.peer.name != "stackfs":
+            yield
+            return
+        before = _requests(self.mp)
+        yield
+        after = _requests(self.mp)
+        if before is not None and after is not None:
+            self.rec.requests.setdefault(key, Counter()).update(after - before)
+            self.rec.counted[key] = self.rec.counted.get(key, 0) + 1
+
+
+def _requests(mp: Path) -> Counter[str] | None:
+    try:
+        return Counter(control.query(mp, {"op": "state"}, timeout=10)["requests"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def s_cold(c: Ctx) -> None:
@@ -661,7 +727,8 @@ def s_warm(c: Ctx) -> None:
     opendir = mp / "open"
     open_close_latencies(opendir, c.tree.open_names, len(c.tree.open_names))
     for _ in range(sz.inner):
-        lat = sorted(open_close_latencies(opendir, c.tree.open_names, sz.open_samples))
+        with c.counting("open_close_p50"):
+            lat = sorted(open_close_latencies(opendir, c.tree.open_names, sz.open_samples))
         c.add("open_close_p50", percentile(lat, 0.50))
         c.add("open_close_p99", percentile(lat, 0.99))
     big, lower_big = mp / "data" / "big.bin", c.tree.lower2 / "data" / "big.bin"
@@ -673,14 +740,19 @@ def s_warm(c: Ctx) -> None:
 
 
 def s_create(c: Ctx) -> None:
-    """create+unlink in a directory made through the union; one untimed warm-up round."""
+    """create (4 KiB each), then unlink, in a directory made through the union; one untimed
+    warm-up round."""
+    data = os.urandom(4096)
+    names = c.tree.create_names
     for i in range(-1, c.sz.inner):
         d = c.mp / f"create{i + 1}"
         os.mkdir(d)
         if i < 0:
-            t_create_unlink(d, c.tree.create_names)
+            t_create(d, names, data)
+            t_unlink(d, names)
         else:
-            c.measure("create_unlink", lambda d=d: t_create_unlink(d, c.tree.create_names))
+            c.measure("create", lambda d=d: t_create(d, names, data))
+            c.measure("unlink", lambda d=d: t_unlink(d, names))
         os.rmdir(d)
 
 
@@ -1038,7 +1110,10 @@ def verdicts(rat: dict[str, dict[str, float]], ms: list[Measure]) -> dict[str, s
 def table(rec: Recorder, ms: list[Measure], peers: list[str]) -> str:
     rat = ratios(rec, ms, peers)
     ver = verdicts(rat, ms)
-    order = [p for p in (REFERENCE, "stackfs", "overlayfs", "unionfs-fuse") if p in peers]
+    order = [
+        p for p in (REFERENCE, "stackfs", "pyfuse3-floor", "overlayfs", "unionfs-fuse")
+        if p in peers
+    ]
     lw = max(len(m.label) for m in ms) + 2
     head1 = f"{'measure':<{lw}}"
     head2 = " " * lw
@@ -1060,6 +1135,23 @@ def table(rec: Recorder, ms: list[Measure], peers: list[str]) -> str:
                 row += f"{med:>10}{(f'{r:.2f}' if r is not None else '-'):>7} "
         row += f"{'<= ' + format(m.target, '.1f'):>8} {ver[m.key]:>8}"
         lines.append(row)
+    return "\n".join(lines)
+
+
+def request_table(rec: Recorder, ms: list[Measure]) -> str:
+    """FUSE requests per operation of stackfs, from its daemon's counters (FORGETs included:
+    they come when the kernel reclaims inodes, not always during the operation)."""
+    lines = ["stackfs: FUSE requests per operation (the daemon's counters, `stackfs state`)"]
+    lw = max(len(m.label) for m in ms) + 2
+    for m in ms:
+        got = rec.requests.get(m.key)
+        if got is None or not rec.counted.get(m.key):
+            continue
+        ops = rec.counted[m.key] * m.per
+        per = {k: n / ops for k, n in got.most_common()}
+        unit = "per MiB" if m.key.startswith(("read_", "write_")) else "per op"
+        detail = ", ".join(f"{k} {v:.2f}" for k, v in per.items() if v >= 0.005)
+        lines.append(f"  {m.label:<{lw}}{sum(per.values()):6.2f} {unit:<8} {detail}")
     return "\n".join(lines)
 
 
@@ -1091,8 +1183,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated peers: stackfs,fuse-overlayfs,overlayfs,unionfs-fuse (default: all)",
+        help="comma-separated peers: stackfs,fuse-overlayfs,pyfuse3-floor,overlayfs,"
+        "unionfs-fuse (default: all)",
     )
+    ap.add_argument(
+        "--cpu",
+        type=int,
+        default=-1,
+        help="pin the benchmark and every daemon it starts to this CPU (default: the last one; "
+        "-1 = the last), so a FUSE round trip costs the same for every peer",
+    )
+    ap.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
     ap.add_argument("--json", type=Path, help="write every sample and the summary here")
     ap.add_argument("--reps", type=int, help="outer repetitions (default 5, --quick 3)")
     ap.add_argument("--inner", type=int, help="timed passes per warm/create/write session")
@@ -1115,7 +1216,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-ALIASES = {"kernel": "overlayfs", "overlay": "overlayfs", "unionfs": "unionfs-fuse"}
+ALIASES = {
+    "kernel": "overlayfs",
+    "overlay": "overlayfs",
+    "unionfs": "unionfs-fuse",
+    "floor": "pyfuse3-floor",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1129,6 +1235,7 @@ def main(argv: list[str] | None = None) -> int:
     every: list[Peer] = [
         FuseOverlayfs(),
         Stackfs(args.stackfs_opt),
+        PyFloor(),
         KernelOverlayfs(),
         UnionfsFuse(),
     ]
@@ -1150,6 +1257,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {REFERENCE} is not in this run: no ratios", flush=True)
     ms = measures(sz)
     rec = Recorder()
+    pinned = "not pinned"
+    if not args.no_pin:
+        cpu = args.cpu if args.cpu >= 0 else max(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})  # the daemons we start inherit it
+        pinned = f"benchmark and daemons pinned to CPU {cpu}"
     old_term = signal.signal(signal.SIGTERM, _raise_exit)
     scratch = Path(tempfile.mkdtemp(prefix="union-bench-", dir=args.dir))
     t_start = time.monotonic()
@@ -1185,7 +1297,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores; {time.monotonic() - t_start:.0f} s"
     )
     print("peers: " + ", ".join(f"{n} {versions[n]}" for n in names_run))
-    print(f"load average at start {load_start}, at end {_loadavg()} (the machine is shared)")
+    print(f"load average at start {load_start}, at end {_loadavg()} (the machine is shared); "
+          f"{pinned}")
     print(
         f"medians over {sz.reps} repetitions (cold, copy-up) or {sz.reps}x{sz.inner} passes "
         f"(warm, create, write; open+close: percentiles of {sz.open_samples} opens per pass); "
@@ -1193,6 +1306,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(table(rec, ms, names_run))
+    if rec.requests:
+        print()
+        print(request_table(rec, ms))
     for p, probs in rec.problems.items():
         for t in probs:
             print(f"problem: {p}: {t}")
@@ -1217,6 +1333,9 @@ def main(argv: list[str] | None = None) -> int:
             "problems": rec.problems,
             "loadavg": [load_start, _loadavg()],
             "aborted_from_outside": rec.aborted_from_outside,
+            "stackfs_requests": {
+                k: {"samples": rec.counted[k], "total": dict(v)} for k, v in rec.requests.items()
+            },
         }
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0

@@ -11,14 +11,17 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "stackfs.union.cli",
     "backends.cli",
-    "stackfs.commands",
+    "stackfs.admin_cli",
     "stackfs.watchdog.cli",
     "stackfs.repro.cli",
+    "stackfs.vm.cli",
+    "stackfs.cluster_cli",
 ]
 
 
@@ -28,6 +31,40 @@ class CLIError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+#: the ``Exit status:`` paragraph of a verb whose description does not give its own
+EXIT_STATUS_DEFAULT = (
+    "Exit status: 0 success; 1 the operation failed (one line on stderr says "
+    "why); 2 bad command line; 130 interrupted (Ctrl-C)."
+)
+EXIT_STATUS = {
+    "stackfs": "Exit status: that of the COMMAND; 2 without one or on a bad command line.",
+    "stackfs repro": "Exit status: that of the SUBCOMMAND; 2 without one.",
+    "stackfs demo": "Exit status: 0 every run matched its variant's expectation and nothing is "
+    "left mounted; 1 otherwise; 2 set-up error or bad command line; 4 skipped: "
+    "no scenario can run on this machine (the reasons are printed); 130 "
+    "interrupted.",
+}
+
+
+def _exit_statuses(parser: argparse.ArgumentParser, path: str) -> None:
+    """Give every parser that does not say it an ``Exit status:`` epilog, recursively."""
+    text = f"{parser.description or ''} {parser.epilog or ''}"
+    if "Exit status" not in text:
+        extra = textwrap.fill(EXIT_STATUS.get(path, EXIT_STATUS_DEFAULT), 78)
+        parser.epilog = f"{parser.epilog}\n\n{extra}" if parser.epilog else extra
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if child is not parser:
+                    _exit_statuses(child, f"{path} {name}")
+
+
+def version() -> str:
+    from stackfs import __version__
+
+    return f"stackfs {__version__}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
             "and recover."
         ),
     )
+    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument(
+        "--ascii",
+        action="store_true",
+        help="plain ASCII output: no symbols that mailing lists mangle "
+        "(the default when stdout is not a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -49,12 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part of the testbed is not there (yet)
             raise
         module.add_parser(sub)
+    _exit_statuses(parser, "stackfs")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.ascii or not sys.stdout.isatty():
+        from stackfs.repro.present import set_ascii
+
+        set_ascii(True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

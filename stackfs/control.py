@@ -45,10 +45,12 @@ async def serve(path: Path, handlers: dict[str, Handler], *, task_status=trio.TA
     sock.listen(16)
     listener = trio.SocketListener(sock)
     task_status.started()
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        await _serve_one(stream, handlers)
+
     try:
-        await trio.serve_listeners(
-            lambda stream: _serve_one(stream, handlers), [listener], handler_nursery=None
-        )
+        await trio.serve_listeners(serve_one, [listener], handler_nursery=None)
     finally:
         try:
             path.unlink()
@@ -56,7 +58,7 @@ async def serve(path: Path, handlers: dict[str, Handler], *, task_status=trio.TA
             pass
 
 
-async def _serve_one(stream: trio.SocketStream, handlers: dict[str, Handler]) -> None:
+async def _serve_one(stream: trio.abc.Stream, handlers: dict[str, Handler]) -> None:
     buf = b""
     async with stream:
         while True:
@@ -100,7 +102,7 @@ def socket_path_for_pid(pid: int) -> Path:
     return rundir.daemon_dir(pid) / "control.sock"
 
 
-def socket_path(mountpoint: str | os.PathLike) -> Path:
+def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
     """The control socket of the testbed daemon serving ``mountpoint`` (found via mountinfo)."""
     entry = mountinfo.find(mountpoint)
     if entry is None:

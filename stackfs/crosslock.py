@@ -28,6 +28,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 import pyfuse3
 
@@ -123,10 +124,13 @@ async def serve_getxattr(sem_of: SemOf, name: bytes, pid: int) -> bytes:
 
 # -- the client side: what copy-up calls on a lower branch -------------------------------------
 
+#: how the caller names the file: a path, or a branch-relative path tuple (the union's branches)
+P = TypeVar("P")
+
 _NO_LOCK_BELOW = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENODATA)
 
 
-def lock(getxattr: Callable[[str | os.PathLike[str], bytes], bytes], path, mode: str = "write"):
+def lock(getxattr: Callable[[P, bytes], bytes], path: P, mode: str = "write") -> bool:
     """Take the lower inode's i_rwsem from this thread (the owner the lower layer sees).
 
     Returns False when there is no modelled lock below (a plain directory, a foreign FUSE
@@ -142,7 +146,7 @@ def lock(getxattr: Callable[[str | os.PathLike[str], bytes], bytes], path, mode:
     return True
 
 
-def unlock(getxattr: Callable[[str | os.PathLike[str], bytes], bytes], path) -> None:
+def unlock(getxattr: Callable[[P, bytes], bytes], path: P) -> None:
     """Release the lower inode's i_rwsem taken by :func:`lock` from this thread."""
     try:
         getxattr(path, XATTR_UNLOCK)

@@ -14,7 +14,6 @@ the layer below sees as its caller, so the chain can be followed down.
 from __future__ import annotations
 
 import contextvars
-import ctypes
 import errno
 import functools
 import logging
@@ -31,9 +30,10 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from stackfs import control, fusectl, mountinfo, rundir
+from stackfs import control, fusectl, fusereq, mountinfo, rundir
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, current_task
+from stackfs.linux import libc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +69,27 @@ _INODE_OPS = {
 _FH_OPS = {"read", "write", "flush", "release", "fsync", "readdir", "releasedir", "fsyncdir"}
 _TRACKED = _INODE_OPS | _FH_OPS | {"statfs"}
 
+#: FUSE requests served, by opcode (``stackfs state``: ``requests``); the FUSE name of a
+#: pyfuse3 handler is its name in capitals, but for these two
+_OPCODE = {"readdir": "READDIRPLUS", "forget": "FORGET"}
+#: counted only (no in-flight record): FORGET and BATCH_FORGET end in ``forget``
+_COUNTED = {"forget"}
+requests: dict[str, int] = {}
+
+
+def _counted(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap handler ``fn`` so each call is counted in :data:`requests` (and nothing else)."""
+    key = _OPCODE.get(op, op.upper())
+    requests.setdefault(key, 0)
+
+    @functools.wraps(fn)
+    async def wrapper(self: TestbedOperations, *args: Any) -> Any:
+        requests[key] += 1
+        return await fn(self, *args)
+
+    wrapper.__stackfs_tracked__ = True  # type: ignore[attr-defined]
+    return wrapper
+
 
 _TASK_TTL = 1.0
 _task_cache: dict[int, tuple[float, Task]] = {}
@@ -96,28 +117,38 @@ def _tracked(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     inode_op = op in _INODE_OPS
     fh_op = op in _FH_OPS
+    header_pid = op in ("read", "write")
     first_arg = op != "statfs"
     request_context = pyfuse3.RequestContext
     set_request = current_request.set
     reset_request = current_request.reset
     set_task = current_task.set
     reset_task = current_task.reset
+    key = _OPCODE.get(op, op.upper())
+    requests.setdefault(key, 0)
+    counts = requests
 
     @functools.wraps(fn)
     async def wrapper(self: TestbedOperations, *args: Any) -> Any:
+        counts[key] += 1
         ctx = args[-1] if args and isinstance(args[-1], request_context) else None
         ino = args[0] if first_arg and args and isinstance(args[0], int) else None
         name = args[1] if len(args) > 2 and isinstance(args[1], bytes) else None
+        pid = ctx.pid if ctx is not None else None
+        if pid is None and header_pid:
+            # READ/WRITE: pyfuse3 gives no context; the request header has the pid
+            hdr = fusereq.current()
+            pid = hdr.pid if hdr is not None and hdr.pid else None
         inflight = self.kernel.inflight
         rid = inflight.begin(
             op,
             ino if inode_op else None,
             name,
-            ctx.pid if ctx is not None else None,
+            pid,
             fh=ino if fh_op else None,
         )
         token = set_request(rid)
-        task_token = set_task(_task(ctx.pid)) if ctx is not None else None
+        task_token = set_task(_task(pid)) if pid is not None else None
         try:
             return await fn(self, *args)
         finally:
@@ -141,10 +172,12 @@ class TestbedOperations(pyfuse3.Operations):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for op in _TRACKED:
+        for op in _TRACKED | _COUNTED:
             fn = cls.__dict__.get(op)
+            if fn is None and getattr(cls, op, None) is getattr(pyfuse3.Operations, op):
+                fn = getattr(pyfuse3.Operations, op)  # pyfuse3's ENOSYS answer: count it too
             if fn is not None and not getattr(fn, "__stackfs_tracked__", False):
-                setattr(cls, op, _tracked(op, fn))
+                setattr(cls, op, (_counted if op in _COUNTED else _tracked)(op, fn))
 
     def __init__(self, kernel: KernelState | None = None) -> None:
         super().__init__()
@@ -159,21 +192,22 @@ class TestbedOperations(pyfuse3.Operations):
         """Extra facts for the ``daemon`` part of the state snapshot."""
         return {}
 
+    #: FUSE mount options this filesystem needs (e.g. ``debug`` for :mod:`stackfs.fusereq`)
+    fuse_options_extra: tuple[str, ...] = ()
+
+    async def started(self, nursery: trio.Nursery) -> None:
+        """Called once the mount is live, before READY: start background work (e.g. connect
+        to a lock manager). Raising ends the daemon (the mount fails)."""
+
 
 #: comm of the daemon's worker threads, as the layer below and the watchdog see them
-WORKER_COMM = ctypes.c_char_p(b"stackfs-worker")
-_PR_SET_NAME = 15
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
+WORKER_COMM = b"stackfs-worker"
 
 
 def _name_worker() -> None:
     """Give the worker thread a comm that says what it is. trio names its threads anew for
     every job (after the function it runs), so this is done per job: one prctl."""
-    if _prctl is not None:
-        _prctl(_PR_SET_NAME, WORKER_COMM, 0, 0, 0)
+    libc.set_thread_name(WORKER_COMM)
 
 
 async def in_worker(fn: Callable[..., T], *args: Any) -> T:
@@ -209,10 +243,12 @@ class DaemonConfig:
     inject: list[str] = field(default_factory=list)
     max_tasks: int = 64
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    #: the mount's source (fsname) as mount(8) gave it; default ``stackfs:KIND:PID``
+    source: str | None = None
 
     @property
     def fsname(self) -> str:
-        return f"{mountinfo.FSNAME_PREFIX}{self.kind}:{os.getpid()}"
+        return self.source or f"{mountinfo.FSNAME_PREFIX}{self.kind}:{os.getpid()}"
 
 
 def fuse_options(cfg: DaemonConfig) -> set[str]:
@@ -251,11 +287,23 @@ def _ready(message: str) -> None:
         pass
 
 
+#: exit status of a daemon whose FUSE connection was aborted (``/sys/fs/fuse/connections/N/
+#: abort``) while its mount was still there, and that was not signalled: the session ended
+#: under a live mount, so someone aborted it. (sysexits' EX_TEMPFAIL: a crash exits 1 from an
+#: exception, or with its own status, or by a signal.) The repro runner reads it back from the
+#: unmount report as the evidence that a run was disturbed from outside.
+EXIT_CONNECTION_ABORTED = 75
+
+#: why the serving loop ended (set by the signal watcher; read by :func:`serve`)
+_stopped_by: list[str] = []
+
+
 def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
     """Mount ``ops`` at ``cfg.mountpoint`` and serve it until unmounted or signalled.
 
-    Returns the exit status. The mount exists when the READY message has been written; the
-    control socket is listening from then on.
+    Returns the exit status: 0 after an unmount or a signal, :data:`EXIT_CONNECTION_ABORTED`
+    when the connection was aborted under a live mount. The mount exists when the READY message
+    has been written; the control socket is listening from then on.
     """
     global _active_state
     _active_state = ops.kernel
@@ -276,16 +324,25 @@ def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
     }
     run = rundir.write_info(pid, info)
     try:
-        pyfuse3.init(ops, str(mp), fuse_options(cfg))
+        pyfuse3.init(ops, str(mp), fuse_options(cfg) | set(ops.fuse_options_extra))
     except RuntimeError as exc:
         rundir.remove(pid)
         print(f"stackfs: cannot mount {mp}: {exc}", file=sys.stderr)
         return 1
+    status = 0
     try:
         entry = mountinfo.find(mp)
         info["conn"] = entry.conn if entry is not None else None
         rundir.write_info(pid, info)
         trio.run(_main, ops, cfg, info, run / "control.sock")
+        still = mountinfo.find(mp)
+        if not _stopped_by and still is not None and still.daemon_pid == pid:
+            print(
+                f"stackfs: the FUSE connection {info.get('conn')} of {mp} was aborted while "
+                "mounted; exiting",
+                file=sys.stderr,
+            )
+            status = EXIT_CONNECTION_ABORTED
     except KeyboardInterrupt:
         pass
     finally:
@@ -294,13 +351,14 @@ def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
         except Exception as exc:  # noqa: BLE001 - reported, the lifecycle cleans up
             print(f"stackfs: unmounting {mp}: {exc}", file=sys.stderr)
         rundir.remove(pid)
-    return 0
+    return status
 
 
 async def _main(ops: TestbedOperations, cfg: DaemonConfig, info: dict[str, Any], sock: Path):
     async def state(_req: dict[str, Any]) -> dict[str, Any]:
         snap = ops.kernel.snapshot()
         snap["daemon"] = {**info, **ops.describe(), "threads": _threads()}
+        snap["requests"] = {k: n for k, n in sorted(requests.items()) if n}
         snap["now"] = time.time()
         return snap
 
@@ -322,6 +380,7 @@ async def _main(ops: TestbedOperations, cfg: DaemonConfig, info: dict[str, Any],
         nursery.start_soon(_signals, nursery.cancel_scope)
         if info.get("conn"):
             nursery.start_soon(_watch_connection, info["conn"], nursery.cancel_scope)
+        await ops.started(nursery)
         _ready("ready")
         await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_tasks)
         nursery.cancel_scope.cancel()
@@ -331,7 +390,8 @@ async def _signals(scope: trio.CancelScope) -> None:
     """SIGTERM/SIGINT/SIGHUP end the daemon at once, also while handlers are stuck (a stuck
     handler is what a deadlocked filesystem has): cancelling the scope cancels them all."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for _sig in signals:
+        async for sig in signals:
+            _stopped_by.append(signal.Signals(sig).name)
             scope.cancel()
             return
 

@@ -12,7 +12,6 @@ removes what a run killed with SIGKILL left behind, and only testbed mounts.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -29,6 +28,10 @@ from typing import Any
 import psutil
 
 from stackfs import fusectl, mountinfo, rundir
+from stackfs.linux import libc
+from stackfs.linux.proc import alive
+from stackfs.service import Service, timeout_factor
+from stackfs.service import start as start_service
 
 
 class MountError(Exception):
@@ -58,7 +61,7 @@ class Mount:
     def daemon_alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return psutil.pid_exists(self.pid) and not _is_zombie(self.pid)
+        return alive(self.pid)
 
     def log_text(self) -> str:
         try:
@@ -75,7 +78,13 @@ class Mount:
 
 @dataclass
 class UnmountReport:
-    """How a mount went down."""
+    """How a mount went down, and how its daemon ended.
+
+    ``aborted``/``detached``/``killed`` say what *this* unmount did. ``exit_status`` (the
+    daemon's exit status) and ``exit_signal`` (the signal that ended it, e.g. ``SIGSEGV``) are
+    known for a daemon this process started and reaped (None otherwise); ``gone_before``: the
+    daemon had already exited when the unmount began (it did not end because of us).
+    """
 
     mountpoint: str
     clean: bool
@@ -83,18 +92,28 @@ class UnmountReport:
     detached: bool
     killed: bool
     seconds: float
+    pid: int | None = None
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    gone_before: bool = False
+
+    def daemon_end(self) -> str:
+        """How the daemon ended, in words (for the run's notes)."""
+        if self.exit_signal is not None:
+            how = f"killed by {self.exit_signal}" + (" (by us)" if self.killed else "")
+        elif self.exit_status is not None:
+            how = f"exit {self.exit_status}"
+        else:
+            how = "exit status unknown"
+        return how + (", before the unmount" if self.gone_before else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def stackfs_argv(*args: str) -> list[str]:
     """The command line that runs ``stackfs ARGS`` with this interpreter."""
     return [sys.executable, "-m", "stackfs", *args]
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
 
 
 def _tail(text: str, lines: int = 20) -> str:
@@ -116,7 +135,10 @@ def start_daemon(
     The daemon reports readiness on a pipe (``STACKFS_READY_FD``); its stdout and stderr go to
     ``log`` (a temporary file by default). ``detach`` starts it in a session of its own and does
     not keep it as a child to reap (what ``stackfs mount`` without ``-f`` does).
+    ``timeout`` is multiplied by ``$STACKFS_TIMEOUT_FACTOR`` (a slow machine: a VM under software
+    emulation starts a Python daemon several times slower; the wait still ends on "ready").
     """
+    timeout *= timeout_factor()
     mp = Path(os.path.abspath(mountpoint))
     if log is None:
         fd, name = tempfile.mkstemp(prefix="stackfs-daemon-", suffix=".log")
@@ -201,14 +223,11 @@ def _umount(mp: Path, *flags: str, timeout: float) -> bool:
     return res.returncode == 0
 
 
-_MNT_DETACH = 2
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def lazy_detach(mountpoint: str | os.PathLike[str], timeout: float = 5.0) -> bool:
     """``umount2(MNT_DETACH)``, ``umount -l`` as the fallback: the mount point is free at once,
     the filesystem goes when its last user does. Never walks into the mount."""
-    if _libc.umount2(os.fsencode(os.fspath(mountpoint)), _MNT_DETACH) == 0:
+    with contextlib.suppress(OSError):
+        libc.umount2(os.fsencode(os.fspath(mountpoint)), libc.MNT_DETACH)
         return True
     return _umount(Path(mountpoint), "-l", timeout=timeout)
 
@@ -258,14 +277,42 @@ def unmount(m: Mount, timeout: float = 5.0, grace: float = 1.0) -> UnmountReport
     t0 = time.monotonic()
     mp = m.mountpoint
     clean = aborted = detached = False
+    gone_before = not m.daemon_alive()
     if _mounted_by(mp, m.pid):
         # A hung request keeps the mount busy, so umount fails (EBUSY) rather than hangs.
-        clean = _umount(mp, timeout=min(timeout, 2.0))
+        # --recursive: mounts on top of the layer's directories go first (an automounter's
+        # bind mounts on its map's mount points, seed 001)
+        clean = _umount(mp, "--recursive", timeout=min(timeout, 2.0))
         if not clean:
             aborted = abort_if_ours(m)
             detached = lazy_detach(mp, timeout=timeout)
     killed = _reap(m, timeout=timeout if clean else grace, grace=grace)
-    return UnmountReport(str(mp), clean, aborted, detached, killed, time.monotonic() - t0)
+    status, sig = _exit_of(m)
+    return UnmountReport(
+        str(mp),
+        clean,
+        aborted,
+        detached,
+        killed,
+        time.monotonic() - t0,
+        m.pid,
+        status,
+        sig,
+        gone_before,
+    )
+
+
+def _exit_of(m: Mount) -> tuple[int | None, str | None]:
+    """(exit status, name of the signal that ended it) of a reaped daemon we started."""
+    code = m.proc.returncode if m.proc is not None else None
+    if code is None:
+        return None, None
+    if code < 0:
+        try:
+            return None, signal.Signals(-code).name
+        except ValueError:
+            return None, f"signal {-code}"
+    return code, None
 
 
 class Stack:
@@ -279,6 +326,8 @@ class Stack:
     def __init__(self, run_id: str | None = None, log_dir: Path | None = None) -> None:
         self.mounts: list[Mount] = []
         self.reports: list[UnmountReport] = []
+        #: service daemons (no mount: a lock manager, an automounter), stopped after the mounts
+        self.services: list[Service] = []
         self.run_id = run_id or rundir.run_id() or f"run-{os.getpid()}-{int(time.time())}"
         self.log_dir = log_dir
         self._old_handler: Any = None
@@ -293,13 +342,29 @@ class Stack:
         self.mounts.append(m)
         return m
 
+    def service(self, argv: Sequence[str], kind: str, **kw: Any) -> Service:
+        """Start a service daemon of this stack (see :mod:`stackfs.service`)."""
+        env = dict(os.environ)
+        env["STACKFS_RUN_ID"] = self.run_id
+        if self.log_dir is not None and "log" not in kw:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            kw["log"] = self.log_dir / f"service-{len(self.services)}-{kind}.log"
+        svc = start_service(argv, kind, env=env, **kw)
+        self.services.append(svc)
+        return svc
+
     def close(self, timeout: float = 5.0) -> list[UnmountReport]:
-        """Unmount everything, top-down. Hung connections are aborted first, all of them."""
-        for m in [m for m in self.mounts if m.conn and m.waiting()]:
-            abort_if_ours(m)
-        while self.mounts:
-            m = self.mounts.pop()
-            self.reports.append(unmount(m, timeout=timeout))
+        """Unmount everything, top-down, then stop the services. Hung connections are aborted
+        first, all of them."""
+        try:
+            for m in [m for m in self.mounts if m.conn and m.waiting()]:
+                abort_if_ours(m)
+            while self.mounts:
+                m = self.mounts.pop()
+                self.reports.append(unmount(m, timeout=timeout))
+        finally:
+            while self.services:
+                self.services.pop().stop()
         return self.reports
 
     def __enter__(self) -> Stack:
@@ -356,10 +421,15 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
             continue
         if not psutil.pid_exists(pid) or not is_testbed_daemon(pid):
             rundir.remove(pid)
-        elif not _mounted_by(Path(info.get("mountpoint", "")), pid):
+        elif not _mounted_by(Path(info.get("mountpoint") or ""), pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            actions.append(CleanupAction(info.get("mountpoint"), pid, "killed daemon"))
+            what = (
+                "killed daemon"
+                if info.get("mountpoint") is not None
+                else f"killed {info.get('kind', '?')} service"
+            )
+            actions.append(CleanupAction(info.get("mountpoint"), pid, what))
             rundir.remove(pid)
     return actions
 
@@ -368,7 +438,9 @@ def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
     t0 = time.monotonic()
     aborted = abort_if_ours(m)
     detached = lazy_detach(m.mountpoint, timeout=timeout)
-    return UnmountReport(str(m.mountpoint), False, aborted, detached, False, time.monotonic() - t0)
+    return UnmountReport(
+        str(m.mountpoint), False, aborted, detached, False, time.monotonic() - t0, m.pid
+    )
 
 
 def is_testbed_daemon(pid: int, mountpoint: str | None = None) -> bool:

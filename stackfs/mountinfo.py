@@ -1,7 +1,10 @@
 """Reading ``/proc/self/mountinfo``: which FUSE mounts exist, and which of them are the testbed's.
 
 A testbed mount carries the fsname ``stackfs:KIND:PID`` (PID is the daemon's pid) and the fstype
-``fuse.stackfs``; :func:`testbed_mounts` finds them, and nothing else.
+``fuse.stackfs``; :func:`testbed_mounts` finds them, and nothing else. A union mounted through
+mount(8) (``mount -t fuse.stackfs SOURCE MP``) keeps SOURCE as its fsname, as fstests' FUSE
+support expects: its daemon is then found through its run directory (``/run/stackfs/PID/
+info.json`` records the fsname, the mount point and the connection).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from stackfs import rundir
 
 FSNAME_PREFIX = "stackfs:"
 SUBTYPE = "stackfs"
@@ -57,14 +62,33 @@ class MountEntry:
     @property
     def kind(self) -> str | None:
         parts = self.source.split(":")
-        return parts[1] if len(parts) >= 3 and self.source.startswith(FSNAME_PREFIX) else None
+        if len(parts) >= 3 and self.source.startswith(FSNAME_PREFIX):
+            return parts[1]
+        found = self._run_info()
+        return str(found[1].get("kind")) if found is not None else None
 
     @property
     def daemon_pid(self) -> int | None:
-        """The daemon's pid, read back from the fsname ``stackfs:KIND:PID``."""
+        """The daemon's pid, read back from the fsname ``stackfs:KIND:PID`` (or, for a mount
+        with a SOURCE of its own, from the run directory of the daemon that mounted it)."""
         parts = self.source.split(":")
         if len(parts) >= 3 and self.source.startswith(FSNAME_PREFIX) and parts[2].isdigit():
             return int(parts[2])
+        found = self._run_info()
+        return found[0] if found is not None else None
+
+    def _run_info(self) -> tuple[int, dict[str, object]] | None:
+        """(pid, info) of the daemon whose run directory says it mounted this (fsname, mount
+        point and, once known, connection all match); only for ``fuse.stackfs`` mounts."""
+        if self.fstype != f"fuse.{SUBTYPE}":
+            return None
+        for pid, info in rundir.all_infos().items():
+            if (
+                info.get("fsname") == self.source
+                and info.get("mountpoint") == self.mountpoint
+                and info.get("conn") in (None, self.conn)
+            ):
+                return pid, info
         return None
 
 
@@ -96,7 +120,7 @@ def testbed_mounts() -> list[MountEntry]:
     return [m for m in mounts() if m.is_fuse and m.is_testbed]
 
 
-def find(mountpoint: str | Path) -> MountEntry | None:
+def find(mountpoint: str | os.PathLike[str]) -> MountEntry | None:
     """The topmost mount at exactly ``mountpoint`` (no path walk, so it never blocks on FUSE)."""
     target = os.path.abspath(mountpoint)
     found = None

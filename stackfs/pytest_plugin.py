@@ -44,10 +44,15 @@ Assertions: :func:`assert_reproduces` (with evidence: ``blocked=COMM``, ``lock_v
 ``oops_chain=[...]``) and :func:`assert_does_not_reproduce`. Markers, checked against the
 test's last ``stackfs_watchdog.run``: ``@pytest.mark.reproduces("deadlock")`` and
 ``@pytest.mark.does_not_reproduce``.
+
+On another kernel: ``pytest --stackfs-kernel 6.1 --stackfs-kernel 6.12 tests/test_mine.py`` runs
+the selected tests inside ``stackfs vm`` on each kernel and reports them here
+(:mod:`stackfs.vm.pytest_vm`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +65,9 @@ if TYPE_CHECKING:
     from stackfs.repro.context import Layer, StackContext
     from stackfs.repro.runner import RunResult
     from stackfs.repro.workload import ProcResult
+
+#: ``--stackfs-kernel K``: the selected tests run in a VM on kernel K (stackfs vm, issue 14)
+pytest_plugins = ["stackfs.vm.pytest_vm"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -145,8 +153,7 @@ def assert_reproduces(
     if oops_chain is not None:
         problems += evidence.oops(outcome.json, oops_chain, comms=oops_comms)
     if problems:
-        _fail(outcome, f"{kind} observed, but the evidence is not there: "
-              + "; ".join(problems))
+        _fail(outcome, f"{kind} observed, but the evidence is not there: " + "; ".join(problems))
 
 
 def assert_does_not_reproduce(outcome: Outcome) -> None:
@@ -223,14 +230,21 @@ def stackfs_union_over(stackfs_stack: StackContext) -> Callable[..., UnionOver]:
     """``stackfs_union_over(kind, variant=None, copyup=None, files=None, inject=(),
     options=(), union_options=())``: a backend and the union over it."""
 
-    def mount(kind: str, *, variant: str | None = None, copyup: str | None = None,
-              files: Mapping[str, bytes | str] | None = None, inject: Sequence[str] = (),
-              options: Sequence[str] = (), union_options: Sequence[str] = (),
-              union_inject: Sequence[str] = ()) -> UnionOver:
-        b = stackfs_stack.backend(kind, variant=variant, files=files, inject=inject,
-                                  options=options)
-        u = stackfs_stack.union([b], copyup=copyup, options=union_options,
-                                inject=union_inject)
+    def mount(
+        kind: str,
+        *,
+        variant: str | None = None,
+        copyup: str | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        inject: Sequence[str] = (),
+        options: Sequence[str] = (),
+        union_options: Sequence[str] = (),
+        union_inject: Sequence[str] = (),
+    ) -> UnionOver:
+        b = stackfs_stack.backend(
+            kind, variant=variant, files=files, inject=inject, options=options
+        )
+        u = stackfs_stack.union([b], copyup=copyup, options=union_options, inject=union_inject)
         return UnionOver(stackfs_stack, b, u)
 
     return mount
@@ -248,20 +262,32 @@ class Watcher:
     def last(self) -> Outcome | None:
         return self.outcomes[-1] if self.outcomes else None
 
-    def run(self, *commands: Sequence[str | os.PathLike[str]] | Any, timeout: float = 20.0,
-            threshold: float = 1.0, ok_status: tuple[int, ...] = (0,),
-            mounts: Sequence[str | os.PathLike[str]] | None = None) -> Outcome:
+    def run(
+        self,
+        *commands: Sequence[str | os.PathLike[str]] | Any,
+        timeout: float = 20.0,
+        threshold: float = 1.0,
+        ok_status: tuple[int, ...] = (0,),
+        mounts: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> Outcome:
         """Start ``commands`` together, watch until a verdict, recover after a finding."""
-        from stackfs.repro.observe import observe, recover
-        from stackfs.repro.scenario import Proc
+        from stackfs.repro.observe import observe, recover_run
+        from stackfs.repro.scenario import Proc, error
 
-        specs = [c if isinstance(c, Proc) else Proc(list(c), ok_status=ok_status)
-                 for c in commands]
+        specs = [c if isinstance(c, Proc) else Proc(list(c), ok_status=ok_status) for c in commands]
         out = self.out_dir / f"run-{len(self.outcomes) + 1}"
-        obs = observe(mounts or self.ctx.mountpoints(), specs, out_dir=out / "workload",
-                      threshold=threshold, timeout=timeout)
-        recover(obs, own_conns=[layer.mount.conn for layer in self.ctx.layers.values()],
-                own_pids=[layer.mount.pid for layer in self.ctx.layers.values()])
+        obs = observe(
+            mounts or self.ctx.mountpoints(),
+            specs,
+            out_dir=out / "workload",
+            threshold=threshold,
+            timeout=timeout,
+        )
+        recover_run(
+            obs,
+            own_conns=[layer.mount.conn for layer in self.ctx.layers.values()],
+            own_pids=[layer.mount.pid for layer in self.ctx.layers.values()],
+        )
         if obs.finding:
             observed = obs.verdict
         elif not obs.all_exited:
@@ -269,16 +295,28 @@ class Watcher:
         elif all(r.ok for r in obs.workload.results):
             observed = "completes"
         else:
-            observed = "wrong-result"
+            # a real process saw an errno ("error:ENOENT"), or exited wrongly without one
+            errs = {
+                errno.errorcode[e]
+                for r in obs.workload.results
+                if not r.ok and (e := r.errno) is not None and e in errno.errorcode
+            }
+            observed = error(*errs) if errs else "wrong-result"
         rec = obs.recovery
         outcome = Outcome(
-            observed=observed, verdict=obs.verdict, summary=obs.report.summary,
-            report=obs.report, processes=list(obs.workload.results),
+            observed=observed,
+            verdict=obs.verdict,
+            summary=obs.report.summary,
+            report=obs.report,
+            processes=list(obs.workload.results),
             time_to_verdict=obs.time_to_verdict,
             detection_latency=obs.report.latency if obs.finding else None,
             recovered=(rec.ok and not any(r.status is None for r in obs.workload.results))
-            if rec is not None else None,
-            report_dir=out, notes=obs.notes)
+            if rec is not None
+            else None,
+            report_dir=out,
+            notes=obs.notes,
+        )
         obs.report.write(out, picture=obs.finding)
         self.outcomes.append(outcome)
         return outcome
@@ -293,17 +331,28 @@ def stackfs_watchdog(stackfs_stack: StackContext, tmp_path: Path) -> Watcher:
 @pytest.fixture
 def stackfs_repro(tmp_path: Path) -> Callable[..., RunResult]:
     """``stackfs_repro(name, variant, case=None, natural=False)``: one run of a registered
-    scenario, reports under tmp_path; the stack is down when it returns. A run that another
-    process disturbed (its connection aborted from outside) is repeated, up to 3 attempts."""
+    scenario, reports under tmp_path; the stack is down when it returns. A run is repeated (up
+    to 3 attempts) only on evidence that another process aborted its connection (a daemon of
+    the run exited with ``EXIT_CONNECTION_ABORTED``, see :func:`stackfs.repro.runner.disturbed`);
+    a crash of the run's own daemon fails the run."""
     from stackfs.repro import registry, runner
     from stackfs.repro.scenario import FORCED, NATURAL
 
-    def run(name: str, variant: str, case: str | None = None, natural: bool = False,
-            threshold: float | None = None) -> RunResult:
-        return runner.run_with_retries(registry.get(name), variant, case,
-                                       mode=NATURAL if natural else FORCED,
-                                       report_root=tmp_path / "stackfs-reports",
-                                       threshold=threshold)
+    def run(
+        name: str,
+        variant: str,
+        case: str | None = None,
+        natural: bool = False,
+        threshold: float | None = None,
+    ) -> RunResult:
+        return runner.run_with_retries(
+            registry.get(name),
+            variant,
+            case,
+            mode=NATURAL if natural else FORCED,
+            report_root=tmp_path / "stackfs-reports",
+            threshold=threshold,
+        )
 
     return run
 
@@ -320,8 +369,10 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return result
     watcher = getattr(item, "funcargs", {}).get("stackfs_watchdog")
     if not isinstance(watcher, Watcher) or watcher.last is None:
-        raise AssertionError("@pytest.mark.reproduces / does_not_reproduce need a "
-                             "stackfs_watchdog.run(...) in the test")
+        raise AssertionError(
+            "@pytest.mark.reproduces / does_not_reproduce need a "
+            "stackfs_watchdog.run(...) in the test"
+        )
     if want is not None:
         assert_reproduces(watcher.last, *(want.args or ("deadlock",)), **want.kwargs)
     if complete is not None:

@@ -6,6 +6,10 @@
 helper thread that calls ``mkdir()`` in the same directory through the mount. The caller of the
 lookup holds the directory's i_rwsem shared (``__lookup_slow``); the helper needs it exclusive
 (``filename_create``): neither can go on.
+``crash``: the daemon dies in the LOOKUP handler of a name starting with ``crash`` (``os._exit``,
+status :data:`EXIT_CRASH`, no unmount): what a daemon bug does to its callers (ENOTCONN). With
+``STACKFS_TESTFS_CRASH_MARKER=FILE`` in its environment it crashes only while FILE does not exist
+(and creates it first): a flaky crash, for the runner's retry logic.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+from pyfuse3 import FileHandleT, FileNameT, InodeT, ModeT, RequestContext
 
 from stackfs.daemon import DaemonConfig, TestbedOperations, in_worker, serve
 
@@ -44,12 +49,16 @@ class _MemDir(TestbedOperations):
         a.attr_timeout = 0
         return a
 
-    async def getattr(self, inode, ctx=None):
+    async def getattr(
+        self, inode: InodeT, ctx: RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         if inode != pyfuse3.ROOT_INODE and inode not in self.names.values():
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(inode)
 
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         if parent_inode == pyfuse3.ROOT_INODE and name in self.names:
             return self._attr(self.names[name])
         await self.special_lookup(name)
@@ -58,23 +67,25 @@ class _MemDir(TestbedOperations):
     async def special_lookup(self, name: bytes) -> None:
         return None
 
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         if name in self.names:
             raise pyfuse3.FUSEError(errno.EEXIST)
         self.names[name] = self.next_ino
         self.next_ino += 1
         return self._attr(self.names[name])
 
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
         return inode
 
-    async def readdir(self, fh, start_id, token):
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = sorted(self.names.items())
         for i, (name, ino) in enumerate(entries[start_id:], start=start_id + 1):
             if not pyfuse3.readdir_reply(token, name, self._attr(ino), i):
                 return
 
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: FileHandleT) -> None:
         return None
 
 
@@ -94,7 +105,26 @@ class LookupMkdirFS(_MemDir):
             await in_worker(os.mkdir, str(self.mountpoint / "made-by-helper"))
 
 
-FILESYSTEMS = {"hang": HangFS, "lookup-mkdir": LookupMkdirFS}
+#: exit status of the ``crash`` test filesystem's daemon
+EXIT_CRASH = 13
+
+
+class CrashFS(_MemDir):
+    """Dies in the LOOKUP handler of ``crash*``: a crashing daemon."""
+
+    async def special_lookup(self, name: bytes) -> None:
+        if not name.startswith(b"crash"):
+            return
+        marker = os.environ.get("STACKFS_TESTFS_CRASH_MARKER")
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                return  # crashed once already
+        os._exit(EXIT_CRASH)
+
+
+FILESYSTEMS = {"hang": HangFS, "lookup-mkdir": LookupMkdirFS, "crash": CrashFS}
 
 
 def main(name: str, mountpoint: Path, debug: bool = False) -> int:

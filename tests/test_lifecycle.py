@@ -175,3 +175,29 @@ def test_cleanup_removes_what_a_sigkilled_run_left_and_nothing_else(tmp_path):
         assert keep.daemon_alive()
     finally:
         lifecycle.unmount(keep)
+
+
+def test_unmount_report_tells_how_each_daemon_ended(tmp_path):
+    """The daemon's exit status and signal are in the unmount report: 0 after an unmount,
+    EXIT_CONNECTION_ABORTED when its connection was aborted under the live mount, the
+    crash's own status when it died in a handler."""
+    from stackfs import daemon, testfs
+
+    ends = {}
+    for name in ("clean", "aborted", "crashed"):
+        mp = tmp_path / name
+        mp.mkdir()
+        m = lifecycle.start_daemon(hangfs_argv("crash", mp), mp)
+        if name == "aborted":
+            assert lifecycle.abort_if_ours(m)  # our own mount's connection
+            wait_for(lambda m=m: not m.daemon_alive(), what="the daemon to exit")
+        elif name == "crashed":
+            assert subprocess.run(["stat", str(mp / "crash-now")], capture_output=True).returncode
+            wait_for(lambda m=m: not m.daemon_alive(), what="the daemon to die")
+        ends[name] = lifecycle.unmount(m)
+    assert (ends["clean"].exit_status, ends["clean"].exit_signal) == (0, None)
+    assert not ends["clean"].gone_before
+    assert ends["aborted"].exit_status == daemon.EXIT_CONNECTION_ABORTED
+    assert ends["aborted"].gone_before and not ends["aborted"].aborted
+    assert ends["crashed"].exit_status == testfs.EXIT_CRASH and ends["crashed"].gone_before
+    assert all(mountinfo.find(tmp_path / n) is None for n in ends)

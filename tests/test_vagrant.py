@@ -145,3 +145,73 @@ def test_egress_proxy_refuses_other_hosts_and_ports(netns_proxy) -> None:
     proxy = "http://127.0.0.1:3128"
     assert fetch_in_netns(ns, f"http://localhost:{mirror_port}/x", proxy) == "403"  # host
     assert fetch_in_netns(ns, "http://127.0.0.1:9/x", proxy) == "403"  # port
+
+
+def _egress_proxy(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PIP_", "STACKFS_VM_PROXY"))}
+    environ.update(env)
+    return subprocess.run([sys.executable, str(VAGRANT_DIR / "egress-proxy"), *args],
+                          capture_output=True, text=True, timeout=60, env=environ)
+
+
+@pytest.mark.timeout(120)
+def test_egress_proxy_allow_list_comes_from_the_hosts_configuration() -> None:
+    proc = _egress_proxy("--print-allow", PIP_INDEX_URL="https://pip-mirror.invalid/simple",
+                         PIP_EXTRA_INDEX_URL="http://extra.invalid/x file:///opt/local")
+    assert proc.returncode == 0, proc.stderr
+    allow = proc.stdout.split()
+    assert "pip-mirror.invalid" in allow and "extra.invalid" in allow
+    apt = subprocess.run(["apt-get", "indextargets", "--format", "$(REPO_URI)"],
+                         capture_output=True, text=True) if shutil.which("apt-get") else None
+    for uri in (apt.stdout.split() if apt else []):
+        host = uri.split("/")[2].split(":")[0].lower()
+        assert host in allow, f"{host} (an apt source of this host) is not allowed"
+    proc = _egress_proxy("--print-allow", STACKFS_VM_PROXY_ALLOW="a.invalid,b.invalid")
+    assert proc.stdout.split() == ["a.invalid", "b.invalid"]
+
+
+@pytest.mark.timeout(60)
+def test_no_package_host_is_named_in_the_repository() -> None:
+    """The mirror, the proxy's allow list and pip's index come from the host's configuration;
+    the names checked are the ones this host's pip and apt use by default (not written here)."""
+    from pip._internal.models.index import PyPI
+
+    names = {PyPI.netloc, PyPI.file_storage_domain}
+    if shutil.which("apt-get"):
+        out = subprocess.run(["apt-get", "indextargets", "--format", "$(REPO_URI)"],
+                             capture_output=True, text=True).stdout
+        names |= {uri.split("/")[2].split(":")[0] for uri in out.split()}
+    top = VAGRANT_DIR.parent
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=top,
+                           capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    hits = []
+    for name in files:
+        path = top / name
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        text = path.read_bytes().decode("utf-8", "replace")
+        hits += [f"{name}: {host}" for host in names if host and host in text]
+    assert not hits, hits
+
+
+@pytest.mark.timeout(60)
+def test_provision_lists_its_packages_for_the_box_and_the_hosts() -> None:
+    script = VAGRANT_DIR.parent / "provision.sh"
+
+    def packages(*args: str) -> list[str]:
+        proc = subprocess.run(["bash", str(script), "--print-packages", *args],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    base = packages()
+    assert "fuse3" in base and "qemu-system-x86" not in base  # the box gets exactly these
+    vm = packages("--with", "vm")
+    assert set(base) < set(vm) and {"qemu-system-x86", "busybox-static", "udev"} <= set(vm)
+    assert {"vagrant", "vagrant-libvirt", "debootstrap"} <= set(packages("--with", "vagrant"))
+    bad = subprocess.run(["bash", str(script), "--with", "nothing"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "--with takes vm or vagrant" in bad.stderr

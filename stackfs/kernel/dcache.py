@@ -16,10 +16,13 @@ kernel prints it, the dentry, and every task operating on the dentry with its mo
 at that moment, the failing task first) and raises :class:`~stackfs.kernel.events.Oops`:
 
 * ``d_splice_alias``: ``BUG_ON(!d_unhashed(dentry))`` (Linux 4.7 had it at the top of
-  d_splice_alias; it is the "kernel BUG at fs/dcache.c:2989!" of Oleg Drokin's 2016 report, the
+  d_splice_alias; it is the BUG of Oleg Drokin's 2016 report "NFS/d_splice_alias breakage", the
   ``RIP: d_splice_alias+478`` of seed 003);
 * ``d_add``: the same assertion in ``__d_rehash`` (reached through ``__d_add``);
 * ``d_instantiate``: ``BUG_ON(!hlist_unhashed(&entry->d_u.d_alias))``: already instantiated.
+
+The BUG line is ``kernel BUG at fs/dcache.c!``: the file, and no line number, because the model
+has no line of a real kernel's fs/dcache.c to show (a made-up one would read as the kernel's).
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ from stackfs.kernel.task import (
 
 Name = str | bytes
 
-#: (file, line, assertion) of each modelled BUG_ON. 2989 is the line Oleg Drokin's Linux 4.7-rc
-#: kernel printed for d_splice_alias (lkml, 2016-06-02, "NFS/d_splice_alias breakage"); the other
-#: two lines are placeholders near their place in 4.7's fs/dcache.c, not taken from an oops.
-BUG_SITES: dict[str, tuple[str, int, str]] = {
-    "d_splice_alias": ("fs/dcache.c", 2989, "BUG_ON(!d_unhashed(dentry))"),
-    "__d_rehash": ("fs/dcache.c", 2372, "BUG_ON(!d_unhashed(entry))"),
-    "d_instantiate": ("fs/dcache.c", 1783, "BUG_ON(!hlist_unhashed(&entry->d_u.d_alias))"),
+#: (file, assertion) of each modelled BUG_ON. The model mirrors the assertions of Linux 4.6/4.7's
+#: fs/dcache.c but not that file's layout, so the BUG line names the file and no line number:
+#: a number would be a detail of no real kernel (none could be checked against the 4.6/4.7
+#: source here). The function is in the ``RIP:`` line, as the kernel prints it.
+BUG_SITES: dict[str, tuple[str, str]] = {
+    "d_splice_alias": ("fs/dcache.c", "BUG_ON(!d_unhashed(dentry))"),
+    "__d_rehash": ("fs/dcache.c", "BUG_ON(!d_unhashed(entry))"),
+    "d_instantiate": ("fs/dcache.c", "BUG_ON(!hlist_unhashed(&entry->d_u.d_alias))"),
 }
 
 
@@ -317,7 +321,7 @@ class DCache:
     # -- BUG() -----------------------------------------------------------------------------------
 
     def _bug(self, function: str, site: str, dentry: Dentry, inode: int | None) -> None:
-        file, line, assertion = BUG_SITES[site]
+        file, assertion = BUG_SITES[site]
         me_key, _ = _caller()
         task = get_current_task()
         outer = current_chain()
@@ -330,7 +334,7 @@ class DCache:
             else:
                 tasks.append(task_json(ref.task, ref.chain))
         number = (self.events.counts.get(OOPS, 0) if self.events is not None else 0) + 1
-        bug = f"kernel BUG at {file}:{line}!"
+        bug = f"kernel BUG at {file}!"  # no line number: see BUG_SITES
         opcode = f"invalid opcode: 0000 [#{number}] SMP"
         lines = [
             "------------[ cut here ]------------",
@@ -352,7 +356,7 @@ class DCache:
             "site": site,
             "assertion": assertion,
             "file": file,
-            "line": line,
+            "line": None,  # modelled: the model has no line of a real fs/dcache.c
             "lines": lines,
             "dentry": dentry.to_json(),
             "inode": inode,

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stackfs.kernel.completion import CompletionTable
 from stackfs.kernel.dcache import DCache
 from stackfs.kernel.events import OOPS, Event, EventLog
 from stackfs.kernel.inflight import InflightTable
@@ -32,6 +33,8 @@ class KernelState:
         self.locks = LockTable(self.lockdep, self.events)
         self.inject = InjectionPoints(self.events)
         self.inflight = InflightTable()
+        #: completions held by tasks (autofs4 wait queues: :mod:`stackfs.kernel.completion`)
+        self.completions = CompletionTable()
         #: stop serving after an oops (``panic_on_oops`` sysctl)
         self.panic_on_oops = panic_on_oops
         #: called with the event after every oops is recorded (before Oops is raised)
@@ -57,7 +60,8 @@ class KernelState:
         return self.events.counts.get(OOPS, 0)
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """``{"inflight", "locks", "lock_order", "events", "inject"}``; JSON-serialisable."""
+        """``{"inflight", "locks", "lock_order", "events", "inject", "completions"}``;
+        JSON-serialisable."""
         now = time.time() if now is None else now
         return {
             "inflight": self.inflight.snapshot(now),
@@ -65,4 +69,5 @@ class KernelState:
             "lock_order": self.lockdep.snapshot(),
             "events": self.events.snapshot(),
             "inject": self.inject.snapshot(),
+            "completions": self.completions.snapshot(),
         }

@@ -3,7 +3,7 @@
 Modules, one job each:
 
 * :mod:`~stackfs.repro.scenario` — what a scenario is (:class:`Scenario`, :class:`Variant`,
-  :class:`Case`, :class:`Proc`, :class:`ServerChange`; outcomes ``deadlock``/``oops``/
+  :class:`Case`, :class:`Proc`, :class:`ServerAction`; outcomes ``deadlock``/``oops``/
   ``completes``; modes ``forced``/``natural``);
 * :mod:`~stackfs.repro.registry` — ``@register`` and lookup; scenarios live in
   :mod:`stackfs.repro.scenarios` (one short module each);

@@ -2,7 +2,7 @@
 
 ``stackfs repro run`` exits 0 when every run's observed outcome matched its variant's
 expectation, 1 when one did not, 2 on a set-up error (a layer that would not mount, a prepare
-step that failed) or a bad command line.
+step that failed) or a bad command line, 4 when the scenario cannot run on this machine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stackfs.cli import CLIError
-from stackfs.repro import registry
+from stackfs.repro import harness, registry
 from stackfs.repro.present import ProgressBar, Style, seconds, table, wrap
 from stackfs.repro.runner import SETUP_ERROR, RunResult, plan, run_plan
 from stackfs.repro.stats import Summary, median, summarize
@@ -44,10 +44,14 @@ def _report_root(arg: str | None, prefix: str) -> Path:
     return root
 
 
-def _status(results: list[RunResult]) -> int:
+def _status(results: list[RunResult], summaries: list[Summary] | None = None) -> int:
+    """2 on a set-up error; 1 when a run did not match, or (natural mode) a buggy variant never
+    reproduced (:attr:`Summary.failure`); else 0."""
     if any(r.observed == SETUP_ERROR for r in results):
         return 2
-    return 0 if results and all(r.matched for r in results) else 1
+    if not results or not all(r.matched for r in results):
+        return 1
+    return 1 if any(s.failure for s in summaries or ()) else 0
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -81,7 +85,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"    case {c.name}: {c.summary}")
         width = max(len(v.name) for v in s.variants)
         for v in s.variants:
-            print(f"    variant {v.name:<{width}}  -> {v.expect:<9}  {v.summary}")
+            exp = (
+                ", ".join(f"{c.name}: {v.expect_for(c.name)}" for c in s.cases)
+                if v.per_case
+                else v.expect
+            )
+            print(f"    variant {v.name:<{width}}  -> {exp:<9}  {v.summary}")
         if args.verbose:
             print(wrap(s.description, indent="    "))
         print()
@@ -94,26 +103,29 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _line(r: RunResult, st: Style) -> str:
     mark = st.green("ok") if r.matched else st.red("MISMATCH")
     t = f"  in {seconds(r.time_to_verdict)}" if r.reproduced else ""
-    again = (f"  (repeated {len(r.disturbed)}x: disturbed from outside)"
-             if r.disturbed else "")
-    return (f"{r.row} / {r.variant} [{r.mode} #{r.iteration}]: expected {r.expected}, "
-            f"observed {r.observed}{t}  {mark}{again}")
+    if r.mode == "natural" and r.expected != "completes" and not r.reproduced:
+        t = "  (the bug did not happen this time)"
+    again = f"  (repeated {len(r.disturbed)}x: disturbed from outside)" if r.disturbed else ""
+    return (
+        f"{r.row} / {r.variant} [{r.mode} #{r.iteration}]: expected {r.expected}, "
+        f"observed {r.observed}{t}  {mark}{again}"
+    )
 
 
 def _summary_rows(summaries: list[Summary], st: Style, natural: bool) -> list[list[str]]:
     rows = []
     for s in summaries:
-        mark = st.green("✓") if s.all_matched else st.red("✗")
+        mark = st.green("✓") if s.failure is None else st.red("✗")
         rate = f"{s.rate:.0f}/100" if s.is_bug and s.rate is not None else "-"
         per_min = f"{s.per_minute:.1f}" if s.is_bug and s.per_minute is not None else "-"
-        row = [s.row, s.variant, s.expected, f"{s.observed_text()} {mark}",
-               f"{s.matched}/{s.runs}"]
+        row = [s.row, s.variant, s.expected, f"{s.observed_text()} {mark}", f"{s.matched}/{s.runs}"]
         if natural:
             row += [rate, per_min]
-        row += [seconds(median(s.time_to_reproduce)) if s.is_bug else "-",
-                seconds(median(s.detection_latency)),
-                f"{s.recovered}/{s.runs}" + (f" ({seconds(median(s.recovery))})"
-                                             if s.recovery else "")]
+        row += [
+            seconds(median(s.time_to_reproduce)) if s.is_bug else "-",
+            seconds(median(s.detection_latency)),
+            f"{s.recovered}/{s.runs}" + (f" ({seconds(median(s.recovery))})" if s.recovery else ""),
+        ]
         rows.append(row)
     return rows
 
@@ -126,12 +138,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc).strip("'\""), status=2) from None
     if args.iterations < 1:
         raise CLIError("--iterations must be at least 1", status=2)
+    why = scenario.unsupported()
+    if why is not None:  # kselftest's skip: exit 4 with the reason
+        print(f"{scenario.name}: SKIP: cannot run here: {why}")
+        if args.junit:
+            harness.write_junit(
+                args.junit,
+                f"stackfs repro run {scenario.name}",
+                [],
+                harness.skipped_cases(p, why),
+                0.0,
+            )
+        return harness.EXIT_SKIP
     root = _report_root(args.report_dir, f"{scenario.name}")
     st = Style(sys.stdout)
     bar = ProgressBar(p.total)
     quiet_lines = bar.enabled and p.total > 1
+    t0 = time.monotonic()
 
     def progress(done: int, total: int, r: RunResult) -> None:
+        if args.kmsg and (err := harness.kmsg_run(r)):
+            print(f"stackfs repro run: --kmsg: {err}", file=sys.stderr)
         if quiet_lines and r.matched:
             bar.show(done, f"{r.row} {r.variant} #{r.iteration}: {r.observed}")
             return
@@ -142,8 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"    {prob}")
             print(f"    report: {r.report_dir}")
 
-    print(f"{scenario.name} (seed {scenario.seed}): {p.total} run"
-          f"{'s' if p.total != 1 else ''}, {p.mode} mode; reports in {root}/", flush=True)
+    print(
+        f"{scenario.name} (seed {scenario.seed}): {p.total} run"
+        f"{'s' if p.total != 1 else ''}, {p.mode} mode; reports in {root}/",
+        flush=True,
+    )
     bar.show(0, "mounting...")
     try:
         results = run_plan(p, root, progress, seed=args.seed, threshold=args.threshold)
@@ -157,22 +187,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(table(headers, _summary_rows(summaries, st, args.natural)))
     print()
-    status = _status(results)
-    verdict = {0: "every run matched its expectation",
-               1: "some runs did NOT match their expectation",
-               2: "set-up error"}[status]
+    status = _status(results, summaries)
+    failing = [s for s in summaries if s.failure]
+    for s in failing:
+        print(f"{st.red('✗')} {s.row} / {s.variant}: {s.failure}")
+    verdict = {
+        0: "every run matched its expectation",
+        1: (
+            "some runs did NOT match their expectation"
+            if any(not r.matched for r in results)
+            else "a buggy variant never reproduced"
+        ),
+        2: "set-up error",
+    }[status]
     print(f"{verdict}; reports in {root}/")
-    payload = {"command": "repro run", "scenario": scenario.name, "mode": p.mode,
-               "report_dir": str(root), "status": status,
-               "summary": [s.to_json() for s in summaries],
-               "runs": [r.to_json() for r in results]}
+    payload = {
+        "command": "repro run",
+        "scenario": scenario.name,
+        "mode": p.mode,
+        "report_dir": str(root),
+        "status": status,
+        "summary": [s.to_json() for s in summaries],
+        "runs": [r.to_json() for r in results],
+    }
     _write_json(root / "results.json", payload)
     if args.json:
         _write_json(Path(args.json), payload)
+    if args.junit:
+        harness.write_junit(
+            args.junit, f"stackfs repro run {scenario.name}", results, seconds=time.monotonic() - t0
+        )
     return status
 
 
 # -- demo -----------------------------------------------------------------------------------------
+
 
 def excerpt(text: str) -> list[str]:
     """The lines of a watchdog report that tell the story at a glance: the hung tasks, the
@@ -189,8 +238,8 @@ def excerpt(text: str) -> list[str]:
         return True
 
     def following(i: int, n: int | None = None) -> list[str]:
-        block = []
-        for ln in lines[i + 1:]:
+        block: list[str] = []
+        for ln in lines[i + 1 :]:
             if not ln.strip() or (n is not None and len(block) >= n):
                 break
             block.append(ln.rstrip())
@@ -218,12 +267,14 @@ def excerpt(text: str) -> list[str]:
         elif s.startswith("RIP: ") and once("rip"):
             out.append(s)
         elif s == "Call Trace:" and "bug" in done and once("trace"):
-            frames = [f.strip() for f in following(i)
-                      if not f.strip().startswith(("[", "---"))]
+            frames = [f.strip() for f in following(i) if not f.strip().startswith(("[", "---"))]
             out.append("Call Trace: " + " <- ".join(frames))
         elif s.startswith("racing tasks") and once("racing"):
-            tasks = [ln2.split("COMMAND:")[1].strip().strip('"') + "/" + ln2.split()[1]
-                     for ln2 in lines[i + 1:] if ln2.startswith("PID: ") and "COMMAND:" in ln2]
+            tasks = [
+                ln2.split("COMMAND:")[1].strip().strip('"') + "/" + ln2.split()[1]
+                for ln2 in lines[i + 1 :]
+                if ln2.startswith("PID: ") and "COMMAND:" in ln2
+            ]
             out.append("racing tasks: " + ", ".join(dict.fromkeys(tasks)))
     return out
 
@@ -233,16 +284,24 @@ def _demo_rows(results: list[RunResult], st: Style) -> list[list[str]]:
     for r in results:
         ok = st.green("✓") if r.matched else st.red("✗ MISMATCH")
         if r.recovered:
-            rec = (f"yes ({seconds(r.recovery_seconds)})" if r.reproduced or r.observed !=
-                   "completes" else "clean unmount")
+            rec = (
+                f"yes ({seconds(r.recovery_seconds)})"
+                if r.reproduced or r.observed != "completes"
+                else "clean unmount"
+            )
         else:
             rec = st.red("NO")
-        rows.append([
-            r.row, r.variant, r.expected, f"{r.observed} {ok}",
-            seconds(r.time_to_verdict) if r.reproduced else "-",
-            seconds(r.detection_latency) if r.detection_latency is not None else "-",
-            rec,
-        ])
+        rows.append(
+            [
+                r.row,
+                r.variant,
+                r.expected,
+                f"{r.observed} {ok}",
+                seconds(r.time_to_verdict) if r.reproduced else "-",
+                seconds(r.detection_latency) if r.detection_latency is not None else "-",
+                rec,
+            ]
+        )
     return rows
 
 
@@ -251,55 +310,92 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = _report_root(args.report_dir, "demo")
     scenarios = registry.scenarios()
     total = sum(len(s.variants) * len(s.cases) for s in scenarios)
-    print(st.bold("stackfs demo") + ": classic stacked-filesystem bugs on real FUSE mounts, "
-          "their fixes, detected and recovered by the watchdog")
-    print(wrap("Each run mounts its own stack (every layer a FUSE daemon), runs real processes, "
-               "and lets the watchdog decide what happened: hung tasks and the wait-for cycle, "
-               "or an oops recorded by a layer's kernel model. Forced mode: injection points "
-               "force each race's interleaving, so a buggy variant reproduces on the first "
-               f"try. {total} runs; reports in {root}/", indent=""))
+    print(
+        st.bold("stackfs demo") + ": classic stacked-filesystem bugs on real FUSE mounts, "
+        "their fixes, detected and recovered by the watchdog"
+    )
+    print(
+        wrap(
+            "Each run mounts its own stack (every layer a FUSE daemon), runs real processes, "
+            "and lets the watchdog decide what happened: hung tasks and the wait-for cycle, "
+            "or an oops recorded by a layer's kernel model. Forced mode: injection points "
+            "force each race's interleaving, so a buggy variant reproduces on the first "
+            f"try. {total} runs; reports in {root}/",
+            indent="",
+        )
+    )
     results: list[RunResult] = []
     t0 = time.monotonic()
     done = 0
     bar = ProgressBar(total)
+    skipped: list = []
     for s in scenarios:
         print()
         print(st.bold(f"seed {s.seed}  {s.name}") + f": {s.summary}")
         print(wrap(s.description, indent="  "))
         p = plan(s)
+        why = s.unsupported()
+        if why is not None:
+            print(f"  SKIP: cannot run here: {why}")
+            skipped += harness.skipped_cases(p, why)
+            done += p.total
+            continue
 
         def progress(n: int, _total: int, r: RunResult) -> None:
             bar.clear()
             mark = st.green("✓") if r.matched else st.red("✗ MISMATCH")
             when = f" after {seconds(r.time_to_verdict)}" if r.reproduced else ""
-            again = (st.dim(f"  (repeated: {len(r.disturbed)} attempt(s) disturbed from "
-                            "outside)") if r.disturbed else "")
-            print(f"  {r.row:<30} {r.variant:<16} expected {r.expected:<9} "
-                  f"-> {r.observed}{when} {mark}{again}", flush=True)
+            again = (
+                st.dim(f"  (repeated: {len(r.disturbed)} attempt(s) disturbed from outside)")
+                if r.disturbed
+                else ""
+            )
+            print(
+                f"  {r.row:<30} {r.variant:<16} expected {r.expected:<9} "
+                f"-> {r.observed}{when} {mark}{again}",
+                flush=True,
+            )
             if not r.matched:
                 for prob in r.problems or [r.error or r.summary]:
                     print(st.red(f"      {prob}"))
             bar.show(n, "")
 
         bar.show(done, "")
-        rs = run_plan(p, root, progress, threshold=args.threshold, done_before=done,
-                      total=total)
+        rs = run_plan(p, root, progress, threshold=args.threshold, done_before=done, total=total)
         bar.clear()
         done += len(rs)
         results.extend(rs)
     elapsed = time.monotonic() - t0
     print()
     print(st.bold("Results"))
-    print(table(["scenario", "variant", "expected", "observed", "time to reproduce",
-                 "detection latency", "recovered"], _demo_rows(results, st)))
-    print(st.dim("  time to reproduce: workload start to the watchdog's verdict; detection "
-                 "latency: from the last edge of the cycle (or the modelled event) to the "
-                 "report, including the hung-task threshold"))
+    print(
+        table(
+            [
+                "scenario",
+                "variant",
+                "expected",
+                "observed",
+                "time to reproduce",
+                "detection latency",
+                "recovered",
+            ],
+            _demo_rows(results, st),
+        )
+    )
+    print(
+        st.dim(
+            "  time to reproduce: workload start to the watchdog's verdict; detection "
+            "latency: from the last edge of the cycle (or the modelled event) to the "
+            "report, including the hung-task threshold"
+        )
+    )
     repro = [r for r in results if r.reproduced]
     if repro:
         print()
-        print(st.bold("What the watchdog reported") + " (key lines; the full text, JSON and "
-              "wait-for graph are in each run's directory)")
+        print(
+            st.bold("What the watchdog reported") + " (key lines; the full text, JSON and "
+            "wait-for graph are in each run's directory)"
+        )
         for r in repro:
             print(f"  {st.bold(r.row)} / {r.variant}: {r.observed}")
             text = Path(r.files.get("text", "")) if r.files.get("text") else None
@@ -312,12 +408,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     n_ok = sum(r.matched for r in results)
     if status == 0:
-        print(st.green(f"All {len(results)} runs matched their expectation") +
-              f" in {elapsed:.0f} s: the buggy variants reproduce, the fixed ones complete "
-              "with the right data.")
+        print(
+            st.green(f"All {len(results)} runs matched their expectation")
+            + f" in {elapsed:.0f} s: the buggy variants reproduce, the fixed ones complete "
+            "with the right data."
+        )
     else:
-        print(st.red(f"{len(results) - n_ok} of {len(results)} runs did NOT match their "
-                     "expectation") + f" ({elapsed:.0f} s).")
+        print(
+            st.red(f"{len(results) - n_ok} of {len(results)} runs did NOT match their expectation")
+            + f" ({elapsed:.0f} s)."
+        )
     if left:
         print(st.red("Still mounted: " + ", ".join(left)))
         status = status or 1
@@ -325,12 +425,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("Nothing is left mounted; every daemon and workload process is gone.")
     print(f"Reports: {root}/")
     summaries = summarize(results)
-    payload = {"command": "demo", "report_dir": str(root), "status": status,
-               "seconds": elapsed, "summary": [s.to_json() for s in summaries],
-               "runs": [r.to_json() for r in results], "leftover_mounts": left}
+    payload = {
+        "command": "demo",
+        "report_dir": str(root),
+        "status": status,
+        "seconds": elapsed,
+        "summary": [s.to_json() for s in summaries],
+        "runs": [r.to_json() for r in results],
+        "leftover_mounts": left,
+    }
     _write_json(root / "demo.json", payload)
     if args.json:
         _write_json(Path(args.json), payload)
+    if args.junit:
+        harness.write_junit(args.junit, "stackfs demo", results, skipped, elapsed)
+    if skipped and not results:
+        return harness.EXIT_SKIP
     return status
 
 
@@ -358,21 +468,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--natural forces nothing and measures how often it happens (there, a run of a buggy "
         "variant in which the bug did not happen matches if it completed correctly). Exit "
         "status: 0 when every run matched its variant's expectation, 1 when not, 2 on a "
-        "set-up error.",
+        "set-up error, 4 when the scenario cannot run here (a kernel feature or tool is "
+        "missing: kselftest's skip; the reason is printed).",
     )
     r.add_argument("name", metavar="NAME")
     r.add_argument("--variant", metavar="V", help="one variant (default: all)")
     r.add_argument("--case", metavar="C", help="one case of the scenario (default: all)")
-    r.add_argument("--natural", action="store_true",
-                   help="nothing forced: measure the reproduction rate")
-    r.add_argument("--iterations", type=int, default=1, metavar="N",
-                   help="runs per variant and case (default 1)")
-    r.add_argument("--report-dir", metavar="DIR",
-                   help=f"where the reports go (default {DEFAULT_REPORTS}/NAME-TIMESTAMP)")
+    r.add_argument(
+        "--natural", action="store_true", help="nothing forced: measure the reproduction rate"
+    )
+    r.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs per variant and case (default 1)",
+    )
+    r.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help=f"where the reports go (default {DEFAULT_REPORTS}/NAME-TIMESTAMP)",
+    )
     r.add_argument("--json", metavar="FILE", help="also write every run's result as JSON")
-    r.add_argument("--threshold", type=float, metavar="S",
-                   help="seconds before a blocked task counts as hung (default: scenario's)")
+    r.add_argument(
+        "--threshold",
+        type=float,
+        metavar="S",
+        help="seconds before a blocked task counts as hung (default: scenario's)",
+    )
     r.add_argument("--seed", type=int, help="random seed of natural mode's timing")
+    r.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="also write JUnit XML: one test case per case x variant x iteration",
+    )
+    r.add_argument(
+        "--kmsg",
+        action="store_true",
+        help="also write each run's findings to /dev/kmsg (dmesg) in the kernel's "
+        "own formats, tagged stackfs[PID] / stackfs-model[PID]",
+    )
     r.set_defaults(func=cmd_run)
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
 
@@ -383,9 +518,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "buggy variants deadlock or oops, the fixed ones complete with the right data. Prints "
         "a table and the watchdog's key lines; leaves nothing mounted.",
     )
-    d.add_argument("--report-dir", metavar="DIR",
-                   help=f"where the reports go (default {DEFAULT_REPORTS}/demo-TIMESTAMP)")
+    d.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help=f"where the reports go (default {DEFAULT_REPORTS}/demo-TIMESTAMP)",
+    )
     d.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    d.add_argument("--threshold", type=float, metavar="S",
-                   help="seconds before a blocked task counts as hung (default 1)")
+    d.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="also write JUnit XML: one test case per scenario x case x variant",
+    )
+    d.add_argument(
+        "--threshold",
+        type=float,
+        metavar="S",
+        help="seconds before a blocked task counts as hung (default 1)",
+    )
     d.set_defaults(func=cmd_demo)

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from stackfs import control, lifecycle
+from stackfs import service as service_mod
 from stackfs.repro import stacks
 from stackfs.repro.scenario import FORCED, Case, Scenario, Variant
+from stackfs.repro.workload import workload_env
 
 PathLike = str | os.PathLike[str]
 
@@ -51,11 +53,16 @@ class Layer:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "role": self.role, "kind": self.kind, "variant": self.variant,
-            "mountpoint": str(self.mnt), "daemon": self.mount.pid, "conn": self.mount.conn,
+            "role": self.role,
+            "kind": self.kind,
+            "variant": self.variant,
+            "mountpoint": str(self.mnt),
+            "daemon": self.mount.pid,
+            "conn": self.mount.conn,
             "store": str(self.store) if self.store else None,
             "upper": str(self.upper) if self.upper else None,
-            "lowers": [str(p) for p in self.lowers], "options": self.options,
+            "lowers": [str(p) for p in self.lowers],
+            "options": self.options,
         }
 
 
@@ -78,6 +85,8 @@ class StackContext:
         self.scratch = scratch
         self.stack = stack
         self.layers: dict[str, Layer] = {}
+        #: service daemons of the stack (kind -> service), e.g. the cluster's lock manager
+        self.services: dict[str, service_mod.Service] = {}
         self.notes: list[str] = []
 
     def note(self, text: str) -> None:
@@ -109,10 +118,18 @@ class StackContext:
         files: Mapping[str, bytes | str] | None = None,
         inject: Iterable[str] = (),
         options: Iterable[str] = (),
+        store_of: Layer | None = None,
     ) -> Layer:
-        """Mount backend ``kind`` over a fresh store holding ``files``."""
+        """Mount backend ``kind`` over a fresh store holding ``files``; with ``store_of``, over
+        that layer's store instead: a second client mount of the same server (its own daemon),
+        as a cluster filesystem's second node sees it."""
         role = role or kind
-        store = self.dir(f"{role}-store")
+        if store_of is None:
+            store = self.dir(f"{role}-store")
+        elif store_of.store is None:
+            raise SetupError(f"layer {store_of.role} has no store to share")
+        else:
+            store = store_of.store
         mp = self.dir(role)
         if files:
             write_files(store, files)
@@ -121,8 +138,9 @@ class StackContext:
             stacks.backend_argv(kind, store, mp, variant=variant, inject=inject, options=options),
             mp,
         )
-        layer = Layer(role, kind, m, variant, store=store,
-                      options=options + [f"inject={s}" for s in inject])
+        layer = Layer(
+            role, kind, m, variant, store=store, options=options + [f"inject={s}" for s in inject]
+        )
         self.layers[role] = layer
         return layer
 
@@ -155,6 +173,16 @@ class StackContext:
     def layer(self, role: str) -> Layer:
         return self.layers[role]
 
+    def service(self, kind: str, argv: Sequence[str]) -> service_mod.Service:
+        """Start a service daemon with the stack (a lock manager: ``stackfs.dlmd``); it goes
+        down after the mounts, and ``stackfs cleanup --run-id`` finds it after a SIGKILL."""
+        try:
+            svc = self.stack.service(list(argv), kind)
+        except service_mod.ServiceError as exc:
+            raise SetupError(str(exc)) from exc
+        self.services[kind] = svc
+        return svc
+
     def mountpoints(self) -> list[str]:
         return [str(layer.mnt) for layer in self.layers.values()]
 
@@ -164,8 +192,7 @@ class StackContext:
         """Another client changes the server behind backend ``role`` (``stackfs server``)."""
         layer = self.layers[role]
         try:
-            reply = control.query(layer.mnt, {"op": "server", "action": action,
-                                              "args": list(args)})
+            reply = control.query(layer.mnt, {"op": "server", "action": action, "args": list(args)})
         except control.ControlError as exc:
             raise SetupError(f"stackfs server {layer.mnt} {action}: {exc}") from exc
         return str(reply.get("message") or f"{action} {' '.join(args)}")
@@ -173,18 +200,23 @@ class StackContext:
     def inject(self, role: str, point: str, action: str) -> None:
         """Set an injection point of layer ``role`` while mounted (``stackfs inject``)."""
         try:
-            control.query(self.layers[role].mnt, {"op": "inject", "point": point,
-                                                  "action": action})
+            control.query(self.layers[role].mnt, {"op": "inject", "point": point, "action": action})
         except control.ControlError as exc:
             raise SetupError(f"stackfs inject {role} {point} {action}: {exc}") from exc
 
-    def sh(self, argv: Sequence[PathLike], timeout: float = 10.0,
-           check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def sh(
+        self, argv: Sequence[PathLike], timeout: float = 10.0, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run a prepare step as a real process; a hang or a failure is a set-up error."""
         cmd = [os.fspath(a) for a in argv]
         try:
-            res = subprocess.run(cmd, capture_output=True, timeout=timeout,
-                                 stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                cmd,
+                capture_output=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                env=workload_env(),
+            )
         except subprocess.TimeoutExpired as exc:
             raise SetupError(f"prepare step {' '.join(cmd)} hung for {timeout:g} s") from exc
         if check and res.returncode != 0:
@@ -196,8 +228,12 @@ class StackContext:
         return res
 
     def to_json(self) -> dict[str, Any]:
-        return {"layers": [layer.to_json() for layer in self.layers.values()],
-                "notes": self.notes, "scratch": str(self.scratch)}
+        return {
+            "layers": [layer.to_json() for layer in self.layers.values()],
+            "services": [{"kind": k, "pid": s.pid} for k, s in self.services.items()],
+            "notes": self.notes,
+            "scratch": str(self.scratch),
+        }
 
 
 class Run(StackContext):

@@ -6,11 +6,12 @@ sum of a few of them.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from stackfs.repro.workload import workload_env
 
 Report = dict[str, Any]
 
@@ -23,11 +24,6 @@ def events(report: Report, type_: str) -> list[dict[str, Any]]:
 def chains(event: dict[str, Any]) -> list[list[str]]:
     """The model call chains of an event's tasks."""
     return [list(t.get("chain") or []) for t in event.get("tasks") or []]
-
-
-def mentions(obj: Any, word: str) -> bool:
-    """``word`` appears anywhere in ``obj`` (a report part)."""
-    return word in json.dumps(obj, default=str)
 
 
 def hung_comms(report: Report) -> set[str]:
@@ -47,27 +43,99 @@ def blocked_task(report: Report, comm: str) -> list[str]:
     comms = blocked_comms(report)
     if comm in comms:
         return []
-    return [f"no blocked task named {comm!r} in the report "
-            f"(blocked: {', '.join(sorted(comms)) or '-'})"]
+    return [
+        f"no blocked task named {comm!r} in the report (blocked: {', '.join(sorted(comms)) or '-'})"
+    ]
 
 
-def recursive_lock(report: Report, via: str | None = None, fsname_kind: str | None = None
-                   ) -> list[str]:
-    """The report names a recursive lock: a cycle of one task through a lock it holds, or a
-    ``recursive_locking`` event (optionally of the daemon of kind ``fsname_kind``, and with
-    ``via`` in a task's call chain)."""
-    problems = []
-    evs = events(report, "recursive_locking")
-    if fsname_kind is not None:
-        evs = [e for e in evs if f":{fsname_kind}:" in str(e.get("fsname", ""))]
+def recursive_lock(
+    report: Report, via: str | None = None, fsname_kind: str | None = None, lock: str | None = None
+) -> list[str]:
+    """The report names a recursive lock (lockdep's "possible recursive locking detected"):
+    a ``recursive_locking`` event, or a one-task cycle of the wait-for graph through a lock the
+    task holds, in which
+
+    * the holder of the lock is the waiter itself;
+    * the waiter's call chain (the event's ``detail.chain``, the cycle's ``lock_wait`` edge)
+      contains ``via`` (if given), e.g. ``osi_VM_FlushPages``;
+    * the lock is of class ``lock`` (if given), e.g. ``i_rwsem``;
+    * it is in the daemon of kind ``fsname_kind`` (if given; ``stackfs:afs:PID``).
+
+    Only these fields are read: a word elsewhere in the report proves nothing.
+    """
+    found = [
+        _recursive_event(e, via, lock)
+        for e in events(report, "recursive_locking")
+        if fsname_kind is None or _kind_of(str(e.get("fsname", ""))) == fsname_kind
+    ]
+    found.append(_recursive_cycle(report, via, lock, fsname_kind))
+    if any(not why for why in found):
+        return []
+    what = (
+        "recursive lock"
+        + (f" of {lock}" if lock else "")
+        + (f" in the {fsname_kind} daemon" if fsname_kind else "")
+        + (f" taken via {via}" if via else "")
+    )
+    return [f"no {what} in the report: " + "; ".join(why for why in found)]
+
+
+def _kind_of(fsname: str) -> str | None:
+    """``stackfs:afs:123`` -> ``afs``."""
+    parts = fsname.split(":")
+    return parts[1] if len(parts) >= 3 and parts[0] == "stackfs" else None
+
+
+def _recursive_event(e: dict[str, Any], via: str | None, lock: str | None) -> str:
+    """Why the ``recursive_locking`` event ``e`` is not the one wanted ("" when it is)."""
+    detail = e.get("detail") or {}
+    tasks = e.get("tasks") or []
+    name = str(detail.get("lock") or "")
+    if len(tasks) < 2 or tasks[0].get("pid") is None or tasks[0].get("pid") != tasks[1].get("pid"):
+        return f"event on {name or '?'}: the holder is not the waiter"
+    if lock is not None and name.split(" ", 1)[0] != lock:
+        return f"event on {name or '?'}: not a {lock}"
+    chain = list(detail.get("chain") or [])
+    if via is not None and via not in chain:
+        return f"event on {name}: the waiter's chain {' -> '.join(chain) or '-'} has no {via}"
+    return ""
+
+
+def _recursive_cycle(
+    report: Report, via: str | None, lock: str | None, fsname_kind: str | None
+) -> str:
+    """Why the report's cycle is not the recursive lock wanted ("" when it is)."""
     cycle = report.get("cycle") or {}
-    if not evs and cycle.get("kind") != "recursive_locking":
-        problems.append("no recursive lock in the report (no recursive_locking event"
-                        + (f" from the {fsname_kind} daemon" if fsname_kind else "")
-                        + f", cycle kind {cycle.get('kind')!r})")
-    if via is not None and not any(mentions(e, via) for e in evs) and not mentions(cycle, via):
-        problems.append(f"the recursive lock does not show {via} in a call chain")
-    return problems
+    if cycle.get("kind") != "recursive_locking":
+        return f"cycle kind {cycle.get('kind')!r}"
+    segs = cycle.get("segments") or []
+    if len(segs) != 1 or segs[0].get("waiter") != segs[0].get("holder") or not segs[0].get("lock"):
+        return "the cycle is not one task waiting for a lock it holds"
+    node = str(segs[0]["lock"])  # "lock:DAEMONPID:i_rwsem ino:N"
+    _, daemon, name = (node.split(":", 2) + ["", ""])[:3]
+    if lock is not None and name.split(" ", 1)[0] != lock:
+        return f"cycle through {name or node}: not a {lock}"
+    if fsname_kind is not None:
+        fsnames = [
+            str(d.get("fsname", ""))
+            for d in (report.get("daemons") or {}).values()
+            if str(d.get("pid")) == daemon
+        ]
+        if not any(_kind_of(f) == fsname_kind for f in fsnames):
+            return f"cycle through {name}: not in a {fsname_kind} daemon"
+    edges = cycle.get("edges") or []
+    held = [e for e in edges if e.get("kind") == "held_by" and e.get("src") == node]
+    if not any(e.get("dst") == f"task:{segs[0]['waiter']}" for e in held):
+        return f"cycle through {name}: no held_by edge to the waiter"
+    if via is not None:
+        chains = [
+            list((e.get("attrs") or {}).get("chain") or [])
+            for e in edges
+            if e.get("kind") == "lock_wait" and e.get("dst") == node
+        ]
+        if not any(via in c for c in chains):
+            return f"cycle through {name}: the waiter's chain has no {via}"
+    return ""
 
 
 def cycle_present(report: Report) -> list[str]:
@@ -76,8 +144,9 @@ def cycle_present(report: Report) -> list[str]:
     return ["no cycle in the wait-for graph"]
 
 
-def oops(report: Report, frames: Iterable[str], comms: Iterable[str] | None = None,
-         min_tasks: int = 1) -> list[str]:
+def oops(
+    report: Report, frames: Iterable[str], comms: Iterable[str] | None = None, min_tasks: int = 1
+) -> list[str]:
     """An ``oops`` event whose call chain (of the task that hit it) contains ``frames`` in this
     order (outermost first), naming at least ``min_tasks`` racing tasks, all called one of
     ``comms`` (if given)."""
@@ -95,13 +164,19 @@ def oops(report: Report, frames: Iterable[str], comms: Iterable[str] | None = No
         if len(tasks) >= min_tasks:
             return []
     got = "; ".join(
-        f"{e.get('summary')} [" + ", ".join(f"{t.get('comm')}/{t.get('pid')}: "
-                                            + " -> ".join(t.get("chain") or [])
-                                            for t in e.get("tasks") or []) + "]"
-        for e in evs)
+        f"{e.get('summary')} ["
+        + ", ".join(
+            f"{t.get('comm')}/{t.get('pid')}: " + " -> ".join(t.get("chain") or [])
+            for t in e.get("tasks") or []
+        )
+        + "]"
+        for e in evs
+    )
     who = f", by tasks named {sorted(names)}" if names is not None else ""
-    return [f"no oops with the call chain {' -> '.join(want)}{who} naming {min_tasks}+ "
-            f"racing tasks; got: {got}"]
+    return [
+        f"no oops with the call chain {' -> '.join(want)}{who} naming {min_tasks}+ "
+        f"racing tasks; got: {got}"
+    ]
 
 
 def _in_order(chain: list[str], want: list[str]) -> bool:
@@ -119,8 +194,13 @@ def read_via(path: Path, timeout: float = 5.0) -> bytes | None:
     """Read ``path`` with a real ``cat`` (a wedged mount cannot hang the runner); None if it
     does not exist or cannot be read."""
     try:
-        res = subprocess.run(["cat", "--", str(path)], capture_output=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            ["cat", "--", str(path)],
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=workload_env(),
+        )
     except subprocess.TimeoutExpired:
         return None
     return res.stdout if res.returncode == 0 else None
@@ -129,8 +209,13 @@ def read_via(path: Path, timeout: float = 5.0) -> bytes | None:
 def exists_via(path: Path, timeout: float = 5.0) -> bool | None:
     """``path`` exists (``stat`` by a real process); None if the stat hung."""
     try:
-        res = subprocess.run(["stat", "-c", "%i", "--", str(path)], capture_output=True,
-                             timeout=timeout, stdin=subprocess.DEVNULL)
+        res = subprocess.run(
+            ["stat", "-c", "%i", "--", str(path)],
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=workload_env(),
+        )
     except subprocess.TimeoutExpired:
         return None
     return res.returncode == 0
@@ -144,8 +229,9 @@ def content(where: str, path: Path, expected: Iterable[bytes]) -> list[str]:
         return [f"{where} {path}: cannot be read"]
     if got in options:
         return []
-    return [f"{where} {path}: holds {_show(got)}, expected "
-            + " or ".join(_show(o) for o in options)]
+    return [
+        f"{where} {path}: holds {_show(got)}, expected " + " or ".join(_show(o) for o in options)
+    ]
 
 
 def absent(where: str, path: Path) -> list[str]:

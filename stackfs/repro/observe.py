@@ -4,20 +4,27 @@
 client changing the server, in natural mode), and polls the watchdog until every process has
 exited (then it looks once more: an oops leaves nothing hanging), a task hangs, or a modelled
 event is reported. A timed-out barrier of ours is instrumentation, not a finding: the watching
-goes on. :func:`recover` aborts, detaches and reaps what the finding involves, then kills any
+goes on. :func:`recover_run` aborts, detaches and reaps what the finding involves, then kills any
 workload process that is still there, by its pid.
 """
 
 from __future__ import annotations
 
+import errno as errno_mod
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stackfs.repro.scenario import Proc
 from stackfs.repro.workload import ProcResult, Workload
+
+if TYPE_CHECKING:
+    from stackfs.watchdog import Watchdog
+    from stackfs.watchdog.recover import Recovery
+    from stackfs.watchdog.report import Report
 
 #: watchdog verdicts that are the testbed's own instrumentation, not a finding about the stack:
 #: a barrier that timed out because the variant serialises what it tried to force together
@@ -34,23 +41,23 @@ TimedAction = tuple[float, Callable[[], str]]
 class Observation:
     """What the watchdog saw while the workload ran."""
 
-    watchdog: object
-    report: object
+    watchdog: Watchdog
+    report: Report
     workload: Workload
     #: wall-clock time of the verdict (the report's, or the last process's exit)
     t_verdict: float | None
     notes: list[str] = field(default_factory=list)
-    recovery: object | None = None
+    recovery: Recovery | None = None
     killed: list[ProcResult] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
-        return str(self.report.verdict)  # type: ignore[attr-defined]
+        return str(self.report.verdict)
 
     @property
     def finding(self) -> bool:
         """The watchdog found something about the stack (not only our instrumentation)."""
-        return bool(self.report.found) and self.verdict not in INSTRUMENTATION  # type: ignore
+        return bool(self.report.found) and self.verdict not in INSTRUMENTATION
 
     @property
     def all_exited(self) -> bool:
@@ -70,8 +77,13 @@ def observe(
     timeout: float = 20.0,
     timed: Sequence[TimedAction] = (),
     env: dict[str, str] | None = None,
+    expected_errors: Iterable[str] = (),
 ) -> Observation:
-    """Start ``specs`` and watch ``mounts`` until a verdict (see the module docstring)."""
+    """Start ``specs`` and watch ``mounts`` until a verdict (see the module docstring).
+
+    ``expected_errors``: errno names (``"ENOENT"``) that the variant's bug makes a process see
+    (an ``error:ENAME`` outcome): a process failing with one of them is not reported to the
+    watchdog as an unexpected error; the runner judges it."""
     from stackfs.watchdog import Watchdog
 
     wd = Watchdog(mounts=[os.fspath(m) for m in mounts], threshold=threshold)
@@ -88,6 +100,7 @@ def observe(
         elapsed = off
         notes.append(f"{off * 1000:.1f} ms after the workload started: {act()}")
     reported: set[int] = set()
+    expected = set(expected_errors)
 
     def stop() -> bool:
         if not work.poll():
@@ -95,10 +108,18 @@ def observe(
         for r in work.results:
             if r.ok or r.pid in reported or r.errno is None:
                 continue
+            if errno_mod.errorcode.get(r.errno) in expected:
+                continue  # the variant's bug, seen by a real process: the runner's verdict
             reported.add(r.pid)
-            wd.workload_error(r.pid, r.comm, os.path.basename(r.argv[0]),
-                              r.argv[-1] if len(r.argv) > 1 else None, r.errno,
-                              expected="success", message=r.stderr.strip().splitlines()[-1])
+            wd.workload_error(
+                r.pid,
+                r.comm,
+                os.path.basename(r.argv[0]),
+                r.argv[-1] if len(r.argv) > 1 else None,
+                r.errno,
+                expected="success",
+                message=r.stderr.strip().splitlines()[-1],
+            )
         return True
 
     deadline = time.monotonic() + timeout
@@ -127,14 +148,20 @@ def _confirm_hang(wd, first, stop: Callable[[], bool], threshold: float, notes: 
     later = wd.run(timeout=threshold + 0.5, stop=stop)
     if later.found and later.verdict in ("deadlock", "hang"):
         later.events = list(first.events) + [e for e in later.events if e not in first.events]
-        notes.append(f"the watchdog reported {first.verdict} first, then the hang it causes "
-                     f"({later.verdict}); both are in the report")
+        notes.append(
+            f"the watchdog reported {first.verdict} first, then the hang it causes "
+            f"({later.verdict}); both are in the report"
+        )
         return later
     return first
 
 
-def recover(obs: Observation, own_conns: Iterable[int] | None = None,
-            own_pids: Iterable[int] | None = None, grace: float = 1.0) -> Observation:
+def recover_run(
+    obs: Observation,
+    own_conns: Iterable[int] | None = None,
+    own_pids: Iterable[int] | None = None,
+    grace: float = 1.0,
+) -> Observation:
     """After a finding: the watchdog's recovery (abort the connections involved, detach, reap
     the daemons, verify); then kill the workload processes that are left.
 
@@ -145,19 +172,19 @@ def recover(obs: Observation, own_conns: Iterable[int] | None = None,
     release recovery verifies.
     """
     if obs.finding:
-        from stackfs.watchdog.recover import recover as wd_recover
+        from stackfs.watchdog.recover import recover_connections
 
         report = obs.report
-        conns = set(report.involved_conns())  # type: ignore[attr-defined]
-        tids = list(report.involved_tids())  # type: ignore[attr-defined]
+        conns = set(report.involved_conns())
+        tids = list(report.involved_tids())
         if own_conns is not None:
             conns &= set(own_conns)
-            tids = _own_tids(report, tids, conns, set(own_pids or ()) | {
-                r.pid for r in obs.workload.results})
+            tids = _own_tids(
+                report, tids, conns, set(own_pids or ()) | {r.pid for r in obs.workload.results}
+            )
         wd = obs.watchdog
-        obs.recovery = wd_recover(conns, tids, scanner=wd.scanner,  # type: ignore[attr-defined]
-                                  grace=wd.grace)  # type: ignore[attr-defined]
-        report.recovery = obs.recovery  # type: ignore[attr-defined]
+        obs.recovery = recover_connections(conns, tids, scanner=wd.scanner, grace=wd.grace)
+        report.recovery = obs.recovery
     obs.killed = obs.workload.reap(grace=grace if obs.finding else 0.3)
     return obs
 

@@ -10,6 +10,54 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+#: symbols that mailing lists and old terminals mangle, and what ``--ascii`` prints instead
+ASCII_SYMBOLS = str.maketrans(
+    {
+        "\u2713": "ok",
+        "\u2717": "FAIL",
+        "\u00d7": "x",
+        "\u2192": "->",
+        "\u2190": "<-",
+        "\u2014": "--",
+        "\u2013": "-",
+        "\u2026": "...",
+        "\u00b5": "u",
+        "\u2264": "<=",
+        "\u2265": ">=",
+    }
+)
+#: set by ``stackfs --ascii`` and when stdout is not a terminal
+ASCII = False
+
+
+def plain(text: str) -> str:
+    """``text`` with the symbols of :data:`ASCII_SYMBOLS` spelled in ASCII, in ASCII mode."""
+    return text.translate(ASCII_SYMBOLS) if ASCII else text
+
+
+class AsciiStream:
+    """A text stream that writes :func:`plain` text: what ``--ascii`` puts on stdout/stderr."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.translate(ASCII_SYMBOLS))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def set_ascii(on: bool) -> None:
+    """ASCII mode: every symbol of :data:`ASCII_SYMBOLS` on stdout and stderr in ASCII."""
+    global ASCII
+    ASCII = on
+    if on:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not isinstance(stream, AsciiStream):
+                setattr(sys, name, AsciiStream(stream))
+
 
 def color_ok(stream: TextIO) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
@@ -54,6 +102,8 @@ def visible_len(text: str) -> int:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
     """A plain aligned table (cells may carry ANSI styles)."""
+    headers = [plain(h) for h in headers]
+    rows = [[plain(c) for c in row] for row in rows]
     widths = [visible_len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):

@@ -38,16 +38,26 @@ from pathlib import Path
 from typing import Any
 
 from stackfs import lifecycle, mountinfo
-from stackfs.repro.observe import INSTRUMENTATION, Observation, TimedAction, observe, recover
+from stackfs.daemon import EXIT_CONNECTION_ABORTED
+from stackfs.linux.proc import alive
 from stackfs.repro.context import Run, SetupError
+from stackfs.repro.observe import (
+    INSTRUMENTATION,
+    Observation,
+    TimedAction,
+    observe,
+    recover_run,
+)
 from stackfs.repro.scenario import (
     COMPLETES,
     FORCED,
     NATURAL,
     Case,
     Scenario,
-    ServerChange,
+    ServerAction,
     Variant,
+    error,
+    error_names,
 )
 from stackfs.repro.workload import ProcResult, Workload
 
@@ -94,8 +104,15 @@ class RunResult:
     files: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)
+    #: errno names that workload processes failed with (C-locale messages, exit status)
+    errors: list[str] = field(default_factory=list)
     #: earlier attempts of this run that another process disturbed (their summaries)
     disturbed: list[str] = field(default_factory=list)
+    #: how each mount of the run went down, with its daemon's exit status and signal
+    #: (:class:`stackfs.lifecycle.UnmountReport`)
+    unmounts: list[dict[str, Any]] = field(default_factory=list)
+    #: mount points whose FUSE connection this run aborted itself (recovery, unmount)
+    aborted_by_run: list[str] = field(default_factory=list)
 
     @property
     def row(self) -> str:
@@ -107,8 +124,9 @@ class RunResult:
         return d
 
 
-def _out_dir(root: Path, scenario: type[Scenario], variant: Variant, case: Case,
-             index: int) -> Path:
+def _out_dir(
+    root: Path, scenario: type[Scenario], variant: Variant, case: Case, index: int
+) -> Path:
     parts = [scenario.name, variant.name]
     if len(scenario.cases) > 1:
         parts.append(case.name)
@@ -138,8 +156,16 @@ def run_once(
     if out.exists():
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    result = RunResult(scenario.name, scenario.seed, c.name, v.name, mode, index, v.expect,
-                       report_dir=str(out))
+    result = RunResult(
+        scenario.name,
+        scenario.seed,
+        c.name,
+        v.name,
+        mode,
+        index,
+        v.expect_for(c.name),
+        report_dir=str(out),
+    )
     scratch = Path(tempfile.mkdtemp(prefix=f"stackfs-{scenario.name}-"))
     run_id = f"repro-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     mountpoints: list[str] = []
@@ -159,6 +185,7 @@ def run_once(
                 result.summary = f"set-up failed: {exc}"
             mountpoints = run.mountpoints()
             daemons = [layer.mount.pid for layer in run.layers.values()]
+            daemons += [svc.pid for svc in run.services.values()]  # e.g. the DLM
             t_rec = time.monotonic()
             if result.error is None:
                 result.setup_seconds = time.monotonic() - t0
@@ -167,34 +194,48 @@ def run_once(
                 # the data is checked while the stack is up (only when nothing was found)
                 checked = _check(result, scen, run, obs)
                 t_rec = time.monotonic()
-                recover(obs, own_conns=[la.mount.conn for la in run.layers.values()],
-                        own_pids=[la.mount.pid for la in run.layers.values()])
+                recover_run(
+                    obs,
+                    own_conns=[la.mount.conn for la in run.layers.values()],
+                    own_pids=[la.mount.pid for la in run.layers.values()],
+                )
                 if obs.recovery is not None:
                     result.watchdog_recovery_seconds = obs.recovery.seconds
                     result.recovery_notes.extend(obs.recovery.render())
+                    result.aborted_by_run += [
+                        str(la.mnt)
+                        for la in run.layers.values()
+                        if la.mount.conn in obs.recovery.aborted
+                    ]
                 if obs.killed:
                     result.recovery_notes.append(
-                        "killed after recovery: " + ", ".join(r.render() for r in obs.killed))
+                        "killed after recovery: " + ", ".join(r.render() for r in obs.killed)
+                    )
         # the stack is down (top-down, hung layers aborted): check that nothing is left
         leftovers = _leftovers(mountpoints, daemons, work)
         left = lifecycle.cleanup(run_id=run_id)
         if left:
-            leftovers.append("cleanup had to remove: " + ", ".join(
-                f"{a.what} {a.mountpoint}" for a in left))
+            leftovers.append(
+                "cleanup had to remove: " + ", ".join(f"{a.what} {a.mountpoint}" for a in left)
+            )
         result.recovery_seconds = time.monotonic() - t_rec
         result.recovered = not leftovers
         result.recovery_notes.extend(leftovers)
         result.recovery_notes.extend(
-            f"unmount {r.mountpoint}: " + ("clean" if r.clean else
-                                           "aborted" if r.aborted else "detached")
-            + f" in {r.seconds:.3f} s" for r in st.reports)
+            f"unmount {r.mountpoint}: "
+            + ("clean" if r.clean else "aborted" if r.aborted else "detached")
+            + f" in {r.seconds:.3f} s; daemon {r.pid}: {r.daemon_end()}"
+            for r in st.reports
+        )
+        result.unmounts = [r.to_json() for r in st.reports]
+        result.aborted_by_run += [r.mountpoint for r in st.reports if r.aborted]
         if obs is None:
             return result  # a set-up error: nothing was observed
         _judge(result, v, mode, obs, checked)
         result.time_to_verdict = obs.time_to_verdict
-        result.detection_latency = report.latency if obs.finding else None
-        result.latency_from = report.timing.get("latency_from") if obs.finding else None
-        result.summary = result.summary or report.summary
+        result.detection_latency = obs.report.latency if obs.finding else None
+        result.latency_from = obs.report.timing.get("latency_from") if obs.finding else None
+        result.summary = result.summary or obs.report.summary
     except SetupError as exc:
         result.error = str(exc)
         result.summary = f"set-up failed: {exc}"
@@ -214,29 +255,22 @@ def run_once(
     return result
 
 
-def _leftovers(mountpoints: Iterable[str], daemons: Iterable[int],
-               work: Workload | None) -> list[str]:
+def _leftovers(
+    mountpoints: Iterable[str], daemons: Iterable[int], work: Workload | None
+) -> list[str]:
     out = []
     mounted = {e.mountpoint for e in mountinfo.mounts()}
     for mp in mountpoints:
         if mp in mounted:
             out.append(f"still mounted: {mp}")
     for pid in daemons:
-        if _alive(pid):
+        if alive(pid):
             out.append(f"daemon {pid} still alive")
     if work is not None:
         for r in work.results:
             if r.status is None:
                 out.append(f"workload process {r.comm}/{r.pid} could not be killed")
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _observe(scen: Scenario, run: Run, out: Path, threshold: float | None) -> Observation:
@@ -246,14 +280,20 @@ def _observe(scen: Scenario, run: Run, out: Path, threshold: float | None) -> Ob
         for ch in scen.concurrent(run):
             off = run.rng.uniform(-scen.natural_window, scen.natural_window)
             timed.append((off, _server_action(run, ch)))
-    obs = observe(run.mountpoints(), scen.workload(run), out_dir=out / "workload",
-                  threshold=threshold if threshold is not None else scen.threshold,
-                  timeout=scen.timeout, timed=timed)
+    obs = observe(
+        run.mountpoints(),
+        scen.workload(run),
+        out_dir=out / "workload",
+        threshold=threshold if threshold is not None else scen.threshold,
+        timeout=scen.timeout,
+        timed=timed,
+        expected_errors=error_names(run.variant.expect_for(run.case.name)),
+    )
     run.notes.extend(obs.notes)
     return obs
 
 
-def _server_action(run: Run, ch: ServerChange):
+def _server_action(run: Run, ch: ServerAction):
     def act() -> str:
         return f"another client: {run.server(ch.role, ch.action, *ch.args)}"
 
@@ -264,14 +304,24 @@ def _check(result: RunResult, scen: Scenario, run: Run, obs: Observation) -> boo
     """While the stack is up: the scenario's evidence checks for a finding of the expected
     kind, its data checks for a run in which every process exited and nothing was found."""
     if obs.finding:
-        if obs.verdict == run.variant.expect:
+        if obs.verdict == result.expected:
             result.problems.extend(scen.evidence(run, obs.report.to_json()))
         return True
     if not obs.workload.poll():
         return False
-    bad = [r for r in obs.workload.results if not r.ok]
-    result.problems.extend(f"{r.render()}, expected exit "
-                           f"{' or '.join(map(str, r.ok_status or ()))}" for r in bad)
+    expected_errors = error_names(result.expected)  # the variant's, in this case
+    for r in obs.workload.results:
+        if r.ok:
+            continue
+        name = errno.errorcode.get(r.errno or 0)
+        if name is not None and name not in result.errors:
+            result.errors.append(name)
+        if name is not None and name in expected_errors:
+            continue  # the error this variant's bug makes a real process see
+        result.problems.append(
+            f"{r.render()}, expected exit {' or '.join(map(str, r.ok_status or ()))}"
+        )
+    result.errors.sort()
     result.problems.extend(scen.verify(run, obs.workload.results))
     return True
 
@@ -284,16 +334,30 @@ def _judge(result: RunResult, v: Variant, mode: str, obs: Observation, checked: 
         result.summary = obs.report.summary
     elif not checked:
         result.observed = STILL_RUNNING
-        result.summary = ("no finding, but the workload was still running at the end: "
-                          + "; ".join(r.render() for r in obs.workload.results
-                                      if not r.exited))
+        result.summary = "no finding, but the workload was still running at the end: " + "; ".join(
+            r.render() for r in obs.workload.results if not r.exited
+        )
+    elif result.errors:
+        # a real process saw an errno: that is the outcome, whatever the variant expected
+        result.observed = error(*result.errors)
+        seen = [r.render() for r in obs.workload.results if not r.ok]
+        result.summary = (
+            "a real process saw "
+            + ", ".join(result.errors)
+            + ": "
+            + "; ".join(seen + result.problems)
+        )
     else:
         result.observed = COMPLETES if not result.problems else WRONG_RESULT
-        result.summary = ("every process exited as it should and the data is right"
-                          if not result.problems else "; ".join(result.problems))
-    exact = result.observed == v.expect and not result.problems
-    result.reproduced = v.is_bug and result.observed == v.expect
-    if mode == NATURAL and v.is_bug:
+        result.summary = (
+            "every process exited as it should and the data is right"
+            if not result.problems
+            else "; ".join(result.problems)
+        )
+    expect = result.expected  # the variant's expectation in this case
+    exact = result.observed == expect and not result.problems
+    result.reproduced = expect != COMPLETES and result.observed == expect
+    if mode == NATURAL and expect != COMPLETES:
         # natural mode measures a rate: a run in which the bug did not happen is fine, as long
         # as it then completed correctly
         result.matched = exact or (result.observed == COMPLETES and not result.problems)
@@ -301,8 +365,10 @@ def _judge(result: RunResult, v: Variant, mode: str, obs: Observation, checked: 
         result.matched = exact
     if not result.recovered:
         result.matched = False
-        result.problems.append("recovery incomplete: " + "; ".join(
-            n for n in result.recovery_notes if not n.startswith("unmount ")))
+        result.problems.append(
+            "recovery incomplete: "
+            + "; ".join(n for n in result.recovery_notes if not n.startswith("unmount "))
+        )
 
 
 def _write_result(result: RunResult, out: Path, scenario: type[Scenario], report) -> None:
@@ -327,15 +393,21 @@ def _write_result(result: RunResult, out: Path, scenario: type[Scenario], report
     if result.time_to_verdict is not None:
         lines.append(f"  workload start to verdict: {result.time_to_verdict:.3f} s")
     if result.detection_latency is not None:
-        lines.append(f"  detection latency: {result.detection_latency:.3f} s "
-                     f"(from {result.latency_from})")
+        lines.append(
+            f"  detection latency: {result.detection_latency:.3f} s (from {result.latency_from})"
+        )
     if result.recovery_seconds is not None:
-        lines.append(f"  recovery: {result.recovery_seconds:.3f} s, "
-                     f"{'complete' if result.recovered else 'INCOMPLETE'}")
+        lines.append(
+            f"  recovery: {result.recovery_seconds:.3f} s, "
+            f"{'complete' if result.recovered else 'INCOMPLETE'}"
+        )
     lines += [f"  {n}" for n in result.recovery_notes]
     if report is not None:
-        lines += ["", "the watchdog's report: report.txt, report.json"
-                  + (", waitgraph.svg, waitgraph.png" if "svg" in result.files else "")]
+        lines += [
+            "",
+            "the watchdog's report: report.txt, report.json"
+            + (", waitgraph.svg, waitgraph.png" if "svg" in result.files else ""),
+        ]
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     result.files["summary"] = str(out / "summary.txt")
     result.files["result"] = str(out / "result.json")
@@ -349,22 +421,30 @@ def _remove_scratch(scratch: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-#: what a process sees when its FUSE connection is aborted (by recovery, or by someone else)
-ABORTED = (os.strerror(errno.ENOTCONN), os.strerror(errno.ECONNABORTED))
-
-
 def disturbed(r: RunResult) -> bool:
-    """Another process aborted this run's connections: a process or a prepare step saw the
-    connection go away although the run itself had found nothing to recover (the machine is
-    shared; a recovery elsewhere that aborts by connection number can hit a reused one)."""
+    """Someone else aborted one of this run's FUSE connections: positive evidence only.
+
+    The machine is shared, and a recovery elsewhere that aborts by connection number can hit a
+    reused one. The evidence is a daemon of the run that exited with
+    :data:`~stackfs.daemon.EXIT_CONNECTION_ABORTED` (its session ended under a live mount and
+    nobody signalled it) on a mount whose connection the run itself did not abort (neither its
+    recovery nor its unmount). ENOTCONN in a process's stderr is no evidence: a daemon that
+    crashes makes its callers see the same, and that is the run's own failure (the daemon then
+    exits 1, with its own status, or by a signal).
+    """
     if r.verdict not in (None, "ok", "error", *INSTRUMENTATION):
         return False
-    text = (r.error or "") + "".join(p.stderr for p in r.processes)
-    return any(msg in text for msg in ABORTED)
+    return any(
+        u.get("exit_status") == EXIT_CONNECTION_ABORTED
+        and u.get("exit_signal") is None
+        and u.get("mountpoint") not in r.aborted_by_run
+        for u in r.unmounts
+    )
 
 
-def run_with_retries(scenario: type[Scenario], variant: str, case: str | None = None,
-                     attempts: int = 3, **kw: Any) -> RunResult:
+def run_with_retries(
+    scenario: type[Scenario], variant: str, case: str | None = None, attempts: int = 3, **kw: Any
+) -> RunResult:
     """:func:`run_once`, repeated (up to ``attempts`` in all) while another process disturbed
     it; the disturbed attempts are listed in the result (``disturbed``)."""
     notes: list[str] = []
@@ -373,8 +453,14 @@ def run_with_retries(scenario: type[Scenario], variant: str, case: str | None = 
         if not disturbed(r) or len(notes) + 1 >= attempts:
             r.disturbed = notes
             return r
-        notes.append(f"attempt {len(notes) + 1} disturbed (connection aborted from outside): "
-                     f"{r.error or r.summary} [{r.report_dir}]")
+        outside = [
+            u["mountpoint"] for u in r.unmounts if u.get("exit_status") == EXIT_CONNECTION_ABORTED
+        ]
+        notes.append(
+            f"attempt {len(notes) + 1} disturbed (the connection of "
+            f"{', '.join(outside)} was aborted from outside; its daemon exited "
+            f"{EXIT_CONNECTION_ABORTED}): {r.error or r.summary} [{r.report_dir}]"
+        )
         if r.report_dir:
             old = Path(r.report_dir)
             with contextlib.suppress(OSError):
@@ -401,17 +487,27 @@ class Plan:
         return len(self.variants) * len(self.cases) * self.iterations
 
 
-def plan(scenario: type[Scenario], variant: str | None = None, case: str | None = None,
-         natural: bool = False, iterations: int = 1) -> Plan:
-    variants = [scenario.variant(variant).name] if variant else [v.name for v in
-                                                                 scenario.variants]
+def plan(
+    scenario: type[Scenario],
+    variant: str | None = None,
+    case: str | None = None,
+    natural: bool = False,
+    iterations: int = 1,
+) -> Plan:
+    variants = [scenario.variant(variant).name] if variant else [v.name for v in scenario.variants]
     cases = [scenario.case(case).name] if case else [c.name for c in scenario.cases]
     return Plan(scenario, variants, cases, NATURAL if natural else FORCED, iterations)
 
 
-def run_plan(p: Plan, report_root: Path, progress: Progress | None = None,
-             seed: int | None = None, threshold: float | None = None,
-             done_before: int = 0, total: int | None = None) -> list[RunResult]:
+def run_plan(
+    p: Plan,
+    report_root: Path,
+    progress: Progress | None = None,
+    seed: int | None = None,
+    threshold: float | None = None,
+    done_before: int = 0,
+    total: int | None = None,
+) -> list[RunResult]:
     """Every run of ``p``, in order variant, case, iteration."""
     rng = random.Random(seed)
     results = []
@@ -419,8 +515,16 @@ def run_plan(p: Plan, report_root: Path, progress: Progress | None = None,
     for variant in p.variants:
         for case in p.cases:
             for i in range(1, p.iterations + 1):
-                r = run_with_retries(p.scenario, variant, case, mode=p.mode, index=i,
-                                     report_root=report_root, rng=rng, threshold=threshold)
+                r = run_with_retries(
+                    p.scenario,
+                    variant,
+                    case,
+                    mode=p.mode,
+                    index=i,
+                    report_root=report_root,
+                    rng=rng,
+                    threshold=threshold,
+                )
                 results.append(r)
                 n += 1
                 if progress is not None:

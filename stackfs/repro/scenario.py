@@ -10,7 +10,10 @@ the state the bug needs, runs a workload of real processes (``mv``, ``cat``, ``l
     a layer's modelled kernel records a failed assertion (``BUG_ON``);
 ``completes``
     every workload process exits as it should and the data is right (checked by
-    :meth:`Scenario.verify`, in the union and in the branches).
+    :meth:`Scenario.verify`, in the union and in the branches);
+``error:ENAME`` (made with :func:`error`)
+    every workload process exited, and a real process saw errno ``ENAME`` (e.g. ``ENOENT``,
+    ``ESTALE``): judged from its exit status and its C-locale error message, never from a flag.
 
 How the race window is opened (:data:`FORCED` or :data:`NATURAL`) is the scenario's business:
 forced mode sets injection points (barriers) so that the interleaving happens on the first try;
@@ -28,6 +31,7 @@ A new scenario is a short module in :mod:`stackfs.repro.scenarios` that subclass
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +46,33 @@ DEADLOCK = "deadlock"
 OOPS = "oops"
 COMPLETES = "completes"
 EXPECTATIONS = (DEADLOCK, OOPS, COMPLETES)
+#: prefix of the outcome "a real process saw this errno" (see :func:`error`)
+ERROR_PREFIX = "error:"
+
+
+def error(*names: str) -> str:
+    """The outcome "a real process saw errno NAME": ``error("ENOENT") == "error:ENOENT"``.
+
+    Several names (sorted, comma-separated) mean that processes saw each of them."""
+    bad = [n for n in names if not isinstance(getattr(errno, n, None), int)]
+    if not names or bad:
+        raise ValueError(f"error(): not errno names: {bad or names}")
+    return ERROR_PREFIX + ",".join(sorted(set(names)))
+
+
+def error_names(outcome: str) -> frozenset[str]:
+    """The errno names of an ``error:...`` outcome (empty for any other outcome)."""
+    if not outcome.startswith(ERROR_PREFIX):
+        return frozenset()
+    return frozenset(outcome[len(ERROR_PREFIX) :].split(","))
+
+
+def valid_outcome(outcome: str) -> bool:
+    if outcome in EXPECTATIONS:
+        return True
+    names = error_names(outcome)
+    return bool(names) and all(isinstance(getattr(errno, n, None), int) for n in names)
+
 
 #: window modes
 FORCED = "forced"
@@ -53,21 +84,36 @@ class Variant:
     """One variant of a scenario: which layers are buggy or fixed, and what must happen.
 
     ``params`` are the scenario's own knobs (e.g. ``{"afs": "buggy", "copyup": "aufs"}``); the
-    scenario reads them in :meth:`Scenario.mount`.
+    scenario reads them in :meth:`Scenario.mount`. ``per_case`` overrides ``expect`` for the
+    cases named in it, where the outcome depends on the workload (e.g. seed 002's buggy Lustre
+    client: ``cat`` sees ENOENT, ``open(O_CREAT)`` completes); :meth:`expect_for` reads it.
     """
 
     name: str
     expect: str
     summary: str
     params: Mapping[str, str] = field(default_factory=dict)
+    per_case: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.expect not in EXPECTATIONS:
-            raise ValueError(f"variant {self.name}: expect must be one of {EXPECTATIONS}")
+        for outcome in (self.expect, *self.per_case.values()):
+            if not valid_outcome(outcome):
+                raise ValueError(
+                    f"variant {self.name}: expect must be one of {EXPECTATIONS} "
+                    f"or error('ENAME'), not {outcome!r}"
+                )
+
+    def expect_for(self, case: str) -> str:
+        """The outcome this variant must show in ``case``."""
+        return self.per_case.get(case, self.expect)
+
+    def is_bug_in(self, case: str) -> bool:
+        return self.expect_for(case) != COMPLETES
 
     @property
     def is_bug(self) -> bool:
-        return self.expect != COMPLETES
+        """Whether the variant is buggy in some case."""
+        return self.expect != COMPLETES or any(e != COMPLETES for e in self.per_case.values())
 
 
 @dataclass(frozen=True)
@@ -104,8 +150,10 @@ class Proc:
 
 
 @dataclass
-class ServerChange:
-    """Another client changes the server behind a backend (the ``server`` control op)."""
+class ServerAction:
+    """What another client is to do to the server behind a backend while the workload runs
+    (natural mode; done through the ``server`` control op). Not to be confused with
+    :class:`backends.tables.ServerChange`, the backend's record of a change that was made."""
 
     role: str
     action: str
@@ -140,6 +188,9 @@ class Scenario:
     #: natural mode: the other client's change lands at a uniformly random moment in
     #: [-window, +window] seconds around the start of the workload
     natural_window: ClassVar[float] = 0.02
+    #: programs the workload and prepare steps run (checked on PATH before a run); a scenario
+    #: that needs a kernel feature overrides :meth:`unsupported`
+    requires: ClassVar[tuple[str, ...]] = ()
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -159,6 +210,21 @@ class Scenario:
         known = ", ".join(c.name for c in cls.cases)
         raise KeyError(f"scenario {cls.name} has no case {name!r} (known: {known})")
 
+    @classmethod
+    def unsupported(cls) -> str | None:
+        """Why this scenario cannot run on this machine (a kernel feature or a tool is
+        missing), or None. ``stackfs repro run`` then exits 4 (kselftest's skip) with it."""
+        import shutil
+
+        if not os.path.exists("/dev/fuse"):
+            return "/dev/fuse is missing (modprobe fuse)"
+        if os.geteuid() != 0:
+            return "needs root (FUSE mounts, /proc stacks, the FUSE control filesystem)"
+        missing = [p for p in cls.requires if shutil.which(p) is None]
+        if missing:
+            return f"tool(s) not installed: {', '.join(missing)}"
+        return None
+
     # -- hooks -------------------------------------------------------------------------------
 
     def mount(self, run: Run) -> None:
@@ -172,7 +238,7 @@ class Scenario:
         """The real processes to run, started together (in list order)."""
         raise NotImplementedError
 
-    def concurrent(self, run: Run) -> list[ServerChange]:
+    def concurrent(self, run: Run) -> list[ServerAction]:
         """Natural mode: what another client changes on the server while the workload runs."""
         return []
 

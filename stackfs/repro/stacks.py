@@ -52,7 +52,9 @@ def union_argv(
     branches = ([f"{os.fspath(upper)}=rw"] if upper is not None else []) + [
         f"{os.fspath(lo)}=ro" for lo in lowers
     ]
-    opts = ["br=" + ":".join(branches)]
+    # fastpath=off: the reproducers keep the kernel paths of the seeds (OPEN, copy-up at open,
+    # OPENDIR, write-through); issue 15's fast paths are for standalone use
+    opts = ["br=" + ":".join(branches), "fastpath=off"]
     if copyup:
         opts.append(f"copyup={copyup}")
     opts.extend(options)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackfs.repro.runner import SETUP_ERROR, RunResult
+from stackfs.repro.scenario import NATURAL
 
 
 @dataclass
@@ -50,6 +51,27 @@ class Summary:
         return self.runs > 0 and self.matched == self.runs
 
     @property
+    def failure(self) -> str | None:
+        """Why these runs, taken together, fail their variant (None: they do not).
+
+        Each run must match. In natural mode a run of a buggy variant in which the bug did not
+        happen matches (natural mode measures a rate), but a buggy variant that never
+        reproduced in all its runs fails: a rate of 0/N shows nothing about the bug. (A fixed
+        variant that ever reproduced fails run by run.)
+        """
+        if self.runs == 0:
+            return "no runs"
+        if self.matched < self.runs:
+            return f"{self.runs - self.matched} of {self.runs} runs did not match"
+        if self.mode == NATURAL and self.is_bug and self.reproduced == 0:
+            return (
+                f"the bug never reproduced in {self.runs} natural run"
+                f"{'s' if self.runs != 1 else ''} (0/100): nothing shows the "
+                f"{self.variant} variant has it"
+            )
+        return None
+
+    @property
     def rate(self) -> float | None:
         """Reproductions per 100 runs."""
         return 100.0 * self.reproduced / self.runs if self.runs else None
@@ -67,18 +89,29 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "scenario": self.scenario, "seed": self.seed, "case": self.case,
-            "variant": self.variant, "mode": self.mode, "expected": self.expected,
-            "runs": self.runs, "matched": self.matched, "reproduced": self.reproduced,
-            "setup_errors": self.setup_errors, "recovered": self.recovered,
-            "observed": dict(self.observed), "rate_per_100": self.rate,
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "case": self.case,
+            "variant": self.variant,
+            "mode": self.mode,
+            "expected": self.expected,
+            "runs": self.runs,
+            "matched": self.matched,
+            "reproduced": self.reproduced,
+            "failure": self.failure,
+            "setup_errors": self.setup_errors,
+            "recovered": self.recovered,
+            "observed": dict(self.observed),
+            "rate_per_100": self.rate,
             "per_minute": self.per_minute,
             "time_to_reproduce": stat(self.time_to_reproduce),
             "time_to_verdict": stat(self.time_to_verdict),
             "detection_latency": stat(self.detection_latency),
-            "recovery": stat(self.recovery), "wall": self.wall,
+            "recovery": stat(self.recovery),
+            "wall": self.wall,
             "first_reproduction_after": self.first_reproduction_after,
-            "report_dirs": self.report_dirs, "problems": self.problems,
+            "report_dirs": self.report_dirs,
+            "problems": self.problems,
         }
 
 
@@ -90,8 +123,13 @@ def stat(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     s = sorted(values)
-    return {"n": len(s), "median": statistics.median(s), "min": s[0], "max": s[-1],
-            "p90": s[min(len(s) - 1, int(0.9 * len(s)))]}
+    return {
+        "n": len(s),
+        "median": statistics.median(s),
+        "min": s[0],
+        "max": s[-1],
+        "p90": s[min(len(s) - 1, int(0.9 * len(s)))],
+    }
 
 
 def summarize(results: Iterable[RunResult]) -> list[Summary]:
@@ -122,6 +160,8 @@ def summarize(results: Iterable[RunResult]) -> list[Summary]:
         if r.report_dir:
             s.report_dirs.append(r.report_dir)
         if not r.matched:
-            s.problems.append(f"run {r.iteration}: observed {r.observed}: "
-                              + "; ".join(r.problems or [r.error or r.summary]))
+            s.problems.append(
+                f"run {r.iteration}: observed {r.observed}: "
+                + "; ".join(r.problems or [r.error or r.summary])
+            )
     return list(out.values())

@@ -10,24 +10,48 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stackfs.repro.scenario import Proc
 
-#: strerror text -> errno, to read "cat: f: Stale file handle" back into ESTALE
-_STRERROR = {os.strerror(n): n for n in sorted(errno.errorcode, reverse=True)}
+#: strerror text (C locale: Python never sets LC_MESSAGES) -> errno, longest message first,
+#: to read "cat: f: Stale file handle" back into ESTALE
+_STRERROR = sorted(
+    {os.strerror(n): n for n in sorted(errno.errorcode, reverse=True)}.items(),
+    key=lambda item: -len(item[0]),
+)
+#: the errno number a Python OSError prints: ``FileNotFoundError: [Errno 2] No such file ...``
+_PY_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
+def workload_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a workload process: ``env`` (default: ours) in the C locale, so its
+    error messages are the untranslated strerror text that :func:`errno_in` reads back."""
+    out = dict(os.environ if env is None else env)
+    for var in ("LANGUAGE", "LANG", "LC_MESSAGES"):
+        out.pop(var, None)
+    out["LC_ALL"] = "C"
+    return out
 
 
 def errno_in(text: str) -> int | None:
-    """The errno whose message ends a line of ``text`` (coreutils style), if any."""
+    """The errno a process reported in ``text``, read from the last line that has one: the
+    number itself where the message carries it (Python's ``[Errno N]``), else the C-locale
+    strerror text that ends the line (coreutils' ``prog: file: message``)."""
     for line in reversed(text.strip().splitlines()):
-        for msg, code in _STRERROR.items():
-            if line.rstrip().endswith(msg):
+        m = _PY_ERRNO.search(line)
+        if m and int(m.group(1)) in errno.errorcode:
+            return int(m.group(1))
+        tail = line.rstrip()
+        for msg, code in _STRERROR:
+            if tail.endswith(msg):
                 return code
     return None
 
@@ -75,9 +99,16 @@ class ProcResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "label": self.label, "argv": self.argv, "pid": self.pid, "comm": self.comm,
-            "started": self.started, "ended": self.ended, "status": self.status,
-            "stdout": self.stdout, "stderr": self.stderr, "killed": self.killed,
+            "label": self.label,
+            "argv": self.argv,
+            "pid": self.pid,
+            "comm": self.comm,
+            "started": self.started,
+            "ended": self.ended,
+            "status": self.status,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "killed": self.killed,
             "ok": self.ok,
         }
 
@@ -91,7 +122,8 @@ class Workload:
     results: list[ProcResult] = field(default_factory=list)
     started: float = 0.0
 
-    def start(self, specs: list[Proc], env: dict[str, str] | None = None) -> None:
+    def start(self, specs: list[Proc], env: Mapping[str, str] | None = None) -> None:
+        """Start every process of ``specs`` (in its own session, in the C locale)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         for i, spec in enumerate(specs):
@@ -107,7 +139,7 @@ class Workload:
                     stdout=out,
                     stderr=err,
                     cwd=os.fspath(spec.cwd) if spec.cwd else None,
-                    env=env,
+                    env=workload_env(env),
                     start_new_session=True,
                 )
             finally:

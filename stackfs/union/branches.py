@@ -14,37 +14,19 @@ understands the cross-layer ``trusted.stackfs.i_rwsem`` lock).
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stackfs import mountinfo
+from stackfs.linux import libc
 
 T = TypeVar("T")
 
 Path = tuple[bytes, ...]
 #: paths up to this many bytes are passed to the *at() call in one piece
 SHORT = 3072
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
-
-
-def renameat2(olddfd: int, old: bytes, newdfd: int, new: bytes, flags: int) -> None:
-    """renameat2(2) (glibc >= 2.28), raising OSError like os.rename."""
-    if flags == 0:
-        os.rename(old, new, src_dir_fd=olddfd, dst_dir_fd=newdfd)
-        return
-    if _renameat2 is None:
-        raise OSError(errno.EINVAL, "renameat2 is not available")
-    if _renameat2(olddfd, old, newdfd, new, flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 def _mount_of(path: str) -> mountinfo.MountEntry | None:
@@ -74,6 +56,9 @@ class Branch:
     #: (uid, gid) a file this process creates in the branch's temporary directory gets (the
     #: work directory, when that directory is not set-gid); None: unknown
     new_owner: tuple[int, int] | None = None
+    #: the form of the whiteouts and opaque markers the union writes here: "aufs" (``.wh.*``
+    #: files) or "overlay" (0/0 character devices, ``trusted.overlay.opaque``); both are read
+    whiteout_style: str = "aufs"
 
     @classmethod
     def open_branch(cls, index: int, path: str, writable: bool) -> Branch:
@@ -223,8 +208,9 @@ class Branch:
     def mknod(self, path: Path, mode: int, rdev: int) -> None:
         self.call_at(os.mknod, path, mode, rdev)
 
-    def call_two_at(self, fn: Callable[[int, bytes, int, bytes], None], src: Path,
-                    dst_branch: Branch, dst: Path) -> None:
+    def call_two_at(
+        self, fn: Callable[[int, bytes, int, bytes], None], src: Path, dst_branch: Branch, dst: Path
+    ) -> None:
         """``fn(src_dir_fd, src_name, dst_dir_fd, dst_name)``: the two-name *at() calls."""
         sfd, sname, sclose = self.at(src)
         try:
@@ -243,13 +229,17 @@ class Branch:
             lambda sfd, sname, dfd, dname: os.link(
                 sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False
             ),
-            src, dst_branch, dst,
+            src,
+            dst_branch,
+            dst,
         )
 
     def rename(self, src: Path, dst_branch: Branch, dst: Path, flags: int = 0) -> None:
         self.call_two_at(
-            lambda sfd, sname, dfd, dname: renameat2(sfd, sname, dfd, dname, flags),
-            src, dst_branch, dst,
+            lambda sfd, sname, dfd, dname: libc.renameat2(sfd, sname, dfd, dname, flags),
+            src,
+            dst_branch,
+            dst,
         )
 
     def chown(self, path: Path, uid: int, gid: int) -> None:

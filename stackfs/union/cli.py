@@ -28,7 +28,15 @@ More options: entry_timeout=S, attr_timeout=S, negative_timeout=S, timeout=S (en
 default 5 s; 0 shows changes made directly in a branch at once), copyup=plain|aufs|aufs-unlock
 (plain: no cross-layer lock; aufs: lock the lower inode before opening it, as aufs did in
 2014; aufs-unlock: drop the lock around the open, the 2024 aufs fix), inject=POINT=ACTION
-(injection point copy_up), ro, debug.
+(injection point copy_up), whiteout=aufs|overlay (the form of the whiteouts and opaque
+directories written in the upper: aufs .wh.NAME files, the default, or overlayfs' 0/0
+character devices and trusted.overlay.opaque; both forms are read in every branch), ro, debug.
+
+Kernel fast paths (fewer FUSE requests; need the patched pyfuse3 of provision.sh):
+no_open=on|off (default on: no OPEN/RELEASE, I/O by inode, copy-up at the first write
+instead of at open), no_opendir=on|off and cache_dir=on|off (default on: the kernel caches
+listings), read_ahead_kb=KIB (default 1024), writeback_cache=on|off (default off),
+fastpath=off (all of them off: the seeds' kernel paths, as the reproducers mount).
 """
 
 
@@ -65,16 +73,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
         argv = lifecycle.stackfs_argv("mount")
         for text in args.options:
             argv += ["-o", text]
+        if args.source:
+            argv += ["--source", args.source]
         argv += ["-f"] + (["-d"] if args.debug else []) + [args.mountpoint]
         try:
             lifecycle.start_daemon(argv, args.mountpoint, detach=True)
         except lifecycle.MountError as exc:
             raise CLIError(f"mounting {args.mountpoint} failed: {_one_line(str(exc))}") from None
         return 0
-    return run(o, args.mountpoint)
+    return run(o, args.mountpoint, args.source)
 
 
-def run(o: uopts.UnionOptions, mountpoint: str) -> int:
+def run(o: uopts.UnionOptions, mountpoint: str, source: str | None = None) -> int:
     """Serve the union in the foreground until unmounted."""
     from stackfs.daemon import DaemonConfig, serve
     from stackfs.union.fs import UnionFS
@@ -98,6 +108,7 @@ def run(o: uopts.UnionOptions, mountpoint: str) -> int:
         debug=o.debug,
         inject=o.inject,
         max_tasks=o.max_tasks,
+        source=source,
     )
     try:
         return serve(ops, cfg)
@@ -112,10 +123,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options (repeatable)")
+    p.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="comma-separated mount options (repeatable)",
+    )
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f "
-                   "output on stderr of the daemon)")
+    p.add_argument(
+        "-d",
+        "--debug",
+        action="store_true",
+        help="log every request (implies -f output on stderr of the daemon)",
+    )
+    p.add_argument(
+        "--source",
+        metavar="SOURCE",
+        type=_source,
+        help="the mount's source in /proc/mounts (what mount(8) passes; default "
+        "stackfs:union:PID; stackfs cleanup finds the mount through its run "
+        "directory either way)",
+    )
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
+
+
+def _source(text: str) -> str:
+    if not text or "," in text or "\n" in text:
+        raise argparse.ArgumentTypeError(f"bad source {text!r} (no commas or newlines)")
+    return text

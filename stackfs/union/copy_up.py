@@ -1,8 +1,17 @@
-"""Copy-up: make an upper copy of a lower object before it is modified (aufs ``au_cpup_single``).
+"""Copy-up and pseudo-links: make an upper copy of a lower object before it is modified (aufs
+``au_cpup_single``), and keep every name of a hard-linked lower file seeing one object (aufs
+``plink``). The whole path is in this module:
 
-The steps are explicit methods, run in this order by :meth:`CopyUp.run`, in ONE thread (the
-union calls ``run`` through :func:`stackfs.daemon.in_worker`, so that the layer below sees one
-task take its inode lock, open the file, read it and drop the lock):
+* :class:`CopyUpper` — what the request handlers call (``copy_up``, ``copy_up_dir``,
+  ``hide_lower_name``, ``lower_name_gone``, ``gc_plink``, ``data_loc``, ``nlink``):
+  parents first, one copy-up per inode at a time, inline or in a worker thread, pseudo-links
+  made, linked into place and dropped;
+* :class:`CopyUp` — one copy-up, step by step (below);
+* :func:`link_up` — one more name of an inode whose data is up already.
+
+The steps of one copy-up are explicit methods, run in this order by :meth:`CopyUp.run`, in ONE
+thread (the union calls ``run`` through :func:`stackfs.daemon.in_worker`, so that the layer
+below sees one task take its inode lock, open the file, read it and drop the lock):
 
 1. :meth:`take_source` — stat the lower object; with ``copyup=aufs`` or ``aufs-unlock`` take the
    lower inode's ``i_rwsem`` (on a stackfs lower: ``setxattr trusted.stackfs.i_rwsem write``),
@@ -26,14 +35,24 @@ task take its inode lock, open the file, read it and drop the lock):
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import stat as stat_mod
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from stackfs import crosslock
+from stackfs.daemon import in_worker
+from stackfs.kernel.task import calls
 from stackfs.union.branches import Branch, Path
+from stackfs.union.inode import Node
 from stackfs.union.xino import Xino
+
+if TYPE_CHECKING:
+    from stackfs.union.fs import UnionFS
 
 CHUNK = 16 << 20
 #: a copy-up between plain directories of a file up to this size runs in the trio thread (it
@@ -43,7 +62,7 @@ TMP_DIR = b"tmp"
 PLINK_DIR = b"plink"
 _counter = itertools.count()
 #: xattrs that are the layers' own business, never copied
-_SKIP_XATTRS = ("trusted.stackfs.", "trusted.overlay.")
+_SKIP_XATTRS = ("trusted.stackfs.", "trusted.overlay.", "user.overlay.")
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
@@ -251,7 +270,7 @@ class CopyUp:
         if self.orphan:
             # the copy IS the pseudo-link; the lower names but the removed one still see it
             self.xino.set_lower_names(self.uino, st.st_nlink - 1)
-        elif self.plink and stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        elif self.plink and not stat_mod.S_ISDIR(st.st_mode) and st.st_nlink > 1:
             pl = (PLINK_DIR, str(self.uino).encode())
             try:
                 w.unlink(pl)
@@ -320,3 +339,258 @@ def link_up(
         raise
     xino.set_lower_names(uino, xino.get_lower_names(uino) - 1)
     return upper.stat(dst_parent + (name,))
+
+
+class CopyUpper:
+    """Copy-up and pseudo-links of one union mount (aufs ``au_cpup_*`` and ``au_plink_*``).
+
+    The pseudo-link ``WORK/plink/UINO`` is a hard link of the upper copy of a hard-linked lower
+    file: the lower names not copied up yet read their data and attributes there, and
+    ``xino.lower_names`` counts them (st_nlink = the pseudo-link's links less itself, plus
+    those). A lower name that is hidden (unlink, renamed over) first gets the pseudo-link too,
+    so the names left count one less. ``fs`` is the union (branches, work directory, xino,
+    injection points, stats, and ``_resolve``/``_changed``/``_inval_attrs``).
+    """
+
+    def __init__(self, fs: UnionFS) -> None:
+        self.fs = fs
+        #: union inode numbers that have a pseudo-link
+        self.plinks: set[int] = set()
+        self._locks: dict[int, trio.Lock] = {}
+        if fs.work is not None:
+            for n in fs.work.listdir((PLINK_DIR,)):
+                if n.isdigit():
+                    self.plinks.add(int(n))
+
+    # -- what the handlers ask -------------------------------------------------------------------
+
+    def data_loc(self, node: Node) -> tuple[Branch, Path] | None:
+        """The pseudo-link of ``node`` if its data is there (a lower name of a copied-up file)."""
+        work = self.fs.work
+        if node.plink and node.top != 0 and work is not None:
+            return work, plink_path(node.uino)
+        return None
+
+    def nlink(self, uino: int, st: os.stat_result) -> int:
+        """st_nlink of a non-directory (``st`` is its top object or its pseudo-link)."""
+        if uino in self.plinks:
+            return max(st.st_nlink - 1, 0) + self.fs.xino.get_lower_names(uino)
+        return st.st_nlink
+
+    def lower_name_gone(self, uino: int) -> None:
+        """One lower name of pseudo-linked ``uino`` was hidden (synchronous: inside the
+        handler's branch syscalls); drops the pseudo-link when no name is left."""
+        xino = self.fs.xino
+        xino.set_lower_names(uino, xino.get_lower_names(uino) - 1)
+        self.gc_plink(uino)
+
+    def gc_plink(self, uino: int) -> None:
+        """Drop the pseudo-link once no union name refers to the inode; else move its ctime
+        (a name went, as unlink(2) says, whether or not a syscall touched the inode)."""
+        work, xino = self.fs.work, self.fs.xino
+        if uino not in self.plinks or work is None:
+            return
+        pl = plink_path(uino)
+        st = work.lstat(pl)
+        if st is None:
+            self.plinks.discard(uino)
+            return
+        if st.st_nlink <= 1 and xino.get_lower_names(uino) <= 0:
+            work.unlink(pl)
+            self.plinks.discard(uino)
+            xino.drop_override(st.st_ino)
+            xino.set_lower_names(uino, 0)
+        else:
+            work.chmod(pl, stat_mod.S_IMODE(st.st_mode))  # a chmod to the same mode: ctime
+
+    async def hide_lower_name(self, probe: Node, st: os.stat_result) -> bool:
+        """A lower name of a hard-linked file is about to be hidden (whiteout, renamed over):
+        give the inode its pseudo-link first, holding the data for the names left, which now
+        count one less (aufs ``au_plink_append``). True if it was made now (the hidden name is
+        not counted any more: no :meth:`lower_name_gone` for it)."""
+        fs = self.fs
+        if probe.top == 0 or stat_mod.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
+            return False
+        if probe.uino in self.plinks or fs.work is None:
+            return False
+        await self.copy_up_orphan(probe)
+        node = fs.nodes.get(probe.uino)
+        if node is not None and node.top != 0:
+            node.plink = True
+        return True
+
+    async def copy_up_dir(self, node: Node) -> None:
+        """Give directory ``node`` an upper directory, parents first (aufs ``au_cpup_dirs``)."""
+        fs = self.fs
+        upper = fs._need_upper()
+        if node.parent is None:
+            return
+        await fs._resolve(node)
+        if node.layers[0] == 0:
+            return
+        async with self._lock(node.uino):
+            if node.layers[0] == 0:
+                return
+            await self.copy_up_dir(node.parent)
+            job = self._job(node, upper, mode="plain", plink=False, hit=None)
+            with calls("au_cpup_dirs", "au_cpup_single"):
+                await in_worker(job.run)
+            node.layers = (0, *node.layers)
+            if len(node.layers) == 2:
+                fs._inval_attrs(node)  # a merged directory reports st_nlink 1 from now on
+            fs.stats["copy_up"] += 1
+            fs._changed(node.parent)
+
+    async def copy_up(self, node: Node) -> None:
+        """Copy a non-directory up before it is modified (aufs ``au_sio_cpup_simple``)."""
+        if node.is_dir:
+            await self.copy_up_dir(node)
+            return
+        fs = self.fs
+        upper = fs._need_upper()
+        if node.top == 0:
+            return
+        parent = node.parent
+        assert parent is not None and fs.work is not None
+        lock = self._locks.get(node.uino)
+        if (
+            (lock is None or not lock.locked())
+            and not node.unlinked
+            and parent.resolved
+            and parent.layers[0] == 0
+            and node.uino not in self.plinks
+        ):
+            # the common case between plain directories: the whole copy-up runs here without
+            # a checkpoint, so no other trio task can come between (no lock needed)
+            fast = self._job(node, upper)
+            if self._inline(fast):
+                fast.hit = self._hit_inline
+                with calls("au_sio_cpup_simple", "au_cpup_single"):
+                    fast.run()
+                self._copied_up(node, fast)
+                return
+        async with self._lock(node.uino):
+            if node.top == 0:
+                return
+            if node.unlinked:
+                await self.copy_up_orphan(node)
+                return
+            await self.copy_up_dir(parent)
+            job = None
+            if node.uino in self.plinks:
+                # another name of this inode is up already: link its pseudo-link into place
+                await in_worker(
+                    functools.partial(
+                        link_up,
+                        work=fs.work,
+                        upper=upper,
+                        uino=node.uino,
+                        dst_parent=parent.path(0),
+                        name=node.name,
+                        xino=fs.xino,
+                    )
+                )
+            else:
+                job = self._job(node, upper)
+                with calls("au_sio_cpup_simple", "au_cpup_single"):
+                    if self._inline(job):
+                        job.hit = self._hit_inline
+                        job.run()
+                    else:
+                        await in_worker(job.run)
+            self._copied_up(node, job)
+
+    async def copy_up_orphan(self, node: Node) -> None:
+        """Copy up an object whose name is gone (unlinked while open, or a lower name about to
+        be hidden while other hard links remain): the copy goes to the pseudo-link only (aufs
+        keeps such copies in ``.wh..wh.plnk``/``.wh..wh.orph``)."""
+        fs = self.fs
+        assert fs.work is not None
+        if node.uino in self.plinks:
+            node.plink = True
+            return
+        job = CopyUp(
+            src=fs.branches[node.top],
+            src_path=node.path(node.top),
+            upper=fs.work,
+            dst_parent=(PLINK_DIR,),
+            name=str(node.uino).encode(),
+            work=fs.work,
+            xino=fs.xino,
+            uino=node.uino,
+            mode=fs.opts.copyup,
+            hit=self._hit_from_thread,
+            restore_parent_times=False,
+        )
+        job.orphan = True
+        with calls("au_sio_cpup_simple", "au_cpup_single"):
+            await in_worker(job.run)
+        self.plinks.add(node.uino)
+        node.plink = True
+        fs.stats["copy_up"] += 1
+
+    # -- inside ----------------------------------------------------------------------------------
+
+    def _lock(self, uino: int) -> trio.Lock:
+        lock = self._locks.get(uino)
+        if lock is None:
+            lock = self._locks[uino] = trio.Lock()
+        return lock
+
+    def _job(self, node: Node, upper: Branch, **how: Any) -> CopyUp:
+        """The copy-up of ``node`` into ``upper``; by default in the mount's copy-up order,
+        with pseudo-links and the ``copy_up`` injection point (``how`` overrides)."""
+        fs = self.fs
+        assert node.parent is not None and fs.work is not None
+        how = {"mode": fs.opts.copyup, "plink": True, "hit": self._hit_from_thread, **how}
+        return CopyUp(
+            src=fs.branches[node.top],
+            src_path=node.path(node.top),
+            upper=upper,
+            dst_parent=node.parent.path(0),
+            name=node.name,
+            work=fs.work,
+            xino=fs.xino,
+            uino=node.uino,
+            **how,
+        )
+
+    def _copied_up(self, node: Node, job: CopyUp | None) -> None:
+        if job is not None and job.plinked:
+            self.plinks.add(node.uino)
+        node.layers = (0,)
+        node.plink = False
+        self.fs.stats["copy_up"] += 1
+        assert node.parent is not None
+        self.fs._changed(node.parent)
+
+    def _inline(self, job: CopyUp) -> bool:
+        """May ``job`` run in the trio thread? Only between plain directories (no FUSE branch
+        that could block, no cross-layer lock), for a small file, with the ``copy_up``
+        injection point off: a copy-up that can wait on another layer, or that a reproducer
+        stops at its injection point, keeps its own worker thread."""
+        if job.src.blocking or job.upper.blocking or job.work.blocking:
+            return False
+        if self.fs.kernel.inject["copy_up"].action.kind != "off":
+            return False
+        st = job.src.lstat(job.src_path)
+        if st is None or st.st_size > INLINE_MAX:
+            return False
+        job.st_hint = st
+        return True
+
+    def _hit_from_thread(self, point: str) -> None:
+        inject = self.fs.kernel.inject
+        p = inject[point]
+        if p.action.kind == "off":
+            p.hits += 1  # what hit() does for a point that is off, without the trip to trio
+            return
+        trio.from_thread.run(inject.hit, point)
+
+    def _hit_inline(self, point: str) -> None:
+        self.fs.kernel.inject[point].hits += 1  # only used while the point is off
+
+
+def plink_path(uino: int) -> Path:
+    """``WORK/plink/UINO``."""
+    return (PLINK_DIR, str(uino).encode())

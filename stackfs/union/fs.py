@@ -5,7 +5,9 @@ Lookup, readdir, copy-up, whiteouts, inode numbers and branch access live in the
 this class ties them to FUSE requests:
 
 * every modification of a lower object copies it up first (:meth:`UnionFS.copy_up`), parents
-  first; a copy-up runs in one worker thread (:class:`~stackfs.union.copy_up.CopyUp`);
+  first; copy-up and pseudo-links are one module (:class:`~stackfs.union.copy_up.CopyUpper`);
+* a hard-linked object is one node with several names (:class:`~stackfs.union.inode.Node`
+  aliases): removing or renaming one name reaches the object through another;
 * unlink/rmdir leave whiteouts where a lower branch still has the name; mkdir over a whiteout
   makes an opaque directory; a lower directory is renamed by moving (or creating) its upper
   directory and recording a redirect, so no file data is copied and there is no EXDEV;
@@ -23,23 +25,23 @@ import logging
 import os
 import stat as stat_mod
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from stat import S_ISDIR
 from typing import Any, TypeVar
 
 import pyfuse3
-import trio
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext
 
 from stackfs import crosslock
 from stackfs.daemon import TestbedOperations, in_worker
 from stackfs.fuseattr import entry_attributes, negative_entry, statvfs_data
 from stackfs.kernel.locks import RWSem
 from stackfs.kernel.task import calls
+from stackfs.linux.libc import RENAME_EXCHANGE, RENAME_NOREPLACE
 from stackfs.union import copy_up as cu
+from stackfs.union import fastpath, whiteout
 from stackfs.union import readdir as rd
-from stackfs.union import whiteout
-from stackfs.union.branches import RENAME_EXCHANGE, RENAME_NOREPLACE, Branch, Path
+from stackfs.union.branches import Branch, Path
 from stackfs.union.inode import Node, NodeTable
 from stackfs.union.lookup import Found, lookup_child
 from stackfs.union.options import UnionOptions
@@ -49,10 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _XATTR_CREATE, _XATTR_REPLACE = 1, 2
-
-
-#: a readdirplus reply not made yet (None: the entry is gone)
-_UNSET: Any = object()
+#: xattrs that are the layers' own business: not listed through the union
+_HIDDEN_XATTRS = ("trusted.stackfs.", *whiteout.OVL_PREFIXES)
 
 
 def fuse_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,11 +73,15 @@ def _erofs() -> OSError:
 
 
 @dataclass(slots=True, eq=False)
-class Handle:
+class BranchFile:
+    """A union file open: the fd of its object in a branch (or its pseudo-link), by FUSE fh."""
+
     fd: int
     node: Node
     blocking: bool
     writable: bool = False
+    #: a handle by inode (``no_open``): where its fd points, (top branch, pseudo-link)
+    loc: tuple[int, bool] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -106,21 +110,25 @@ class UnionFS(TestbedOperations):
         if self.upper is not None:
             assert opts.workdir is not None
             self.work = self._setup_workdir(opts.workdir)
-        self.plinks: set[int] = set()
-        if self.work is not None:
-            for n in self.work.listdir((cu.PLINK_DIR,)):
-                if n.isdigit():
-                    self.plinks.add(int(n))
+            self.upper.whiteout_style = self.work.whiteout_style = opts.whiteout
+        #: copy-up and pseudo-links: everything the handlers need of them goes through here
+        self.cu = cu.CopyUpper(self)
         st = self.branches[0].stat(())
         root = Node(ROOT, None, b"", st.st_mode, tuple(range(len(self.branches))))
         self.nodes = NodeTable(root)
-        self.handles: dict[int, Handle] = {}
+        self.handles: dict[int, BranchFile] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
-        self._cu_locks: dict[int, trio.Lock] = {}
         #: names removed from directories that have open streams: dir uino -> name -> when
         self._gone: dict[int, dict[bytes, int]] = {}
         self.listings = rd.ListingCache()
+        self.fast = fastpath.FastPaths.from_options(opts)
+        #: the by-inode files in the order they were opened (the oldest are closed first)
+        self._inode_files: dict[int, None] = {}
+        # read by pyfuse3 at FUSE_INIT
+        self.enable_writeback_cache = self.fast.writeback_cache
+        self.enable_inode_handles = self.fast.inode_handles
+        self.enable_atomic_o_trunc = not self.fast.no_open  # O_TRUNC comes as SETATTR then
         self.entry_timeout = opts.entry_timeout
         self.attr_timeout = opts.attr_timeout
         self.negative_timeout = (
@@ -191,6 +199,7 @@ class UnionFS(TestbedOperations):
             "nodes": len(self.nodes),
             "plinks": len(self.plinks),
             "stats": dict(self.stats),
+            "fastpath": self.fast.describe(),
         }
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -219,22 +228,24 @@ class UnionFS(TestbedOperations):
             raise _erofs()
         return self.upper
 
+    @property
+    def plinks(self) -> set[int]:
+        """Union inode numbers with a pseudo-link (:class:`~stackfs.union.copy_up.CopyUpper`)."""
+        return self.cu.plinks
+
     def _data_loc(self, node: Node) -> tuple[Branch, Path]:
         """Where the object's data and attributes are (its top branch, or its pseudo-link)."""
-        if node.plink and node.top != 0 and self.work is not None:
-            return self.work, (cu.PLINK_DIR, str(node.uino).encode())
-        return self.branches[node.top], node.path(node.top)
+        return self.cu.data_loc(node) or (self.branches[node.top], node.path(node.top))
 
     def _nlink(self, node_uino: int, st: os.stat_result, layers: int) -> int:
         if stat_mod.S_ISDIR(st.st_mode):
             return 1 if layers > 1 else st.st_nlink
-        if node_uino in self.plinks:
-            return max(st.st_nlink - 1, 0) + self.xino.get_lower_names(node_uino)
-        return st.st_nlink
+        return self.cu.nlink(node_uino, st)
 
     def _attr(self, st: os.stat_result, uino: int, layers: int = 1) -> pyfuse3.EntryAttributes:
-        return entry_attributes(st, uino, self.entry_timeout, self.attr_timeout,
-                                self._nlink(uino, st, layers))
+        return entry_attributes(
+            st, uino, self.entry_timeout, self.attr_timeout, self._nlink(uino, st, layers)
+        )
 
     def _stat_node(self, node: Node) -> os.stat_result:
         if node.unlinked and node.fds and not node.plink:
@@ -243,10 +254,23 @@ class UnionFS(TestbedOperations):
         br, path = self._data_loc(node)
         st = br.lstat(path)
         if st is None:
+            # the name went behind the union's back: another name of a hard link may do
+            for p, name in reversed(node.aliases):
+                alt = br.lstat(p.path(node.top) + (name,))
+                if alt is not None and self.xino.uino(node.top, alt.st_ino) == node.uino:
+                    node.add_name(p, name)
+                    return alt
             for fd in node.fds:
                 return os.fstat(fd)
             raise OSError(errno.ENOENT, "gone from its branch")
         return st
+
+    def _orphan_fd(self, node: Node) -> int | None:
+        """An open fd of ``node`` if it has no name left in the branches (unlinked while open,
+        not pseudo-linked): calls that would go by path go through it."""
+        if node.unlinked and node.fds and not node.plink:
+            return next(iter(node.fds))
+        return None
 
     async def _getattr_node(self, node: Node) -> pyfuse3.EntryAttributes:
         br, _ = self._data_loc(node)
@@ -288,16 +312,11 @@ class UnionFS(TestbedOperations):
         node = self.nodes.add(node)
         return await self._getattr_node(node)
 
-    def _hit_from_thread(self, point: str) -> None:
-        p = self.kernel.inject[point]
-        if p.action.kind == "off":
-            p.hits += 1  # what hit() does for a point that is off, without the trip to trio
-            return
-        trio.from_thread.run(self.kernel.inject.hit, point)
-
     def init(self) -> None:
         """pyfuse3: the FUSE session is up (notifications to the kernel work from now on)."""
         self._live = True
+        if self.opts.read_ahead_kb and self.fast.no_open:
+            fastpath.raise_read_ahead_after_init(self.opts.read_ahead_kb)
 
     def _inval_attrs(self, node: Node) -> None:
         """Drop the kernel's cached attributes of ``node`` after the union changed them behind
@@ -309,30 +328,6 @@ class UnionFS(TestbedOperations):
             pyfuse3.invalidate_inode(node.uino, attr_only=True)
         except OSError:
             pass  # the kernel does not hold this inode
-
-    def _hit_inline(self, point: str) -> None:
-        self.kernel.inject[point].hits += 1  # only used while the point is off
-
-    def _copy_up_inline(self, job: cu.CopyUp) -> bool:
-        """May ``job`` run in the trio thread? Only between plain directories (no FUSE branch
-        that could block, no cross-layer lock), for a small file, with the ``copy_up``
-        injection point off: a copy-up that can wait on another layer, or that a reproducer
-        stops at its injection point, keeps its own worker thread."""
-        if job.src.blocking or job.upper.blocking or job.work.blocking:
-            return False
-        if self.kernel.inject["copy_up"].action.kind != "off":
-            return False
-        st = job.src.lstat(job.src_path)
-        if st is None or st.st_size > cu.INLINE_MAX:
-            return False
-        job.st_hint = st
-        return True
-
-    def _cu_lock(self, uino: int) -> trio.Lock:
-        lock = self._cu_locks.get(uino)
-        if lock is None:
-            lock = self._cu_locks[uino] = trio.Lock()
-        return lock
 
     def _changed(self, *dirs: Node) -> None:
         """The entries of ``dirs`` changed: drop their listings, and the replies their parents
@@ -353,154 +348,41 @@ class UnionFS(TestbedOperations):
         if parent.opened > 0:
             self._gone.setdefault(parent.uino, {})[name] = time.monotonic_ns()
 
-    # -- copy-up ---------------------------------------------------------------------------------
+    # -- copy-up: stackfs.union.copy_up.CopyUpper (these two names are what handlers call) --
 
     async def copy_up_dir(self, node: Node) -> None:
         """Give directory ``node`` an upper directory, parents first (aufs ``au_cpup_dirs``)."""
-        upper = self._need_upper()
-        if node.parent is None:
-            return
-        await self._resolve(node)
-        if node.layers[0] == 0:
-            return
-        async with self._cu_lock(node.uino):
-            if node.layers[0] == 0:
-                return
-            await self.copy_up_dir(node.parent)
-            job = self._copy_up_job(node, upper, mode="plain", plink=False, hit=None)
-            with calls("au_cpup_dirs", "au_cpup_single"):
-                await in_worker(job.run)
-            node.layers = (0, *node.layers)
-            if len(node.layers) == 2:
-                self._inval_attrs(node)  # a merged directory reports st_nlink 1 from now on
-            self.stats["copy_up"] += 1
-            self._changed(node.parent)
-
-    def _copy_up_job(self, node: Node, upper: Branch, **how: Any) -> cu.CopyUp:
-        """The copy-up of ``node`` into ``upper``; by default in the mount's copy-up order,
-        with pseudo-links and the ``copy_up`` injection point (``how`` overrides)."""
-        assert node.parent is not None and self.work is not None
-        how = {"mode": self.opts.copyup, "plink": True, "hit": self._hit_from_thread, **how}
-        return cu.CopyUp(
-            src=self.branches[node.top],
-            src_path=node.path(node.top),
-            upper=upper,
-            dst_parent=node.parent.path(0),
-            name=node.name,
-            work=self.work,
-            xino=self.xino,
-            uino=node.uino,
-            **how,
-        )
-
-    def _copied_up(self, node: Node, job: cu.CopyUp | None) -> None:
-        if job is not None and job.plinked:
-            self.plinks.add(node.uino)
-        node.layers = (0,)
-        node.plink = False
-        self.stats["copy_up"] += 1
-        assert node.parent is not None
-        self._changed(node.parent)
+        await self.cu.copy_up_dir(node)
 
     async def copy_up(self, node: Node) -> None:
         """Copy a non-directory up before it is modified (aufs ``au_sio_cpup_simple``)."""
-        if node.is_dir:
-            await self.copy_up_dir(node)
-            return
-        upper = self._need_upper()
-        if node.top == 0:
-            return
-        parent = node.parent
-        assert parent is not None and self.work is not None
-        lock = self._cu_locks.get(node.uino)
-        if (
-            (lock is None or not lock.locked())
-            and not node.unlinked
-            and parent.resolved
-            and parent.layers[0] == 0
-            and node.uino not in self.plinks
-        ):
-            # the common case between plain directories: the whole copy-up runs here without
-            # a checkpoint, so no other trio task can come between (no lock needed)
-            job = self._copy_up_job(node, upper)
-            if self._copy_up_inline(job):
-                job.hit = self._hit_inline
-                with calls("au_sio_cpup_simple", "au_cpup_single"):
-                    job.run()
-                self._copied_up(node, job)
-                return
-        async with self._cu_lock(node.uino):
-            if node.top == 0:
-                return
-            if node.unlinked:
-                await self._copy_up_orphan(node)
-                return
-            await self.copy_up_dir(parent)
-            job = None
-            if node.uino in self.plinks:
-                # another name of this inode is up already: link its pseudo-link into place
-                await in_worker(
-                    functools.partial(
-                        cu.link_up,
-                        work=self.work,
-                        upper=upper,
-                        uino=node.uino,
-                        dst_parent=parent.path(0),
-                        name=node.name,
-                        xino=self.xino,
-                    )
-                )
-            else:
-                job = self._copy_up_job(node, upper)
-                with calls("au_sio_cpup_simple", "au_cpup_single"):
-                    if self._copy_up_inline(job):
-                        job.hit = self._hit_inline
-                        job.run()
-                    else:
-                        await in_worker(job.run)
-            self._copied_up(node, job)
-
-    async def _copy_up_orphan(self, node: Node) -> None:
-        """Copy up an object whose name is gone (unlinked while open, or the name the node
-        remembered was removed while other hard links remain): the copy goes to the
-        pseudo-link only (aufs keeps such copies in ``.wh..wh.plnk``/``.wh..wh.orph``)."""
-        assert self.work is not None
-        if node.uino in self.plinks:
-            node.plink = True
-            return
-        job = cu.CopyUp(
-            src=self.branches[node.top],
-            src_path=node.path(node.top),
-            upper=self.work,
-            dst_parent=(cu.PLINK_DIR,),
-            name=str(node.uino).encode(),
-            work=self.work,
-            xino=self.xino,
-            uino=node.uino,
-            mode=self.opts.copyup,
-            hit=self._hit_from_thread,
-            restore_parent_times=False,
-        )
-        job.orphan = True
-        with calls("au_sio_cpup_simple", "au_cpup_single"):
-            await in_worker(job.run)
-        self.plinks.add(node.uino)
-        node.plink = True
-        self.stats["copy_up"] += 1
+        await self.cu.copy_up(node)
 
     # -- lookup and attributes -------------------------------------------------------------------
 
     @fuse_errors
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         if name == b".":
-            return await self._entry(Node(parent.uino, parent.parent, parent.name, parent.mode,
-                                          parent.layers, parent.redirect, parent.plink,
-                                          parent.resolved))
+            return await self._entry(
+                Node(
+                    parent.uino,
+                    parent.parent,
+                    parent.name,
+                    parent.mode,
+                    parent.layers,
+                    parent.redirect,
+                    parent.plink,
+                    parent.resolved,
+                )
+            )
         if name == b"..":
             p = parent.parent or parent
-            return await self._entry(Node(p.uino, p.parent, p.name, p.mode, p.layers,
-                                          p.redirect, p.plink, p.resolved))
+            return await self._entry(
+                Node(p.uino, p.parent, p.name, p.mode, p.layers, p.redirect, p.plink, p.resolved)
+            )
         whiteout.check_name(name)
         f = await self._lookup(parent, name)
         if f is None:
@@ -510,20 +392,41 @@ class UnionFS(TestbedOperations):
             return await self._getattr_node(node)
         return self._attr(f.st, node.uino, len(f.layers))
 
-    async def forget(self, inode_list):
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for ino, n in inode_list:
             self.nodes.forget(ino, n)
+            if -ino in self.handles or -ino in self.dirs:
+                node = self.nodes.get(ino)
+                if node is not None and node.nlookup <= 0:
+                    self._drop_inode_handles(node)
 
     @fuse_errors
-    async def getattr(self, inode, ctx=None):
+    async def getattr(
+        self, inode: InodeT, ctx: RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         return await self._getattr_node(self._node(inode))
 
     @fuse_errors
-    async def setattr(self, inode, attr, fields, fh, ctx):
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         await self.copy_up(node)
         upper, path = self._data_loc(node)
         h = self.handles.get(fh) if fh is not None else None
+        ofd = self._orphan_fd(node)
+        if ofd is not None:
+            # unlinked while open (a write that kills suid, fchmod, ftruncate): no name is left
+            await self._sys(
+                upper.blocking, _setattr_fd, ofd if h is None else h.fd, attr, fields, node.mode
+            )
+            self._attrs_changed(node)
+            return await self._getattr_node(node)
 
         def apply() -> None:
             if fields.update_size:
@@ -559,7 +462,7 @@ class UnionFS(TestbedOperations):
         return await self._getattr_node(node)
 
     @fuse_errors
-    async def readlink(self, inode, ctx):
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
         node = self._node(inode)
         br, path = self._data_loc(node)
         return await self._sys(br.blocking, br.readlink, path)
@@ -588,6 +491,8 @@ class UnionFS(TestbedOperations):
 
         def do() -> tuple[os.stat_result, Any]:
             had_wh = check_wh and whiteout.has_whiteout(upper, ppath, name)
+            if had_wh:
+                whiteout.free_name(upper, ppath, name)
             path = ppath + (name,)
             uid, gid = self._owner(parent, ctx)
             if is_dir and had_wh:
@@ -621,16 +526,18 @@ class UnionFS(TestbedOperations):
         return node, st, res
 
     @fuse_errors
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    async def mknod(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        node, st, _ = await self._create(
-            parent, name, ctx, lambda br, p: br.mknod(p, mode, rdev)
-        )
+        node, st, _ = await self._create(parent, name, ctx, lambda br, p: br.mknod(p, mode, rdev))
         node = self.nodes.add(node)
         return self._attr(st, node.uino)
 
     @fuse_errors
-    async def mkdir(self, parent_inode, name, mode, ctx):
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         node, st, _ = await self._create(
             parent, name, ctx, lambda br, p: br.mkdir(p, mode), is_dir=True
@@ -639,14 +546,22 @@ class UnionFS(TestbedOperations):
         return self._attr(st, node.uino)
 
     @fuse_errors
-    async def symlink(self, parent_inode, name, target, ctx):
+    async def symlink(
+        self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         node, st, _ = await self._create(parent, name, ctx, lambda br, p: br.symlink(target, p))
         node = self.nodes.add(node)
         return self._attr(st, node.uino)
 
     @fuse_errors
-    async def create(self, parent_inode, name, mode, flags, ctx):
+    async def create(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT, ctx: RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.fast.no_open:
+            # fc->no_create: the kernel makes the file with MKNOD and opens it without OPEN,
+            # so no RELEASE follows either (one request less per created file)
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         parent = self._node(parent_inode)
         oflags = (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL
 
@@ -655,12 +570,15 @@ class UnionFS(TestbedOperations):
 
         node, st, fd = await self._create(parent, name, ctx, make)
         node = self.nodes.add(node)
-        self._add_handle(fd, node, self._need_upper().blocking,
-                         (flags & os.O_ACCMODE) != os.O_RDONLY)
+        self._add_handle(
+            fd, node, self._need_upper().blocking, (flags & os.O_ACCMODE) != os.O_RDONLY
+        )
         return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._attr(st, node.uino)
 
     @fuse_errors
-    async def link(self, inode, new_parent_inode, new_name, ctx):
+    async def link(
+        self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
         whiteout.check_name(new_name)
         node = self._node(inode)
         parent = self._node(new_parent_inode)
@@ -673,6 +591,8 @@ class UnionFS(TestbedOperations):
 
         def do() -> os.stat_result:
             had_wh = check_wh and whiteout.has_whiteout(upper, ppath, new_name)
+            if had_wh:
+                whiteout.free_name(upper, ppath, new_name)
             upper.link(src, upper, ppath + (new_name,))
             if had_wh:
                 whiteout.remove_whiteout(upper, ppath, new_name)
@@ -691,7 +611,7 @@ class UnionFS(TestbedOperations):
         return not rd.merge(self.branches, layers)
 
     @fuse_errors
-    async def unlink(self, parent_inode, name, ctx):
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
         upper = self._need_upper()
         f = await self._lookup(parent, name)
@@ -703,44 +623,57 @@ class UnionFS(TestbedOperations):
         await self.copy_up_dir(parent)
         ppath = parent.path(0)
         top = f.layers[0]
+        # hiding one lower name of a hard link: the pseudo-link counts the names left
+        counted = await self.cu.hide_lower_name(self._node_from_found(parent, name, f), f.st)
+        await self._pin_open_data(uino, top)
 
         def do() -> None:
             below = lookup_child(self.branches, parent, name, 1)
-            if below is not None:
+            wh_first = below is not None and not whiteout.takes_name(upper)
+            if wh_first:
                 whiteout.make_whiteout(upper, ppath, name)
             if top == 0:
                 upper.unlink(ppath + (name,))
                 if f.st.st_nlink <= 1 and uino not in self.plinks:
                     self.xino.drop_override(f.st.st_ino)
-            elif uino in self.plinks:
-                self.xino.set_lower_names(uino, self.xino.get_lower_names(uino) - 1)
-            if uino in self.plinks:
-                self._gc_plink(uino)
+            if below is not None and not wh_first:
+                whiteout.make_whiteout(upper, ppath, name)
+            if top != 0 and not counted and uino in self.plinks:
+                self.cu.lower_name_gone(uino)
+            else:
+                self.cu.gc_plink(uino)
 
         with calls("vfs_unlink", "aufs_unlink"):
             await self._sys(self._blk_from(parent.top), do)
         node = self.nodes.get(uino)
-        if node is not None and node.parent is parent and node.name == name:
-            node.unlinked = True  # the name it remembers is gone (other links may remain)
+        if node is not None:
+            await self._name_removed(node, parent, name)
+            self._inval_attrs(node)  # st_nlink and st_ctime of the other names moved
         self._changed(parent)
         self._name_gone(parent, name)
 
-    def _gc_plink(self, uino: int) -> None:
-        """Drop the pseudo-link once no union name refers to the inode."""
-        assert self.work is not None
-        pl = (cu.PLINK_DIR, str(uino).encode())
-        st = self.work.lstat(pl)
-        if st is None:
-            self.plinks.discard(uino)
-            return
-        if st.st_nlink <= 1 and self.xino.get_lower_names(uino) <= 0:
-            self.work.unlink(pl)
-            self.plinks.discard(uino)
-            self.xino.drop_override(st.st_ino)
-            self.xino.set_lower_names(uino, 0)
+    async def _name_removed(self, node: Node, parent: Node, name: bytes) -> None:
+        """``parent/name`` of ``node`` is gone (unlink, renamed over): reach the object through
+        another name the kernel holds a dentry for (its layers may differ: a lower name of a
+        pseudo-linked file), or mark it unlinked if none is left (``d_delete`` of the last
+        alias)."""
+        while True:
+            primary = node.parent is parent and node.name == name
+            if node.drop_name(parent, name):
+                node.unlinked = True
+                return
+            if not primary:
+                return
+            assert node.parent is not None
+            f = await self._lookup(node.parent, node.name)
+            if f is not None and self.xino.uino(f.layers[0], f.st.st_ino) == node.uino:
+                node.layers, node.redirect, node.resolved = f.layers, f.redirect, True
+                node.plink = f.layers[0] != 0 and node.uino in self.plinks
+                return
+            parent, name = node.parent, node.name  # that name is stale too
 
     @fuse_errors
-    async def rmdir(self, parent_inode, name, ctx):
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
         upper = self._need_upper()
         f = await self._lookup(parent, name)
@@ -757,11 +690,14 @@ class UnionFS(TestbedOperations):
 
         def do() -> None:
             below = lookup_child(self.branches, parent, name, 1)
-            if below is not None:
+            wh_first = below is not None and not whiteout.takes_name(upper)
+            if wh_first:
                 whiteout.make_whiteout(upper, ppath, name)
             if f.layers[0] == 0:
                 whiteout.clear_dir(upper, ppath + (name,))
                 upper.rmdir(ppath + (name,))
+            if below is not None and not wh_first:
+                whiteout.make_whiteout(upper, ppath, name)
 
         with calls("vfs_rmdir", "aufs_rmdir"):
             await self._sys(blk, do)
@@ -791,7 +727,15 @@ class UnionFS(TestbedOperations):
             node.redirect = (0, target)
 
     @fuse_errors
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: FlagT,
+        ctx: RequestContext,
+    ) -> None:
         whiteout.check_name(name_new)
         upper = self._need_upper()
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
@@ -804,6 +748,8 @@ class UnionFS(TestbedOperations):
         if fs is None:
             raise OSError(errno.ENOENT, "no such entry")
         fd_ = await self._lookup(new_p, name_new)
+        if fd_ is not None and not flags & RENAME_EXCHANGE:
+            await self._pin_open_data(self.xino.uino(fd_.layers[0], fd_.st.st_ino), fd_.layers[0])
         src = self.nodes.add(self._node_from_found(old_p, name_old, fs))
         try:
             await self._rename(src, fs, old_p, name_old, new_p, name_new, fd_, flags, upper)
@@ -840,22 +786,27 @@ class UnionFS(TestbedOperations):
             if exchange:
                 assert dst is not None
                 await self._prepare_move(dst)
+            dst_counted = False
+            if dst is not None and not exchange and fd_ is not None:
+                dst_counted = await self.cu.hide_lower_name(dst, fd_.st)
             old_pp, new_pp = old_p.path(0), new_p.path(0)
             src_redirected = src.redirect is not None and src.redirect[0] == 0
             dst_lower = fd_ is not None and any(b != 0 for b in fd_.layers)
 
             def do() -> None:
                 had_wh = whiteout.has_whiteout(upper, new_pp, name_new)
+                if had_wh:
+                    whiteout.free_name(upper, new_pp, name_new)
                 if dst is not None and not exchange and dst_dir and 0 in dst.layers:
                     whiteout.clear_dir(upper, dst.path(0))
                 if exchange:
-                    upper.rename(old_pp + (name_old,), upper, new_pp + (name_new,),
-                                 RENAME_EXCHANGE)
+                    upper.rename(old_pp + (name_old,), upper, new_pp + (name_new,), RENAME_EXCHANGE)
                     return
                 if src_dir and not src_redirected and (had_wh or dst_lower):
                     whiteout.make_opaque(upper, old_pp + (name_old,))
-                upper.rename(old_pp + (name_old,), upper, new_pp + (name_new,),
-                             flags & RENAME_NOREPLACE)
+                upper.rename(
+                    old_pp + (name_old,), upper, new_pp + (name_new,), flags & RENAME_NOREPLACE
+                )
                 if had_wh:
                     whiteout.remove_whiteout(upper, new_pp, name_new)
                 if lookup_child(self.branches, old_p, name_old, 1) is not None:
@@ -871,15 +822,24 @@ class UnionFS(TestbedOperations):
                 assert dst is not None
                 moved.append((dst, old_p, name_old))
             elif dst is not None:
-                dst.unlinked = True
-                if dst.uino in self.plinks and fd_ is not None and fd_.layers[0] != 0:
-                    self.xino.set_lower_names(dst.uino, self.xino.get_lower_names(dst.uino) - 1)
-            for n, p, name in moved:
-                n.parent, n.name = p, name
+                if dst.uino in self.plinks and self.work is not None:
+                    lower = fd_ is not None and fd_.layers[0] != 0 and not dst_counted
+                    gone = self.cu.lower_name_gone if lower else self.cu.gc_plink
+                    await self._sys(self.work.blocking, gone, dst.uino)
+                await self._name_removed(dst, new_p, name_new)
+                self._inval_attrs(dst)
+            for (n, p, name), (op, oname) in zip(
+                moved, [(old_p, name_old), (new_p, name_new)], strict=False
+            ):
+                n.rename_name(op, oname, p, name)
                 f = await self._lookup(p, name)
                 if f is not None:
-                    n.layers, n.redirect, n.mode, n.resolved = f.layers, f.redirect, \
-                        f.st.st_mode, True
+                    n.layers, n.redirect, n.mode, n.resolved = (
+                        f.layers,
+                        f.redirect,
+                        f.st.st_mode,
+                        True,
+                    )
                     n.plink = False
         finally:
             if dst is not None:
@@ -888,44 +848,123 @@ class UnionFS(TestbedOperations):
     # -- files -----------------------------------------------------------------------------------
 
     def _add_handle(self, fd: int, node: Node, blocking: bool, writable: bool = False) -> None:
-        self.handles[fd] = Handle(fd, node, blocking, writable)
+        self.handles[fd] = BranchFile(fd, node, blocking, writable)
         node.opened += 1
         node.fds.add(fd)
 
     @fuse_errors
-    async def open(self, inode, flags, ctx):
+    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> pyfuse3.FileInfo:
+        if self.fast.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # fc->no_open: I/O comes by inode from now
         node = self._node(inode)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
             await self.copy_up(node)
         br, path = self._data_loc(node)
-        oflags = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        oflags = fastpath.open_flags(flags, self.fast.writeback_cache)
         with calls("do_dentry_open", "aufs_open_nondir"):
-            fd = await self._sys(br.blocking, br.open, path, oflags | os.O_NOFOLLOW)
+            fd = await self._sys(br.blocking, br.open, path, oflags)
         self._add_handle(fd, node, br.blocking, bool(writing))
         if writing:
             self._attrs_changed(node)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     @fuse_errors
-    async def read(self, fh, off, size):
-        h = self.handles[fh]
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        h = self.handles.get(fh)
+        if h is None or h.loc is not None:
+            h = await self._inode_handle(fh, False)
         if h.blocking:
-            return await in_worker(os.pread, fh, size, off)
-        return os.pread(fh, size, off)
+            return await in_worker(os.pread, h.fd, size, off)
+        return os.pread(h.fd, size, off)
 
     @fuse_errors
-    async def write(self, fh, off, buf):
-        h = self.handles[fh]
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        h = self.handles.get(fh)
+        if h is None or h.loc is not None:
+            h = await self._inode_handle(fh, True)
+            self._attrs_changed(h.node)
         if h.blocking:
-            return await in_worker(os.pwrite, fh, buf, off)
-        return os.pwrite(fh, buf, off)
+            return await in_worker(os.pwrite, h.fd, buf, off)
+        return os.pwrite(h.fd, buf, off)
+
+    async def _inode_handle(self, fh: int, writing: bool) -> BranchFile:
+        """The branch fd of a request that came by inode (``no_open``): opened at the first
+        read or write and kept until FORGET; the first write copies the file up (copy-up at
+        open is what ``no_open=off`` keeps)."""
+        ino = fastpath.inode_of(fh)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        h = self.handles.get(fh)
+        node = h.node if h is not None else self._node(ino)
+        if writing and node.top != 0:
+            await self.copy_up(node)
+        loc = (node.top, node.plink)
+        if h is not None and h.loc == loc and (h.writable or not writing):
+            return h
+        br, path = self._data_loc(node)
+        fd, writable = await self._sys(
+            br.blocking,
+            fastpath.open_data,
+            br,
+            path,
+            writing or br is self.upper or br is self.work,
+        )
+        if writing and not writable:
+            os.close(fd)
+            raise OSError(errno.EACCES, "the file's data cannot be opened for writing")
+        if h is not None:
+            self._close_inode_handle(h)
+        h = self.handles[fh] = BranchFile(fd, node, br.blocking, writable, loc)
+        node.opened += 1
+        node.fds.add(fd)
+        self._inode_files[fh] = None
+        if len(self._inode_files) > fastpath.MAX_INODE_FILES:
+            self._close_oldest_inode_files()
+        return h
+
+    def _close_oldest_inode_files(self) -> None:
+        """Keep the fds of by-inode files bounded: close the oldest (they are opened again at
+        the next read or write), but not those of unlinked files (their data is only there)
+        nor those over a FUSE branch (a worker thread may be in a read on it)."""
+        for fh in list(self._inode_files)[: fastpath.MAX_INODE_FILES // 4]:
+            h = self.handles.get(fh)
+            if h is not None and not h.node.unlinked and not h.blocking:
+                del self.handles[fh]
+                del self._inode_files[fh]
+                self._close_inode_handle(h)
+                self.nodes.closed(h.node)
+
+    async def _pin_open_data(self, uino: int, top: int) -> None:
+        """``no_open``: before an upper file's name goes (unlink, renamed over), keep its data
+        reachable by a branch fd until FORGET: the kernel's inode may be open, and no OPEN
+        told the union (the kernel keeps an unlinked open file's inode, the union its data)."""
+        node = self.nodes.get(uino)
+        if self.fast.no_open and top == 0 and node is not None and stat_mod.S_ISREG(node.mode):
+            await self._inode_handle(-uino, False)
+
+    def _close_inode_handle(self, h: BranchFile) -> None:
+        h.node.opened -= 1
+        h.node.fds.discard(h.fd)
+        os.close(h.fd)
+
+    def _drop_inode_handles(self, node: Node) -> None:
+        """FORGET of ``node``: close its fd and directory handle by inode."""
+        h = self.handles.pop(-node.uino, None)
+        self._inode_files.pop(-node.uino, None)
+        if h is not None:
+            self._close_inode_handle(h)
+        dh = self.dirs.pop(-node.uino, None)
+        if dh is not None:
+            node.opened -= 1
+            self._gone.pop(node.uino, None)
+        self.nodes.closed(node)
 
     # no flush(): the base class answers ENOSYS once and the kernel stops sending FLUSH at
     # every close(2) (fc->no_flush); release closes the branch fd.
 
     @fuse_errors
-    async def release(self, fh):
+    async def release(self, fh: FileHandleT) -> None:
         h = self.handles.pop(fh, None)
         if h is None:
             return
@@ -940,19 +979,37 @@ class UnionFS(TestbedOperations):
             os.close(fh)
 
     @fuse_errors
-    async def fsync(self, fh, datasync):
-        h = self.handles[fh]
-        await self._sys(h.blocking, os.fdatasync if datasync else os.fsync, fh)
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        h = self.handles.get(fh)
+        if h is None or h.loc is not None:
+            h = await self._inode_handle(fh, False)
+        await self._sys(h.blocking, os.fdatasync if datasync else os.fsync, h.fd)
 
     # -- directories -----------------------------------------------------------------------------
 
     @fuse_errors
-    async def opendir(self, inode, ctx):
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
+        if self.fast.no_opendir:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # fc->no_opendir: readdir comes by inode
         node = self._node(inode)
         await self._resolve(node)
         dh = self._next_dh
         self._next_dh += 1
         self.dirs[dh] = DirHandle(node)
+        node.opened += 1
+        if self.fast.cache_dir:
+            # FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE: the kernel keeps the listing (patched pyfuse3)
+            return pyfuse3.FileInfo(fh=dh, keep_cache=True, cache_readdir=True)  # type: ignore
+        return dh
+
+    async def _inode_dir_handle(self, fh: int) -> DirHandle:
+        """The directory handle of a READDIRPLUS that came by inode (``no_opendir``)."""
+        ino = fastpath.inode_of(fh)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        node = self._node(ino)
+        await self._resolve(node)
+        dh = self.dirs[fh] = DirHandle(node)
         node.opened += 1
         return dh
 
@@ -965,55 +1022,25 @@ class UnionFS(TestbedOperations):
             listing = self.listings.put(node.uino, stamp, rd.merge(self.branches, layers), made)
         return listing
 
-    def _entry_replies(self, node: Node, entries: list[rd.Entry]) -> list[tuple | None]:
-        """stat ``entries`` (relative to one directory fd per layer) and build their
-        readdirplus replies: ``(name, attrs, uino, mode, branch, plink)``, None if gone."""
-        out: list[tuple | None] = []
-        work = self.work
-        plinks = self.plinks
-        xino_uino = self.xino.uino
-        attr = self._attr
-        last = len(self.branches) - 1
-        dfds: dict[int, int] = {}
-        try:
-            for e in entries:
-                b = e.branch
-                dfd = dfds.get(b)
-                if dfd is None:
-                    try:
-                        dfd = dfds[b] = self.branches[b].open(
-                            node.path(b), os.O_PATH | os.O_DIRECTORY
-                        )
-                    except (FileNotFoundError, NotADirectoryError):
-                        dfd = dfds[b] = -1
-                if dfd < 0:
-                    out.append(None)
-                    continue
-                try:
-                    st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
-                except (FileNotFoundError, NotADirectoryError):
-                    out.append(None)
-                    continue
-                uino = xino_uino(b, st.st_ino)
-                plink = b != 0 and uino in plinks
-                if plink and work is not None:
-                    st = work.lstat((cu.PLINK_DIR, str(uino).encode())) or st
-                mode = st.st_mode
-                if stat_mod.S_ISDIR(mode):
-                    a = attr(st, uino, 2)
-                    a.st_nlink = st.st_nlink if b == last else 1
-                else:
-                    a = attr(st, uino, 1)
-                out.append((e.name, a, uino, mode, b, plink, st.st_nlink))
-        finally:
-            for fd in dfds.values():
-                if fd >= 0:
-                    os.close(fd)
-        return out
+    def _entry_replies(self, node: Node, entries: list[rd.Entry]) -> list[rd.Reply | None]:
+        """The readdirplus replies of ``entries`` of ``node`` (:func:`readdir.make_replies`)."""
+        return rd.make_replies(
+            self.branches,
+            node,
+            entries,
+            uino_of=self.xino.uino,
+            plink_stat=self._plink_stat,
+            attr=self._attr,
+        )
+
+    def _plink_stat(self, uino: int) -> os.stat_result | None:
+        if uino not in self.plinks or self.work is None:
+            return None
+        return self.work.lstat(cu.plink_path(uino))
 
     @fuse_errors
-    async def readdir(self, fh, start_id, token):
-        dh = self.dirs[fh]
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        dh = self.dirs.get(fh) or await self._inode_dir_handle(fh)
         node = dh.node
         blk = self._blk_from(node.top)
         if dh.listing is None or start_id == 0:
@@ -1047,10 +1074,10 @@ class UnionFS(TestbedOperations):
         if ttl <= 0:
             replies = None
         elif replies is None or now - listing.replies_ns >= ttl:
-            replies = listing.replies = [_UNSET] * len(entries)
+            replies = listing.replies = [rd.UNSET] * len(entries)
             listing.replies_ns = now
         left = (ttl - (now - listing.replies_ns)) / 1e9 if ttl > 0 else 0.0
-        nodes = self.nodes.nodes
+        nodes = self.nodes
         batch = 32
         n = len(entries)
         while idx - 2 < n:
@@ -1064,10 +1091,9 @@ class UnionFS(TestbedOperations):
                 # make the replies not made yet, and those of files open or hard-linked (their
                 # attributes may have moved without their directory changing)
                 need = [
-                    k for k in range(lo, hi)
-                    if (r := replies[k]) is _UNSET or r is not None and not S_ISDIR(r[3]) and (
-                        r[6] > 1 or (o := nodes.get(r[2])) is not None and o.opened > 0
-                    )
+                    k
+                    for k in range(lo, hi)
+                    if (r := replies[k]) is rd.UNSET or r is not None and r.may_have_moved(nodes)
                 ]
                 if need:
                     made = await self._sys(
@@ -1082,30 +1108,17 @@ class UnionFS(TestbedOperations):
                 idx += 1
                 if r is None:
                     continue  # removed since the listing was made
-                name, a, uino, mode, b, plink, _nl = r
+                name, a = r.name, r.attrs
                 if gone and gone.get(name, 0) >= dh.made:
                     continue
                 if replies is not None and (fresh is None or k not in fresh):
                     a.attr_timeout = left  # a kept reply: valid no longer than its stat
                 if not reply(token, name, a, idx):
                     return
-                old = nodes.get(uino)
-                if old is None:
-                    child = Node(uino, node, name, mode, (b,), None, plink,
-                                 resolved=not stat_mod.S_ISDIR(mode))
-                    child.nlookup = 1
-                    nodes[uino] = child
-                else:
-                    old.nlookup += 1
-                    old.parent, old.name, old.mode = node, name, mode
-                    isdir = stat_mod.S_ISDIR(mode)
-                    if not isdir or old.layers[0] != b:
-                        old.layers, old.redirect, old.resolved = (b,), None, not isdir
-                    old.plink = plink
-                    old.unlinked = False
+                nodes.add_readdir(r.uino, node, name, r.mode, r.branch, r.plink)
 
     @fuse_errors
-    async def releasedir(self, fh):
+    async def releasedir(self, fh: FileHandleT) -> None:
         dh = self.dirs.pop(fh, None)
         if dh is not None:
             dh.node.opened -= 1
@@ -1113,11 +1126,11 @@ class UnionFS(TestbedOperations):
                 self._gone.pop(dh.node.uino, None)
             self.nodes.closed(dh.node)
 
-    async def fsyncdir(self, fh, datasync):
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         return None
 
     @fuse_errors
-    async def statfs(self, ctx):
+    async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
         br = self.upper or self.branches[0]
         sv = await self._sys(br.blocking, br.statvfs)
         return statvfs_data(sv, namemax=max(sv.f_namemax - len(whiteout.WH_PREFIX), 1))
@@ -1125,57 +1138,88 @@ class UnionFS(TestbedOperations):
     # -- xattrs ----------------------------------------------------------------------------------
 
     @fuse_errors
-    async def getxattr(self, inode, name, ctx):
+    async def getxattr(self, inode: InodeT, name: FileNameT, ctx: RequestContext) -> bytes:
         node = self._node(inode)
         if crosslock.reserved(name):
             return await crosslock.serve_getxattr(lambda: self._i_rwsem(node), name, ctx.pid)
-        br, path = self._data_loc(node)
         try:
-            return await self._sys(br.blocking, br.getxattr, path, name)
+            return await self._xattr(node, "getxattr", name)
         except OSError as e:
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
 
     @fuse_errors
-    async def listxattr(self, inode, ctx):
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[bytes]:
         node = self._node(inode)
-        br, path = self._data_loc(node)
-        names = await self._sys(br.blocking, br.listxattr, path)
-        return [os.fsencode(n) for n in names if not n.startswith("trusted.stackfs.")]
+        names = await self._xattr(node, "listxattr")
+        return [os.fsencode(n) for n in names if not n.startswith(_HIDDEN_XATTRS)]
 
     @fuse_errors
-    async def setxattr(self, inode, name, value, ctx):
+    async def setxattr(
+        self, inode: InodeT, name: FileNameT, value: bytes, ctx: RequestContext
+    ) -> None:
         node = self._node(inode)
         if crosslock.reserved(name):
             await crosslock.serve_setxattr(lambda: self._i_rwsem(node), name, value, ctx.pid)
             return
         await self.copy_up(node)
-        br, path = self._data_loc(node)
-        await self._sys(br.blocking, br.setxattr, path, name, value)
+        await self._xattr(node, "setxattr", name, value)
         self._attrs_changed(node)
 
     @fuse_errors
-    async def removexattr(self, inode, name, ctx):
+    async def removexattr(self, inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         node = self._node(inode)
         if crosslock.reserved(name):
             crosslock.serve_removexattr(lambda: self._i_rwsem(node), name, ctx.pid)
             return
         await self.copy_up(node)
-        br, path = self._data_loc(node)
         self._attrs_changed(node)
         try:
-            await self._sys(br.blocking, br.removexattr, path, name)
+            await self._xattr(node, "removexattr", name)
         except OSError as e:
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
+
+    async def _xattr(self, node: Node, call: str, *args: Any) -> Any:
+        """An xattr syscall (``getxattr``, ``listxattr``, ``setxattr``, ``removexattr``; they have
+        no *at() form) on ``node``'s data: by path, or through its fd when it was unlinked while
+        open (no name is left)."""
+        br, path = self._data_loc(node)
+        ofd = self._orphan_fd(node)
+        if ofd is not None:
+            return await self._sys(br.blocking, getattr(os, call), ofd, *args)
+        return await self._sys(br.blocking, getattr(br, call), path, *args)
 
     # cross-layer lock: a union stacked on this one takes our inode's i_rwsem through an xattr
     def _i_rwsem(self, node: Node) -> RWSem:
         sem = self.kernel.locks.i_rwsem(node.uino, desc=f"{node.describe()} (ino {node.uino})")
         crosslock.release_exited_holders(sem)
         return sem
+
+
+def _setattr_fd(
+    fd: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, mode: int
+) -> None:
+    """setattr through an open fd (``notify_change`` on an unlinked inode)."""
+    if fields.update_size:
+        os.ftruncate(fd, attr.st_size)
+    if fields.update_uid or fields.update_gid:
+        os.fchown(
+            fd, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1
+        )
+    if fields.update_mode and not stat_mod.S_ISLNK(mode):
+        os.fchmod(fd, stat_mod.S_IMODE(attr.st_mode))
+    if fields.update_atime or fields.update_mtime:
+        st = os.fstat(fd)
+        os.utime(
+            fd,
+            ns=(
+                attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns,
+            ),
+        )
 
 
 def _rmtree(br: Branch, path: Path) -> None:

@@ -1,10 +1,15 @@
 """Union inodes: what the union knows about an object the kernel holds a node id for.
 
 A :class:`Node` mirrors aufs' ``au_iinfo``/``au_dinfo``: the branches the object exists in
-(``layers``, top first; for a non-directory only the top), its name in its parent (the last one
-the kernel looked it up by) and, for a renamed directory, the path at which the branches below see
-it (``redirect``). Branch paths are computed from the parent chain, so renaming a directory
-renames every cached descendant at once.
+(``layers``, top first; for a non-directory only the top), its names and, for a renamed
+directory, the path at which the branches below see it (``redirect``). Branch paths are computed
+from the parent chain, so renaming a directory renames every cached descendant at once.
+
+A hard-linked file has one node id and several names (the kernel's dentry aliases of one
+inode, ``d_find_alias``): ``parent``/``name`` is the one the branches are reached by, ``aliases``
+the others the kernel was given (lookup, readdirplus, link, rename). Removing one name through
+the union promotes another (:meth:`Node.drop_name`), so a surviving link keeps working whatever
+happened to the name the node was last looked up by.
 
 The :class:`NodeTable` counts kernel lookups (``nlookup``; readdirplus entries count too) and
 drops a node at FORGET once nothing refers to it.
@@ -38,6 +43,46 @@ class Node:
     #: open fds (for fstat after unlink)
     fds: set[int] = field(default_factory=set)
     unlinked: bool = False
+    #: the other names of a hard-linked object, (parent, name), besides ``parent``/``name``
+    aliases: list[tuple[Node, bytes]] = field(default_factory=list)
+
+    def add_name(self, parent: Node | None, name: bytes) -> None:
+        """The kernel got (or used) the dentry ``parent/name`` for this object: reach the
+        branches through it from now on, keep the previous name as an alias (``d_splice_alias``)."""
+        if self.parent is parent and self.name == name:
+            return
+        if self.parent is not None and not self.is_dir:
+            self.aliases = [(p, n) for p, n in self.aliases if not (p is parent and n == name)]
+            self.aliases.append((self.parent, self.name))
+        else:
+            self.aliases = []
+        self.parent, self.name = parent, name
+
+    def has_name(self, parent: Node, name: bytes) -> bool:
+        if self.parent is parent and self.name == name:
+            return True
+        return any(p is parent and n == name for p, n in self.aliases)
+
+    def drop_name(self, parent: Node, name: bytes) -> bool:
+        """``parent/name`` was removed (unlink, rename away, renamed over). Returns True when no
+        known name is left (the node is reachable only through open files or the pseudo-link);
+        ``parent``/``name`` then stay as they were, for describe()."""
+        if self.parent is parent and self.name == name:
+            if self.aliases:
+                self.parent, self.name = self.aliases.pop()
+                return False
+            return True
+        self.aliases = [(p, n) for p, n in self.aliases if not (p is parent and n == name)]
+        return False
+
+    def rename_name(self, old_p: Node, old_name: bytes, new_p: Node, new_name: bytes) -> None:
+        """``old_p/old_name`` is now ``new_p/new_name`` (``d_move``); made the primary name."""
+        self.drop_name(old_p, old_name)
+        self.aliases = [(p, n) for p, n in self.aliases if not (p is old_p and n == old_name)]
+        if self.parent is old_p and self.name == old_name:
+            self.parent, self.name = new_p, new_name
+        else:
+            self.add_name(new_p, new_name)
 
     @property
     def top(self) -> int:
@@ -91,10 +136,33 @@ class NodeTable:
             node.nlookup = 1
             return node
         old.nlookup += 1
-        old.parent, old.name, old.mode = node.parent, node.name, node.mode
+        old.add_name(node.parent, node.name)
+        old.mode = node.mode
         if node.resolved or old.layers[:1] != node.layers[:1]:
             old.layers, old.redirect, old.resolved = node.layers, node.redirect, node.resolved
         old.plink = node.plink
+        old.unlinked = False
+        return old
+
+    def add_readdir(
+        self, uino: int, parent: Node, name: bytes, mode: int, branch: int, plink: bool
+    ) -> Node:
+        """Count the lookup a readdirplus entry gives the kernel (``fuse_direntplus_link``): a
+        new node whose layers below ``branch`` are not known yet (a directory is resolved at
+        its first use), or the known one under one more name."""
+        isdir = stat_mod.S_ISDIR(mode)
+        old = self.nodes.get(uino)
+        if old is None:
+            node = Node(uino, parent, name, mode, (branch,), None, plink, resolved=not isdir)
+            node.nlookup = 1
+            self.nodes[uino] = node
+            return node
+        old.nlookup += 1
+        old.add_name(parent, name)
+        old.mode = mode
+        if not isdir or old.layers[0] != branch:
+            old.layers, old.redirect, old.resolved = (branch,), None, not isdir
+        old.plink = plink
         old.unlinked = False
         return old
 

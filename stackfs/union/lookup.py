@@ -31,9 +31,7 @@ class Found:
     opaque: bool = False
 
 
-def lookup_child(
-    branches: list[Branch], parent: Node, name: bytes, first: int = 0
-) -> Found | None:
+def lookup_child(branches: list[Branch], parent: Node, name: bytes, first: int = 0) -> Found | None:
     """Find ``name`` in directory ``parent``; None if the union has no such entry.
 
     ``first`` skips the branches above it (``first=1``: is the name still there below the upper
@@ -63,6 +61,8 @@ def lookup_child(
             if path and whiteout.has_whiteout(br, ppath, path[-1]):
                 break
             continue
+        if whiteout.is_ovl_whiteout(st):
+            break  # an overlayfs whiteout: the name is deleted from here down
         isdir = stat_mod.S_ISDIR(st.st_mode)
         if top_st is None:
             top_st = st
@@ -75,13 +75,12 @@ def lookup_child(
             layers.append(bi)
         if bi == nbr - 1:
             break
-        if whiteout.is_opaque(br, path):
+        is_opq, r = whiteout.dir_meta(br, path)
+        if is_opq:
             opaque = True
             break
-        if redirect is None:
-            r = whiteout.read_redirect(br, path)
-            if r is not None:
-                redirect = (bi, r)
+        if redirect is None and r is not None:
+            redirect = (bi, r)
     if top_st is None:
         return None
     return Found(top_st, tuple(layers), redirect, opaque)

@@ -1,8 +1,10 @@
 """The mount(8) helper: ``mount -t fuse.stackfs`` and fstab lines.
 
 mount(8) runs ``/sbin/mount.fuse.stackfs SOURCE MOUNTPOINT [-sfnv] -o OPTIONS`` for a filesystem
-of type ``fuse.stackfs``; this turns that into ``stackfs mount -o OPTIONS MOUNTPOINT`` (which
-returns once the mount is live)::
+of type ``fuse.stackfs``; this turns that into ``stackfs mount --source SOURCE -o OPTIONS
+MOUNTPOINT`` (which returns once the mount is live). SOURCE stays the mount's source in
+/proc/mounts, as with any other filesystem (fstests' FUSE support relies on it); ``stackfs
+cleanup`` and ``stackfs state`` find the daemon through its run directory::
 
     mount -t fuse.stackfs stackfs /mnt -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w
     # /etc/fstab
@@ -58,7 +60,7 @@ def parse_helper_args(argv: list[str]) -> tuple[str | None, str, list[str], bool
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        _source, mountpoint, opts, fake = parse_helper_args(argv)
+        source, mountpoint, opts, fake = parse_helper_args(argv)
     except ValueError as exc:
         print(f"{HELPER_NAME}: {exc}", file=sys.stderr)
         return 1
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from stackfs import cli
 
     args = ["mount"]
+    if source:
+        args += ["--source", source]
     for o in opts:
         args += ["-o", o]
     args.append(mountpoint)
@@ -105,8 +109,10 @@ def uninstall(directory: str = DEFAULT_DIR) -> bool:
 
 
 def _cli() -> int:
-    p = argparse.ArgumentParser(prog="python -m stackfs.union.mount_helper",
-                                description="Install the mount(8) helper for fuse.stackfs.")
+    p = argparse.ArgumentParser(
+        prog="python -m stackfs.union.mount_helper",
+        description="Install the mount(8) helper for fuse.stackfs.",
+    )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--install", action="store_true")
     g.add_argument("--uninstall", action="store_true")

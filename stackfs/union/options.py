@@ -21,12 +21,41 @@ from dataclasses import dataclass, field
 from stackfs.union import whiteout
 
 COPYUP_MODES = ("plain", "aufs", "aufs-unlock")
+#: the form of the whiteouts and opaque markers written in the upper branch (both are read)
+WHITEOUT_STYLES = ("aufs", "overlay")
 #: generic mount(8)/fstab options that mean nothing to the union (accepted and ignored).
 IGNORED = {
-    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail",
-    "_netdev", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync",
-    "atime", "noatime", "relatime", "norelatime", "strictatime", "nodiratime", "diratime",
-    "allow_other", "default_permissions", "silent", "loud", "lazytime", "nolazytime",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "allow_other",
+    "default_permissions",
+    "silent",
+    "loud",
+    "lazytime",
+    "nolazytime",
 }
 #: how many branches the inode-number scheme (xino.SHIFT) can tell apart.
 MAX_BRANCHES = 30
@@ -56,17 +85,33 @@ class UnionOptions:
     attr_timeout: float = 5.0
     negative_timeout: float | None = None
     copyup: str = "plain"
+    #: ``whiteout=``: aufs (``.wh.NAME``) or overlay (0/0 character devices, xattrs)
+    whiteout: str = "aufs"
     inject: list[str] = field(default_factory=list)
     read_only: bool = False
     debug: bool = False
     max_tasks: int = 64
+    #: the kernel's fast paths (issue 15, :mod:`stackfs.union.fastpath`): answer ENOSYS to OPEN
+    #: (no OPEN/RELEASE; copy-up at the first write or truncate instead of at open), to OPENDIR
+    #: (no OPENDIR/RELEASEDIR), have the kernel cache listings (FOPEN_CACHE_DIR), and let the
+    #: kernel cache writes (FUSE_CAP_WRITEBACK_CACHE, off by default); ``fastpath=off`` turns
+    #: all of them off, and ``read_ahead_kb`` too
+    no_open: bool = True
+    no_opendir: bool = True
+    cache_dir: bool = True
+    #: off by default: with 1 MiB writes it saves no request and adds a SETATTR (the kernel's
+    #: mtime) per written file at close or eviction, and a failed copy-up shows at close(2)
+    writeback_cache: bool = False
+    #: the readahead of the union's own FUSE bdi (KiB; 0: the kernel's 128): sequential reads
+    #: then come in READs of up to 1 MiB instead of 128 KiB
+    read_ahead_kb: int = 1024
 
     @property
     def upper(self) -> BranchSpec | None:
         return self.branches[0] if self.branches and self.branches[0].writable else None
 
 
-def split_options(texts: list[str]) -> list[str]:
+def split_commas(texts: list[str]) -> list[str]:
     """Split ``-o`` strings at commas (every value we take is comma-free)."""
     out: list[str] = []
     for t in texts:
@@ -82,6 +127,14 @@ def _seconds(key: str, value: str) -> float:
     if v < 0 or v != v:
         raise OptionError(f"bad value for {key}: {value!r} (seconds expected)")
     return v
+
+
+def _on_off(key: str, value: str) -> bool:
+    if value in ("", "on", "1", "yes"):
+        return True
+    if value in ("off", "0", "no"):
+        return False
+    raise OptionError(f"bad value for {key}: {value!r} (on or off)")
 
 
 def _parse_br(value: str) -> list[BranchSpec]:
@@ -105,7 +158,7 @@ def parse(texts: list[str]) -> UnionOptions:
     br: list[BranchSpec] | None = None
     lower: list[str] | None = None
     upper: str | None = None
-    for item in split_options(texts):
+    for item in split_commas(texts):
         key, eq, value = item.partition("=")
         if key in ("br", "dirs") or item.startswith("br:"):
             if item.startswith("br:"):
@@ -131,6 +184,10 @@ def parse(texts: list[str]) -> UnionOptions:
             setattr(o, key, _seconds(key, value))
         elif key == "timeout":
             o.entry_timeout = o.attr_timeout = _seconds(key, value)
+        elif key == "whiteout":
+            if value not in WHITEOUT_STYLES:
+                raise OptionError(f"bad whiteout={value!r} (one of {', '.join(WHITEOUT_STYLES)})")
+            o.whiteout = value
         elif key == "copyup":
             if value not in COPYUP_MODES:
                 raise OptionError(f"bad copyup={value!r} (one of {', '.join(COPYUP_MODES)})")
@@ -139,6 +196,20 @@ def parse(texts: list[str]) -> UnionOptions:
             if "=" not in value:
                 raise OptionError(f"bad inject={value!r} (POINT=ACTION expected)")
             o.inject.append(value)
+        elif key in ("no_open", "no_opendir", "cache_dir", "writeback_cache"):
+            setattr(o, key, _on_off(key, value))
+        elif key == "fastpath":
+            on = _on_off(key, value)
+            o.no_open = o.no_opendir = o.cache_dir = on
+            if not on:
+                o.writeback_cache, o.read_ahead_kb = False, 0
+        elif key == "read_ahead_kb":
+            try:
+                o.read_ahead_kb = int(value)
+            except ValueError:
+                raise OptionError(f"bad value for read_ahead_kb: {value!r} (KiB)") from None
+            if o.read_ahead_kb < 0:
+                raise OptionError(f"bad value for read_ahead_kb: {value!r} (KiB)")
         elif key == "max_tasks":
             try:
                 o.max_tasks = int(value)

@@ -8,6 +8,14 @@
   EXDEV and without copying its files (the idea of overlayfs' ``redirect_dir``, kept in aufs
   form: a hidden meta file that moves with the directory and survives a remount).
 
+overlayfs' forms are read in every branch, so an OCI image's unpacked layers (or an overlayfs
+upper directory) stack as they are: a character device 0/0 is a whiteout of its name
+(``ovl_is_whiteout``), ``trusted.overlay.opaque`` = ``y`` makes a directory opaque and
+``trusted.overlay.redirect`` is a redirect (and the ``user.overlay.*`` forms of both, overlayfs'
+``userxattr``). The union writes the aufs forms unless mounted with ``whiteout=overlay``
+(:attr:`Branch.whiteout_style`): then a whiteout is a 0/0 character device and an opaque
+directory gets ``trusted.overlay.opaque`` = ``y``, as overlayfs writes them.
+
 Every name that begins with ``.wh.`` is the union's own: never listed, and refused by lookup with
 EPERM, as aufs' ``au_test_shwh`` does. Names longer than :data:`NAME_MAX` give ENAMETOOLONG,
 because a whiteout of them would not fit in the branch (aufs ``AUFS_MAX_NAMELEN``).
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as stat_mod
 
 from stackfs.union.branches import Branch, Path
 
@@ -28,6 +37,19 @@ WORKDIR_NAME = ".wh..wh.stackfs"
 #: a branch's NAME_MAX less the whiteout prefix
 BRANCH_NAME_MAX = 255
 NAME_MAX = BRANCH_NAME_MAX - len(WH_PREFIX)
+#: overlayfs' xattr namespaces (trusted: the default; user: ``-o userxattr``)
+OVL_PREFIXES = ("trusted.overlay.", "user.overlay.")
+OVL_OPAQUE = tuple(p + "opaque" for p in OVL_PREFIXES)
+OVL_REDIRECT = tuple(p + "redirect" for p in OVL_PREFIXES)
+
+
+def is_ovl_whiteout(st: os.stat_result) -> bool:
+    """overlayfs' whiteout: a character device with device number 0/0 (``ovl_is_whiteout``)."""
+    return stat_mod.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _overlay_style(br: Branch) -> bool:
+    return br.whiteout_style == "overlay"
 
 
 def is_reserved(name: bytes) -> bool:
@@ -48,11 +70,42 @@ def wh_name(name: bytes) -> bytes:
 
 
 def has_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
-    return br.meta_exists(parent + (WH_PREFIX + name,))
+    """Is ``name`` whited out in ``br``, in either form?"""
+    return br.meta_exists(parent + (WH_PREFIX + name,)) or has_ovl_whiteout(br, parent, name)
+
+
+def has_ovl_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
+    """Is ``name`` an overlayfs whiteout in ``br`` (it takes the name: remove it before the
+    name is made again)? Read whatever the style the union writes (an overlayfs upper)."""
+    try:
+        st = br.lstat(parent + (name,))
+    except PermissionError:
+        return False
+    return st is not None and is_ovl_whiteout(st)
+
+
+def takes_name(br: Branch) -> bool:
+    """Does a whiteout written in ``br`` take the name itself (overlayfs form)? Then the object
+    is removed first and the whiteout made after; aufs' ``.wh.NAME`` is made first."""
+    return _overlay_style(br)
+
+
+def free_name(br: Branch, parent: Path, name: bytes) -> None:
+    """Before ``name`` is made again in ``br``: remove an overlayfs whiteout that holds it (an
+    aufs ``.wh.NAME`` is removed after, so that the lower object never shows in between)."""
+    if has_ovl_whiteout(br, parent, name):
+        br.unlink(parent + (name,))
 
 
 def make_whiteout(br: Branch, parent: Path, name: bytes) -> None:
-    """Create ``.wh.NAME`` in ``parent`` (an empty, mode 0444 file, like aufs' WH_MASK)."""
+    """Create ``.wh.NAME`` in ``parent`` (an empty, mode 0444 file, like aufs' WH_MASK); with
+    ``whiteout=overlay`` a 0/0 character device at NAME (the name must be free)."""
+    if _overlay_style(br):
+        try:
+            br.mknod(parent + (name,), stat_mod.S_IFCHR | 0o000, 0)
+        except FileExistsError:
+            pass
+        return
     try:
         fd = br.open(parent + (WH_PREFIX + name,), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
     except FileExistsError:
@@ -61,7 +114,10 @@ def make_whiteout(br: Branch, parent: Path, name: bytes) -> None:
 
 
 def remove_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
-    """Remove ``.wh.NAME`` if it is there; True if it was."""
+    """Remove ``.wh.NAME`` (or an overlayfs whiteout at NAME) if it is there; True if it was."""
+    if has_ovl_whiteout(br, parent, name):
+        br.unlink(parent + (name,))
+        return True
     try:
         br.unlink(parent + (WH_PREFIX + name,))
     except FileNotFoundError:
@@ -69,11 +125,49 @@ def remove_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
     return True
 
 
+def _ovl_xattrs(br: Branch, path: Path) -> list[str]:
+    """The overlayfs xattrs of ``path`` (one listxattr; none on a branch without xattrs)."""
+    try:
+        names = br.listxattr(path)
+    except OSError:
+        return []
+    return [n for n in names if n.startswith(OVL_PREFIXES)]
+
+
+def _ovl_value(br: Branch, path: Path, names: list[str], wanted: tuple[str, ...]) -> bytes | None:
+    for n in names:
+        if n in wanted:
+            try:
+                return br.getxattr(path, os.fsencode(n))
+            except OSError:
+                return None
+    return None
+
+
+def dir_meta(br: Branch, path: Path) -> tuple[bool, Path | None]:
+    """(opaque, redirect) of directory ``path`` in ``br``, in aufs or overlayfs form."""
+    opaque = br.meta_exists(path + (OPAQUE,))
+    redirect = None if opaque else read_redirect(br, path, ovl=False)
+    if not opaque and redirect is None:
+        names = _ovl_xattrs(br, path)
+        if names:
+            opaque = _ovl_value(br, path, names, OVL_OPAQUE) == b"y"
+            if not opaque:
+                redirect = _ovl_redirect(br, path, names)
+    return opaque, redirect
+
+
 def is_opaque(br: Branch, path: Path) -> bool:
-    return br.meta_exists(path + (OPAQUE,))
+    if br.meta_exists(path + (OPAQUE,)):
+        return True
+    names = _ovl_xattrs(br, path)
+    return bool(names) and _ovl_value(br, path, names, OVL_OPAQUE) == b"y"
 
 
 def make_opaque(br: Branch, path: Path) -> None:
+    if _overlay_style(br):
+        br.setxattr(path, b"trusted.overlay.opaque", b"y")
+        return
     try:
         fd = br.open(path + (OPAQUE,), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
     except FileExistsError:
@@ -81,12 +175,23 @@ def make_opaque(br: Branch, path: Path) -> None:
     os.close(fd)
 
 
-def read_redirect(br: Branch, path: Path) -> Path | None:
-    """The lower path recorded in directory ``path``, or None."""
+def _ovl_redirect(br: Branch, path: Path, names: list[str]) -> Path | None:
+    """overlayfs' ``redirect`` xattr: an absolute path from the layer root or a name in the
+    same parent directory."""
+    v = _ovl_value(br, path, names, OVL_REDIRECT)
+    if not v:
+        return None
+    if v.startswith(b"/"):
+        return tuple(c for c in v.split(b"/") if c)
+    return path[:-1] + (v,)
+
+
+def read_redirect(br: Branch, path: Path, ovl: bool = True) -> Path | None:
+    """The lower path recorded in directory ``path`` (aufs form, or overlayfs' xattr), or None."""
     try:
         fd = br.open(path + (REDIRECT,), os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
+        return _ovl_redirect(br, path, _ovl_xattrs(br, path)) if ovl else None
     try:
         data = os.read(fd, 1 << 16)
     finally:
@@ -112,4 +217,6 @@ def clear_dir(br: Branch, path: Path) -> None:
     empty through the union, so that it can be removed (aufs ``au_whtmp_rmdir``)."""
     for name in br.listdir(path):
         if name.startswith(WH_PREFIX):
+            br.unlink(path + (name,))
+        elif has_ovl_whiteout(br, path, name):
             br.unlink(path + (name,))

@@ -3,12 +3,18 @@
 Modules, one job each:
 
 * :mod:`~stackfs.watchdog.procscan` reads /proc (state, wchan, stack, syscall of every thread;
-  the FUSE connection a task waits on) and the testbed daemons' states over their control sockets;
+  the FUSE connection a task waits on);
+* :mod:`~stackfs.watchdog.daemons` finds the daemon of each FUSE connection (and helper daemons
+  that serve no mount) and reads the testbed daemons' states over their control sockets;
 * :mod:`~stackfs.watchdog.kernlocks` infers real i_rwsem waits and holds from kernel stacks;
 * :mod:`~stackfs.watchdog.graph` joins all of it into the wait-for graph and names its cycles;
 * :mod:`~stackfs.watchdog.detect` decides what is a finding (hung task, modelled event, workload
   error);
 * :mod:`~stackfs.watchdog.report` writes the kernel-style text, the JSON and the picture;
+* :mod:`~stackfs.watchdog.picture` draws the wait-for graph (DOT, SVG, PNG; a cycle reads top to
+  bottom);
+* :mod:`~stackfs.watchdog.kernfmt` renders a report as kernel log records, line for line in the
+  kernel's formats; :mod:`~stackfs.watchdog.kmsg` writes them to /dev/kmsg (``--kmsg``);
 * :mod:`~stackfs.watchdog.recover` aborts the connections involved, detaches, reaps, verifies;
 * :mod:`~stackfs.watchdog.monitor` is the loop (:class:`Watchdog`); :mod:`~stackfs.watchdog.cli`
   is ``stackfs watch``.

@@ -11,13 +11,27 @@ from stackfs.cli import CLIError
 from stackfs.watchdog.detect import DEFAULT_THRESHOLD
 
 
+def _to_kmsg(args: argparse.Namespace, report) -> None:
+    """--kmsg: the report's findings into the kernel log, in the kernel's formats."""
+    if not getattr(args, "kmsg", False) or not report.found:
+        return
+    from stackfs.watchdog import kmsg
+
+    try:
+        kmsg.write_report(report.to_json())
+    except kmsg.KmsgError as exc:
+        print(f"stackfs watch: --kmsg: {exc}", file=sys.stderr)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from stackfs import mountinfo
     from stackfs.watchdog.monitor import Watchdog
 
     if os.geteuid() != 0:
-        print("stackfs watch: not root: kernel stacks and other users' tasks are not readable",
-              file=sys.stderr)
+        print(
+            "stackfs watch: not root: kernel stacks and other users' tasks are not readable",
+            file=sys.stderr,
+        )
     fuse = {m.mountpoint for m in mountinfo.fuse_mounts()}
     for mp in args.mountpoints:
         if os.path.abspath(mp) not in fuse:
@@ -25,30 +39,42 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.threshold <= 0:
         raise CLIError("--threshold must be positive")
     wd = Watchdog(
-        args.mountpoints or None, args.threshold, abort=args.abort,
-        report_dir=args.report_dir, json_file=args.json, picture=not args.no_picture,
+        args.mountpoints or None,
+        args.threshold,
+        abort=args.abort,
+        report_dir=args.report_dir,
+        json_file=args.json,
+        picture=not args.no_picture,
         since=0.0 if args.once else None,
     )
     if not wd.fusectl_ok:
-        print("stackfs watch: the FUSE control filesystem is not mounted and could not be: "
-              "no waiting counts, no abort", file=sys.stderr)
+        print(
+            "stackfs watch: the FUSE control filesystem is not mounted and could not be: "
+            "no waiting counts, no abort",
+            file=sys.stderr,
+        )
     if args.once:
         report = wd.check()
         print(report.text())
+        _to_kmsg(args, report)
         return 1 if report.found else 0
     if not args.quiet:
         names = ", ".join(e.mountpoint for e in wd.watched()) or "none yet"
-        print(f"stackfs watch: watching {len(wd.watched())} FUSE mount(s) ({names}), "
-              f"threshold {args.threshold:g} s{', abort on hang' if args.abort else ''}",
-              file=sys.stderr, flush=True)
+        print(
+            f"stackfs watch: watching {len(wd.watched())} FUSE mount(s) ({names}), "
+            f"threshold {args.threshold:g} s{', abort on hang' if args.abort else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     found = 0
     while True:
-        report = wd.poll()
-        if report is not None:
+        polled = wd.poll()
+        if polled is not None:
             found += 1
-            print(report.text(), flush=True)
+            print(polled.text(), flush=True)
             print(flush=True)
+            _to_kmsg(args, polled)
             if args.count and found >= args.count:
                 break
         if wd.gone():
@@ -76,18 +102,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "when nothing was reported, 1 when something was.",
     )
     p.add_argument("mountpoints", metavar="MOUNTPOINT", nargs="*")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="S",
-                   help="seconds without progress before a task counts as hung (default 1)")
-    p.add_argument("--abort", action="store_true",
-                   help="recover: abort the connections involved, detach, reap the daemons")
-    p.add_argument("--report-dir", metavar="DIR",
-                   help="write report.txt, report.json and waitgraph.svg/.png here")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="S",
+        help="seconds without progress before a task counts as hung (default 1)",
+    )
+    p.add_argument(
+        "--abort",
+        action="store_true",
+        help="recover: abort the connections involved, detach, reap the daemons",
+    )
+    p.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="write report.txt, report.json and waitgraph.svg/.png here",
+    )
     p.add_argument("--json", metavar="FILE", help="write the JSON report to FILE")
-    p.add_argument("--once", action="store_true",
-                   help="look once and report what hangs now (exit 1 if something does)")
-    p.add_argument("--count", type=int, default=0, metavar="N",
-                   help="exit after N reports (default: keep watching)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="look once and report what hangs now (exit 1 if something does)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N reports (default: keep watching)",
+    )
     p.add_argument("--timeout", type=float, metavar="S", help="stop watching after S seconds")
     p.add_argument("--no-picture", action="store_true", help="do not run graphviz")
+    p.add_argument(
+        "--kmsg",
+        action="store_true",
+        help="also write each finding to /dev/kmsg (dmesg) in the kernel's own "
+        "formats, every line tagged stackfs[PID] (observed) or stackfs-model[PID] "
+        "(modelled), so that fstests-style dmesg checks see it",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_watch)

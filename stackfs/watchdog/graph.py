@@ -10,6 +10,9 @@ and real kernel locks inferred from stacks (:mod:`stackfs.watchdog.kernlocks`). 
     request --lock_wait--> lock          its handler waits for a modelled lock (a waiter's task
                                           is the request's task)
     request --barrier-->  inject         its handler is held at an injection barrier
+    request --completion_wait--> completion  its handler waits for a completion (autofs4_wait)
+    completion --held_by--> task         the task that is to complete it (the automount
+                                          daemon's thread: a process that serves no mount)
     request --handler-->  daemon         none of the above: the daemon has not answered
     conn  --served_by-->  daemon
     task  --lock_wait-->  klock          asleep in down_write/down_read of an i_rwsem
@@ -27,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackfs.watchdog import kernlocks
-from stackfs.watchdog.procscan import DaemonView, Scanner, TaskInfo
+from stackfs.watchdog.daemons import DaemonView
+from stackfs.watchdog.procscan import Scanner, TaskInfo
 
 MAX_CYCLES = 16
 
@@ -35,7 +39,7 @@ MAX_CYCLES = 16
 @dataclass
 class Node:
     id: str
-    kind: str  # task | request | conn | daemon | lock | klock | inject
+    kind: str  # task | request | conn | daemon | lock | klock | inject | completion
     label: str
     attrs: dict[str, Any] = field(default_factory=dict)
 
@@ -53,8 +57,14 @@ class Edge:
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"src": self.src, "dst": self.dst, "kind": self.kind, "label": self.label,
-                "inferred": self.inferred, "attrs": self.attrs}
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "kind": self.kind,
+            "label": self.label,
+            "inferred": self.inferred,
+            "attrs": self.attrs,
+        }
 
 
 @dataclass
@@ -63,8 +73,8 @@ class Segment:
 
     waiter: int
     holder: int
-    request: str | None = None   # node id of the FUSE request on the way, if any
-    lock: str | None = None      # node id of the lock on the way, if any
+    request: str | None = None  # node id of the FUSE request on the way, if any
+    lock: str | None = None  # node id of the lock on the way, if any
     wait_mode: str | None = None
     hold_mode: str | None = None
     wait_at: str | None = None
@@ -85,8 +95,11 @@ class Cycle:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "title": self.title, "summary": self.summary,
-            "nodes": self.nodes, "edges": [e.to_json() for e in self.edges],
+            "kind": self.kind,
+            "title": self.title,
+            "summary": self.summary,
+            "nodes": self.nodes,
+            "edges": [e.to_json() for e in self.edges],
             "tasks": self.tasks,
             "segments": [s.__dict__ for s in self.segments],
         }
@@ -98,13 +111,16 @@ class WaitGraph:
         self.edges: list[Edge] = []
         self.tasks: dict[int, TaskInfo] = {}
         self.daemons: dict[int, DaemonView] = {}
+        #: service daemons (no mount: a lock manager), pid -> {"pid", "kind", "state", ...}
+        self.services: dict[int, dict[str, Any]] = {}
 
     def add(self, node: Node) -> Node:
         return self.nodes.setdefault(node.id, node)
 
     def link(self, edge: Edge) -> None:
-        if not any(e.src == edge.src and e.dst == edge.dst and e.kind == edge.kind
-                   for e in self.edges):
+        if not any(
+            e.src == edge.src and e.dst == edge.dst and e.kind == edge.kind for e in self.edges
+        ):
             self.edges.append(edge)
 
     def out(self, nid: str, context: bool = False) -> list[Edge]:
@@ -186,8 +202,10 @@ class WaitGraph:
         self.edges = [e for e in self.edges if e.src in keep and e.dst in keep]
 
     def to_json(self) -> dict[str, Any]:
-        return {"nodes": [n.to_json() for n in self.nodes.values()],
-                "edges": [e.to_json() for e in self.edges]}
+        return {
+            "nodes": [n.to_json() for n in self.nodes.values()],
+            "edges": [e.to_json() for e in self.edges],
+        }
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -201,15 +219,20 @@ def _task_node(g: WaitGraph, t: TaskInfo) -> str:
     g.tasks.setdefault(t.tid, t)
     nid = task_id(t.tid)
     what = t.syscall.render() if t.syscall else ""
-    g.add(Node(nid, "task", f"{t.comm}/{t.tid}\n{t.state} {t.wchan}" + (f"\n{what}" if what
-                                                                        else ""),
-               {"tid": t.tid, "pid": t.pid, "comm": t.comm, "state": t.state, "wchan": t.wchan}))
+    g.add(
+        Node(
+            nid,
+            "task",
+            f"{t.comm}/{t.tid}\n{t.state} {t.wchan}" + (f"\n{what}" if what else ""),
+            {"tid": t.tid, "pid": t.pid, "comm": t.comm, "state": t.state, "wchan": t.wchan},
+        )
+    )
     return nid
 
 
 def _request_label(req: dict[str, Any]) -> str:
     name = req.get("name")
-    what = f"{req.get('op', '?')} \"{name}\"" if name else str(req.get("op", "?"))
+    what = f'{req.get("op", "?")} "{name}"' if name else str(req.get("op", "?"))
     ino = req.get("ino")
     return what + (f" (ino {ino})" if ino is not None else "")
 
@@ -219,10 +242,13 @@ def build(
     daemons: dict[int, DaemonView],
     scanner: Scanner,
     waiting: dict[int, int] | None = None,
+    services: dict[int, dict[str, Any]] | None = None,
 ) -> WaitGraph:
-    """Join blocked ``tasks``, the ``daemons`` (conn -> view) and their states into a graph."""
+    """Join blocked ``tasks``, the ``daemons`` (conn -> view) and their states into a graph;
+    ``services`` (:func:`stackfs.watchdog.daemons.services`) name the lock managers."""
     g = WaitGraph()
     g.daemons = daemons
+    g.services = services or {}
     waiting = waiting or {}
     tasks = dict(tasks)
 
@@ -253,12 +279,21 @@ def build(
         if nid in g.nodes:
             return nid
         age = req.get("age")
-        g.add(Node(nid, "request",
-                   f"FUSE {_request_label(req)}\nreq #{req.get('id')}"
-                   + (f", {age:.2f} s" if isinstance(age, (int, float)) else "")
-                   + f"\nconn {view.conn} daemon {view.name()}",
-                   {"daemon": view.pid, "conn": view.conn, "mountpoint": view.mountpoint,
-                    "request": req}))
+        g.add(
+            Node(
+                nid,
+                "request",
+                f"FUSE {_request_label(req)}\nreq #{req.get('id')}"
+                + (f", {age:.2f} s" if isinstance(age, (int, float)) else "")
+                + f"\nconn {view.conn} daemon {view.name()}",
+                {
+                    "daemon": view.pid,
+                    "conn": view.conn,
+                    "mountpoint": view.mountpoint,
+                    "request": req,
+                },
+            )
+        )
         _request_edges(g, view, req, nid, ensure_task)
         return nid
 
@@ -270,6 +305,20 @@ def build(
     for tid in list(tasks):
         t = tasks[tid]
         if not t.fuse_wait:
+            hit = by_task.get(tid)
+            if hit is not None and page_fault_wait(t, hit[1]):
+                view, req = hit
+                t.mountpoint, t.conn, t.fsname = view.mountpoint, view.conn, view.fsname
+                t.conn_how = "the FUSE READ carrying its pid"
+                g.link(
+                    Edge(
+                        task_id(tid),
+                        request_node(view, req),
+                        "fuse_wait",
+                        "page fault waits for the READ (filemap_fault, folio locked)",
+                        attrs={"at": "filemap_fault"},
+                    )
+                )
             continue
         hit = by_task.get(tid)
         if hit is not None and (t.conn is None or t.conn == hit[0].conn):
@@ -277,20 +326,34 @@ def build(
             if t.conn is None:
                 t.mountpoint, t.conn, t.fsname = view.mountpoint, view.conn, view.fsname
                 t.conn_how = "daemon request"
-            g.link(Edge(task_id(tid), request_node(view, req), "fuse_wait",
-                        f"waits for reply ({t.fuse_op or 'fuse'})"))
+            g.link(
+                Edge(
+                    task_id(tid),
+                    request_node(view, req),
+                    "fuse_wait",
+                    f"waits for reply ({t.fuse_op or 'fuse'})",
+                )
+            )
             continue
         if t.conn is None and len(only_waiting) == 1:
             t.conn, t.conn_how = only_waiting[0], "only waiting connection"
-            view = daemons.get(t.conn)
-            if view is not None:
-                t.mountpoint, t.fsname = view.mountpoint, view.fsname
-        cid = _conn_node(g, t.conn, daemons.get(t.conn) if t.conn is not None else None,
-                         waiting)
-        g.link(Edge(task_id(tid), cid, "fuse_wait",
-                    f"waits for reply ({t.fuse_op or 'fuse'})"
-                    + ("; the daemon has not read the request" if daemons.get(t.conn or -1)
-                       and daemons[t.conn].testbed else "")))
+            only = daemons.get(t.conn)
+            if only is not None:
+                t.mountpoint, t.fsname = only.mountpoint, only.fsname
+        cid = _conn_node(g, t.conn, daemons.get(t.conn) if t.conn is not None else None, waiting)
+        g.link(
+            Edge(
+                task_id(tid),
+                cid,
+                "fuse_wait",
+                f"waits for reply ({t.fuse_op or 'fuse'})"
+                + (
+                    "; the daemon has not read the request"
+                    if (dv := daemons.get(t.conn or -1)) is not None and dv.testbed
+                    else ""
+                ),
+            )
+        )
 
     # 3. real kernel locks inferred from stacks
     klocks: dict[kernlocks.KLock, str] = {}
@@ -303,26 +366,44 @@ def build(
             lid = klocks.get(use.lock)
             if lid is None:
                 lid = klocks[use.lock] = f"klock:{use.lock.path}"
-                g.add(Node(lid, "klock", f"i_rwsem\n{use.lock.path}\n(kernel, inferred)",
-                           {"path": use.lock.path, "conn": use.lock.conn,
-                            "is_dir": use.lock.is_dir}))
-            g.link(Edge(task_id(t.tid), lid, "lock_wait",
-                        f"down_{use.mode} in {use.at}", inferred=True,
-                        attrs={"mode": use.mode, "at": use.at}))
+                g.add(
+                    Node(
+                        lid,
+                        "klock",
+                        f"i_rwsem\n{use.lock.path}\n(kernel, inferred)",
+                        {"path": use.lock.path, "conn": use.lock.conn, "is_dir": use.lock.is_dir},
+                    )
+                )
+            g.link(
+                Edge(
+                    task_id(t.tid),
+                    lid,
+                    "lock_wait",
+                    f"down_{use.mode} in {use.at}",
+                    inferred=True,
+                    attrs={"mode": use.mode, "at": use.at},
+                )
+            )
             for h, huse in holders:
                 if huse.lock == use.lock and kernlocks.conflicts(use.mode, huse.mode):
-                    g.link(Edge(lid, task_id(h.tid), "held_by",
-                                f"held {huse.mode} in {huse.at}"
-                                + (" (one of its ancestors)" if huse.ambiguous else ""),
-                                inferred=True,
-                                attrs={"mode": huse.mode, "at": huse.at,
-                                       "ambiguous": huse.ambiguous}))
+                    g.link(
+                        Edge(
+                            lid,
+                            task_id(h.tid),
+                            "held_by",
+                            f"held {huse.mode} in {huse.at}"
+                            + (" (one of its ancestors)" if huse.ambiguous else ""),
+                            inferred=True,
+                            attrs={"mode": huse.mode, "at": huse.at, "ambiguous": huse.ambiguous},
+                        )
+                    )
     g.prune([task_id(t) for t in tasks if tasks[t].blocked])
     return g
 
 
-def _conn_node(g: WaitGraph, conn: int | None, view: DaemonView | None,
-               waiting: dict[int, int]) -> str:
+def _conn_node(
+    g: WaitGraph, conn: int | None, view: DaemonView | None, waiting: dict[int, int]
+) -> str:
     cid = f"conn:{conn if conn is not None else '?'}"
     if cid in g.nodes:
         return cid
@@ -330,28 +411,51 @@ def _conn_node(g: WaitGraph, conn: int | None, view: DaemonView | None,
         g.add(Node(cid, "conn", "FUSE connection ?\n(not found)", {"conn": None}))
         return cid
     mp = view.mountpoint if view else "?"
-    g.add(Node(cid, "conn",
-               f"FUSE conn {conn}\n{mp}\nwaiting {waiting.get(conn, '?')}",
-               {"conn": conn, "mountpoint": mp, "waiting": waiting.get(conn),
-                "fsname": view.fsname if view else None}))
+    g.add(
+        Node(
+            cid,
+            "conn",
+            f"FUSE conn {conn}\n{mp}\nwaiting {waiting.get(conn, '?')}",
+            {
+                "conn": conn,
+                "mountpoint": mp,
+                "waiting": waiting.get(conn),
+                "fsname": view.fsname if view else None,
+            },
+        )
+    )
     if view is not None:
         did = _daemon_node(g, view)
-        g.link(Edge(cid, did, "served_by", "served by" if view.alive is not False
-                    else "daemon gone"))
+        g.link(
+            Edge(cid, did, "served_by", "served by" if view.alive is not False else "daemon gone")
+        )
     return cid
 
 
 def _daemon_node(g: WaitGraph, view: DaemonView) -> str:
     did = f"daemon:{view.pid if view.pid else 'conn' + str(view.conn)}"
-    status = ("alive" if view.alive else "dead" if view.alive is False else "unknown")
-    g.add(Node(did, "daemon", f"daemon {view.name()}\n{view.fsname}\n{status}",
-               {"pid": view.pid, "comm": view.comm, "alive": view.alive,
-                "conn": view.conn, "mountpoint": view.mountpoint, "how": view.how}))
+    status = "alive" if view.alive else "dead" if view.alive is False else "unknown"
+    g.add(
+        Node(
+            did,
+            "daemon",
+            f"daemon {view.name()}\n{view.fsname}\n{status}",
+            {
+                "pid": view.pid,
+                "comm": view.comm,
+                "alive": view.alive,
+                "conn": view.conn,
+                "mountpoint": view.mountpoint,
+                "how": view.how,
+            },
+        )
+    )
     return did
 
 
-def _request_edges(g: WaitGraph, view: DaemonView, req: dict[str, Any], nid: str,
-                   ensure_task) -> None:
+def _request_edges(
+    g: WaitGraph, view: DaemonView, req: dict[str, Any], nid: str, ensure_task
+) -> None:
     state = view.state or {}
     task_pid = (req.get("task") or {}).get("pid")
     linked = False
@@ -367,48 +471,217 @@ def _request_edges(g: WaitGraph, view: DaemonView, req: dict[str, Any], nid: str
                 continue
             lid = _lock_node(g, view, lock)
             chain = w.get("chain") or []
-            g.link(Edge(nid, lid, "lock_wait",
-                        f"down_{w.get('mode', '?')}" + (f" in {chain[-1]}" if chain else ""),
-                        attrs={"mode": w.get("mode"), "chain": chain}))
+            label = (
+                f"{' -> '.join(chain[-2:])} {w.get('mode', '?')} on {lock.get('node')}"
+                if lock.get("scope")
+                else f"down_{w.get('mode', '?')}" + (f" in {chain[-1]}" if chain else "")
+            )
+            g.link(
+                Edge(nid, lid, "lock_wait", label, attrs={"mode": w.get("mode"), "chain": chain})
+            )
             linked = True
-            for h in lock.get("holders") or []:
+            for h in _holders(g, lock):
                 hp = (h.get("task") or {}).get("pid")
                 if not isinstance(hp, int):
                     continue
                 hid = ensure_task(hp)
                 if hid is None:
                     hid = f"task:{hp}"
-                    g.add(Node(hid, "task", f"{(h.get('task') or {}).get('comm', '?')}/{hp}\n"
-                               "(exited)", {"tid": hp, "state": "gone"}))
+                    g.add(
+                        Node(
+                            hid,
+                            "task",
+                            f"{(h.get('task') or {}).get('comm', '?')}/{hp}\n(exited)",
+                            {"tid": hp, "state": "gone"},
+                        )
+                    )
                 hchain = h.get("chain") or []
-                g.link(Edge(lid, hid, "held_by",
-                            f"held {h.get('mode', '?')}"
-                            + (f" since {hchain[-1]}" if hchain else ""),
-                            attrs={"mode": h.get("mode"), "chain": hchain}))
+                g.link(
+                    Edge(
+                        lid,
+                        hid,
+                        "held_by",
+                        f"held {h.get('mode', '?')}"
+                        + (
+                            f" on {h['node']} by {hchain[0]}"
+                            if h.get("node") and hchain
+                            else f" since {hchain[-1]}"
+                            if hchain
+                            else ""
+                        ),
+                        attrs={"mode": h.get("mode"), "chain": hchain},
+                    )
+                )
+    for comp in state.get("completions") or []:
+        for w in comp.get("waiters") or []:
+            if (w.get("task") or {}).get("pid") != task_pid or task_pid is None:
+                continue
+            _completion_edges(g, view, comp, nid, w.get("chain") or [], ensure_task)
+            linked = True
     for point in state.get("inject") or []:
         if any(w.get("pid") == task_pid for w in point.get("waiting") or []) and task_pid:
             pid_ = f"inject:{view.pid}:{point.get('point')}"
-            g.add(Node(pid_, "inject",
-                       f"injection point\n{point.get('point')}\n{point.get('action')}",
-                       {"point": point.get("point"), "action": point.get("action")}))
+            g.add(
+                Node(
+                    pid_,
+                    "inject",
+                    f"injection point\n{point.get('point')}\n{point.get('action')}",
+                    {"point": point.get("point"), "action": point.get("action")},
+                )
+            )
             g.link(Edge(nid, pid_, "barrier", "held at"))
             linked = True
     did = _daemon_node(g, view)
     if not linked:
-        g.link(Edge(nid, did, "handler",
-                    "not answered by" if view.alive else "daemon gone"))
+        g.link(Edge(nid, did, "handler", "not answered by" if view.alive else "daemon gone"))
     else:
         g.link(Edge(nid, did, "context", "in daemon"))
 
 
+def _completion_edges(
+    g: WaitGraph, view: DaemonView, comp: dict[str, Any], nid: str, chain: list[str], ensure_task
+) -> None:
+    """request --completion_wait--> completion --held_by--> the task that is to complete it
+    (a completion held by a task: autofs4's wait queue, answered by the automount daemon's
+    thread, a process that serves no mount; see :mod:`stackfs.kernel.completion`)."""
+    ident = f"{comp.get('name', 'completion')} {comp.get('key', '?')}"
+    cid = f"completion:{view.pid}:{comp.get('id')}"
+    g.add(
+        Node(
+            cid,
+            "completion",
+            f"{ident}\n{comp.get('desc') or ''}\n(model, {view.fsname})",
+            {
+                "ident": ident,
+                "desc": comp.get("desc"),
+                "daemon": view.pid,
+                "conn": view.conn,
+                "completion": comp,
+            },
+        )
+    )
+    g.link(
+        Edge(
+            nid,
+            cid,
+            "completion_wait",
+            "wait_for_completion" + (f" in {chain[-1]}" if chain else ""),
+            attrs={"chain": chain},
+        )
+    )
+    holder = comp.get("holder") or {}
+    hp = holder.get("pid")
+    if not isinstance(hp, int):
+        return
+    hid = ensure_task(hp)
+    if hid is None:
+        hid = f"task:{hp}"
+        g.add(
+            Node(
+                hid,
+                "task",
+                f"{holder.get('comm', '?')}/{hp}\n(exited)",
+                {"tid": hp, "state": "gone"},
+            )
+        )
+    g.link(Edge(cid, hid, "held_by", "to be completed by", attrs={"completion": ident}))
+
+
 def _lock_node(g: WaitGraph, view: DaemonView, lock: dict[str, Any]) -> str:
+    """A modelled lock: named per daemon, or per cluster when the daemon gives it a ``scope``
+    (a glock of lockspace X is one lock whichever node's daemon reports it)."""
     ident = f"{lock.get('name', 'lock')} {lock.get('key', '?')}"
-    lid = f"lock:{view.pid}:{ident}"
-    g.add(Node(lid, "lock",
-               f"{ident}\n{lock.get('desc') or ''}\n(model, {view.fsname})",
-               {"ident": ident, "desc": lock.get("desc"), "daemon": view.pid,
-                "conn": view.conn, "lock": lock}))
+    scope = lock.get("scope")
+    lid = f"lock:{scope}:{ident}" if scope else f"lock:{view.pid}:{ident}"
+    if lid in g.nodes:
+        return lid
+    where = f"{scope}, {_scope_state(g, lock)}" if scope else view.fsname
+    g.add(
+        Node(
+            lid,
+            "lock",
+            f"{ident}\n{lock.get('desc') or ''}\n(model, {where})",
+            {
+                "ident": ident,
+                "desc": lock.get("desc"),
+                "daemon": view.pid,
+                "conn": view.conn,
+                "lock": lock,
+                "scope": scope,
+            },
+        )
+    )
+    if scope:
+        svc = _service_of(g, scope, lock.get("dlm_pid"))
+        if svc is not None:
+            g.link(Edge(lid, svc, "context", "resource of"))
     return lid
+
+
+def page_fault_wait(t: TaskInfo, req: dict[str, Any]) -> bool:
+    """Task ``t`` (not in a FUSE reply wait) sleeps in a page fault whose page-in is the
+    in-flight FUSE READ ``req`` carrying its pid (``filemap_fault`` waits on the locked folio
+    while ``fuse_read_folio``/readahead's READ is out: docs/fuse-fault-path.md)."""
+    return req.get("op") == "read" and "filemap_fault" in t.frames
+
+
+def _scoped(g: WaitGraph, lock: dict[str, Any]) -> list[tuple[DaemonView, dict[str, Any]]]:
+    """Every daemon's entry for the cluster-scoped ``lock`` (each node reports its part)."""
+    scope, key = lock.get("scope"), (lock.get("name"), lock.get("key"))
+    if not scope:
+        return []
+    out = []
+    for view in g.daemons.values():
+        for other in (view.state or {}).get("locks") or []:
+            if other.get("scope") == scope and (other.get("name"), other.get("key")) == key:
+                out.append((view, other))
+    return out
+
+
+def _holders(g: WaitGraph, lock: dict[str, Any]) -> list[dict[str, Any]]:
+    """The holders of ``lock``: on every node for a cluster-scoped lock."""
+    scoped = _scoped(g, lock)
+    if not scoped:
+        return list(lock.get("holders") or [])
+    return [
+        {**h, "node": other.get("node")} for _v, other in scoped for h in other.get("holders") or []
+    ]
+
+
+def _scope_state(g: WaitGraph, lock: dict[str, Any]) -> str:
+    """ "node1 EX, node2 NL (demote to PR asked)": each node's cached mode of a glock."""
+    parts = []
+    for _v, other in _scoped(g, lock):
+        st = f"{other.get('node')} {other.get('state') or 'UN'}"
+        if other.get("demote"):
+            st += f" (demote for {other['demote']})"
+        parts.append(st)
+    return ", ".join(parts)
+
+
+def _service_of(g: WaitGraph, scope: str, pid: int | None = None) -> str | None:
+    """The node of the lock manager serving ``scope`` ("dlm:LOCKSPACE"): the one the lock's
+    daemon names (``dlm_pid``), else the service whose state lists that lockspace."""
+    svc = g.services.get(pid) if pid is not None else None
+    if svc is None:
+        for other in g.services.values():
+            nodes = ((other.get("state") or {}).get("dlm") or {}).get("nodes", [])
+            if scope.startswith("dlm:") and scope[4:] in {n.get("lockspace") for n in nodes}:
+                svc = other
+    if svc is None and pid is None:
+        return None
+    pid = svc.get("pid") if svc is not None else pid
+    kind = svc.get("kind") if svc is not None else "dlm"
+    sid = f"daemon:{pid}"
+    g.add(
+        Node(
+            sid,
+            "daemon",
+            f"lock manager {kind}/{pid}\n(service, no mount)",
+            {"pid": pid, "service": True, "kind": kind},
+        )
+    )
+    return sid
 
 
 # -- naming a cycle -------------------------------------------------------------------------------
@@ -418,15 +691,19 @@ def name_cycle(g: WaitGraph, nodes: list[str]) -> Cycle:
     """Rotate the cycle to start at a task, split it into task-to-task segments and name it."""
     first = next((i for i, n in enumerate(nodes) if g.nodes[n].kind == "task"), 0)
     nodes = nodes[first:] + nodes[:first]
-    edges = [g.edge(nodes[i], nodes[(i + 1) % len(nodes)]) for i in range(len(nodes))]
-    edges = [e for e in edges if e is not None]
-    tasks = [g.nodes[n].attrs.get("tid") for n in nodes if g.nodes[n].kind == "task"]
+    found = [g.edge(nodes[i], nodes[(i + 1) % len(nodes)]) for i in range(len(nodes))]
+    edges = [e for e in found if e is not None]
+    tasks: list[int] = [
+        g.nodes[n].attrs["tid"]
+        for n in nodes
+        if g.nodes[n].kind == "task" and g.nodes[n].attrs.get("tid") is not None
+    ]
     segments: list[Segment] = []
     cur: Segment | None = None
     for e in edges:
         src, dst = g.nodes[e.src], g.nodes[e.dst]
         if src.kind == "task":
-            cur = Segment(waiter=src.attrs.get("tid"), holder=-1)
+            cur = Segment(waiter=src.attrs.get("tid", -1), holder=-1)
         if cur is None:
             continue
         if dst.kind == "request":
@@ -436,23 +713,30 @@ def name_cycle(g: WaitGraph, nodes: list[str]) -> Cycle:
             cur.lock = dst.id
             cur.wait_mode = e.attrs.get("mode")
             cur.wait_at = e.attrs.get("at") or (e.attrs.get("chain") or [None])[-1]
+        if dst.kind == "completion":
+            cur.lock = dst.id
+            cur.wait_at = (e.attrs.get("chain") or [None])[-1]
         if src.kind in ("lock", "klock") and e.kind == "held_by":
             cur.hold_mode = e.attrs.get("mode")
             cur.hold_at = e.attrs.get("at") or (e.attrs.get("chain") or [None])[-1]
         if dst.kind == "task":
-            cur.holder = dst.attrs.get("tid")
+            cur.holder = dst.attrs.get("tid", -1)
             segments.append(cur)
             cur = None
     kinds = {g.nodes[n].kind for n in nodes}
     ntask = len(set(tasks))
     if "lock" in kinds and ntask == 1:
-        kind, title = "recursive_locking", "possible recursive locking: a task waits for a " \
-            "lock it holds itself"
+        kind, title = (
+            "recursive_locking",
+            "possible recursive locking: a task waits for a lock it holds itself",
+        )
     elif "lock" in kinds or ("klock" in kinds and "request" not in kinds and ntask > 1):
         kind, title = "lock_inversion", "circular locking dependency (ABBA deadlock)"
     elif "request" in kinds or "conn" in kinds:
-        kind, title = "fuse_reentry", (
-            "FUSE daemon re-entry: the reply a task waits for depends on a lock that task holds")
+        kind, title = (
+            "fuse_reentry",
+            ("FUSE daemon re-entry: the reply a task waits for depends on a lock that task holds"),
+        )
     else:
         kind, title = "wait_cycle", "cycle in the wait-for graph"
     parts = []
@@ -471,7 +755,7 @@ def _short(n: Node) -> str:
         return f"FUSE {_request_label(req)} (req #{req.get('id')}, conn {n.attrs.get('conn')})"
     if n.kind == "klock":
         return f"i_rwsem {n.attrs.get('path')}"
-    if n.kind == "lock":
+    if n.kind in ("lock", "completion"):
         return f"{n.attrs.get('ident')} ({n.attrs.get('desc') or 'model'})"
     return n.label.replace("\n", " ")
 

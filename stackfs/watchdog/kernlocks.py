@@ -34,12 +34,12 @@ READ, WRITE = "read", "write"
 
 #: innermost frame -> (which object: "parent" | "inode" | "ancestor" | "both-parents", mode)
 WAITS: dict[str, tuple[str, str]] = {
-    "filename_create": ("parent", WRITE),        # mkdir, mknod, symlink, link (inode_lock_nested)
+    "filename_create": ("parent", WRITE),  # mkdir, mknod, symlink, link (inode_lock_nested)
     "do_rmdir": ("parent", WRITE),
     "do_unlinkat": ("parent", WRITE),
     "lock_rename": ("both-parents", WRITE),
     "lock_two_directories": ("both-parents", WRITE),
-    "open_last_lookups": ("parent", WRITE),      # O_CREAT (shared without it: see _open_mode)
+    "open_last_lookups": ("parent", WRITE),  # O_CREAT (shared without it: see _open_mode)
     "lookup_slow": ("ancestor", READ),
     "do_truncate": ("inode", WRITE),
     "vfs_truncate": ("inode", WRITE),
@@ -59,7 +59,10 @@ WAITS: dict[str, tuple[str, str]] = {
 #: frame on the stack -> (object, mode) of the lock held while it runs
 HOLDS: dict[str, tuple[str, str]] = {
     "__lookup_slow": ("ancestor", READ),
-    "lookup_open": ("parent", WRITE),            # shared without O_CREAT (see _open_mode)
+    # a create's lookup or revalidation (lookup_one_qstr_excl -> lookup_dcache ->
+    # d_revalidate) runs under filename_create's exclusive lock (seen on 6.18, docs/autofs.md)
+    "filename_create": ("parent", WRITE),
+    "lookup_open": ("parent", WRITE),  # shared without O_CREAT (see _open_mode)
     "vfs_mkdir": ("parent", WRITE),
     "vfs_mknod": ("parent", WRITE),
     "vfs_symlink": ("parent", WRITE),

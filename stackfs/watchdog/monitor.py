@@ -18,10 +18,20 @@ from typing import Any
 
 from stackfs import fusectl
 from stackfs.mountinfo import MountEntry
+from stackfs.watchdog import clusterdep
 from stackfs.watchdog import graph as graph_mod
-from stackfs.watchdog.detect import DEFAULT_THRESHOLD, Detector, Hang, ModelEvent, WorkloadError
-from stackfs.watchdog.procscan import DaemonView, Scanner, TaskInfo, fuse_daemons, query_daemons
-from stackfs.watchdog.recover import Recovery, recover
+from stackfs.watchdog.daemons import DaemonView, fuse_daemons, query_daemons
+from stackfs.watchdog.daemons import services as daemon_services
+from stackfs.watchdog.detect import (
+    DEFAULT_THRESHOLD,
+    WARNING_TYPES,
+    Detector,
+    Hang,
+    ModelEvent,
+    WorkloadError,
+)
+from stackfs.watchdog.procscan import Scanner, TaskInfo
+from stackfs.watchdog.recover import Recovery, recover_connections
 from stackfs.watchdog.report import Report, write_json
 
 
@@ -145,8 +155,11 @@ class Watchdog:
             mono - self._last_state >= self.state_interval
         ):
             self._last_state = mono
-            ask = [e for e in self.entries.values()
-                   if e.is_testbed and self._backoff.get(e.conn, 0.0) <= mono]
+            ask = [
+                e
+                for e in self.entries.values()
+                if e.is_testbed and self._backoff.get(e.conn, 0.0) <= mono
+            ]
             views = query_daemons(ask, timeout=0.25)
             for c, v in views.items():
                 if v.error is not None:  # a wedged daemon's loop: do not stall every poll
@@ -154,7 +167,7 @@ class Watchdog:
             new = self.detector.new_events(views)
             if new:
                 self._pending.extend(new)
-                if self._pending_since is None:
+                if self._pending_since is None and any(e.type not in WARNING_TYPES for e in new):
                     self._pending_since = mono
         hangs: list[Hang] = []
         if busy and mono - self._last_scan >= self._scan_every:
@@ -169,8 +182,7 @@ class Watchdog:
                 self._scan_every = min(self._scan_every * 2, max(1.0, self.scan_interval))
             self._last_key = key
         if hangs:
-            pending, since, errors = list(self._pending), self._pending_since, \
-                self._errors_reported
+            pending, since, errors = list(self._pending), self._pending_since, self._errors_reported
             report = self._build(hangs=hangs, waiting=waiting)
             wait = self._cycle_still_forming(report, mono)
             if wait is None:
@@ -180,10 +192,16 @@ class Watchdog:
             self._pending, self._pending_since, self._errors_reported = pending, since, errors
             self._scan_every = min(self.scan_interval, wait)
             return None
-        settle = self.event_settle if not any(e.type == "oops" for e in self._pending) \
+        settle = (
+            self.event_settle
+            if not any(e.type == "oops" for e in self._pending)
             else min(self.event_settle, 0.3)
-        if self._pending and self._pending_since is not None and mono - self._pending_since >= \
-                settle:
+        )
+        if (
+            self._pending
+            and self._pending_since is not None
+            and mono - self._pending_since >= settle
+        ):
             return self._finish(self._build(waiting=waiting, full=True))
         if len(self.detector.errors) > self._errors_reported:
             return self._finish(self._build(waiting=waiting, full=True))
@@ -191,14 +209,18 @@ class Watchdog:
 
     def _candidates(self, tasks: dict[int, TaskInfo]) -> set[int]:
         conns = set(self.entries)
-        return {t.tid for t in tasks.values()
-                if t.conn in conns or (t.fuse_wait and t.conn is None)}
+        return {
+            t.tid for t in tasks.values() if t.conn in conns or (t.fuse_wait and t.conn is None)
+        }
 
     def _hangs(self, tasks: dict[int, TaskInfo], waiting: dict[int, int]) -> list[Hang]:
         self._tasks = tasks
         self.detector.observe(tasks)
-        fresh = {t for t in self._candidates(tasks) if t not in self._reported
-                 and (t, tasks[t].switches) not in self._irrelevant}
+        fresh = {
+            t
+            for t in self._candidates(tasks)
+            if t not in self._reported and (t, tasks[t].switches) not in self._irrelevant
+        }
         hangs = self.detector.hangs(tasks, fresh, {}, waiting)
         self._forming = bool(fresh) and not hangs
         return hangs
@@ -213,8 +235,9 @@ class Watchdog:
         self._pending.extend(self.detector.new_events(views))
         self._tasks = tasks
         hangs = self.detector.hangs(tasks, self._candidates(tasks), {}, waiting)
-        return self._finish(self._build(hangs=hangs, waiting=waiting, full=True),
-                            keep_ok=True)
+        report = self._finish(self._build(hangs=hangs, waiting=waiting, full=True), keep_ok=True)
+        assert report is not None  # keep_ok: never dropped
+        return report
 
     # -- report ------------------------------------------------------------------------------
 
@@ -226,8 +249,12 @@ class Watchdog:
         foreign = fuse_daemons() if any(not e.is_testbed for e in chosen) else None
         return query_daemons(chosen, timeout=1.0, foreign=foreign)
 
-    def _build(self, hangs: list[Hang] | None = None, waiting: dict[int, int] | None = None,
-               full: bool = False) -> Report:
+    def _build(
+        self,
+        hangs: list[Hang] | None = None,
+        waiting: dict[int, int] | None = None,
+        full: bool = False,
+    ) -> Report:
         now = time.time()
         waiting = dict(waiting or {})
         tasks = self._tasks
@@ -238,21 +265,41 @@ class Watchdog:
         hangs = list(hangs or [])
         before = {h.task.tid: h.task.switches for h in hangs}
         views = self._daemon_views(tasks)
-        all_waiting = {c: n for c in fusectl.connections()
-                       if (n := fusectl.waiting(c)) is not None}
-        g = graph_mod.build(tasks, views, self.scanner, all_waiting)
+        all_waiting = {c: n for c in fusectl.connections() if (n := fusectl.waiting(c)) is not None}
+        g = graph_mod.build(
+            tasks,
+            views,
+            self.scanner,
+            all_waiting,
+            services=daemon_services() if _scoped_locks(views) else None,
+        )
         # a task's connection may only be known from a daemon's request: hang details again
         relevant = self._relevant(g, tasks)
-        g.keep_component([f"task:{t}" for t in relevant]
-                         + [n.id for n in g.nodes.values()
-                            if n.kind == "conn" and n.attrs.get("conn") in self.entries])
-        hangs = self.detector.hangs({h.task.tid: h.task for h in hangs}, relevant, views,
-                                    all_waiting, now) if hangs else []
+        g.keep_component(
+            [f"task:{t}" for t in relevant]
+            + [
+                n.id
+                for n in g.nodes.values()
+                if n.kind == "conn" and n.attrs.get("conn") in self.entries
+            ]
+        )
+        hangs = (
+            self.detector.hangs(
+                {h.task.tid: h.task for h in hangs}, relevant, views, all_waiting, now
+            )
+            if hangs
+            else []
+        )
         kept = {h.task.tid for h in hangs}
         self._irrelevant.update((t, sw) for t, sw in before.items() if t not in kept)
         in_graph = {t.tid: t for t in g.tasks.values() if f"task:{t.tid}" in g.nodes}
-        also = [h for h in self.detector.hangs(in_graph, set(in_graph), views, all_waiting, now,
-                                               min_blocked=0.0) if h.task.tid not in kept]
+        also = [
+            h
+            for h in self.detector.hangs(
+                in_graph, set(in_graph), views, all_waiting, now, min_blocked=0.0
+            )
+            if h.task.tid not in kept
+        ]
         # with the daemons' requests in hand a task's wait may date back further than the
         # scheduler said: those past the threshold are hung too
         hangs += [h for h in also if h.blocked_for >= self.threshold]
@@ -263,20 +310,33 @@ class Watchdog:
         cycle = next((c for c in cycles if hung & set(c.tasks)), cycles[0] if cycles else None)
         events = list(self._pending)
         self._pending, self._pending_since = [], None
-        errors = self.detector.errors[self._errors_reported:]
+        errors = self.detector.errors[self._errors_reported :]
         self._errors_reported = len(self.detector.errors)
         verdict, summary = _verdict(hangs, cycle, events, errors, g, self.threshold)
         involved = {n.attrs.get("conn") for n in g.nodes.values()}
         involved |= {h.task.conn for h in hangs}
         waiting = {c: n for c, n in all_waiting.items() if c in involved or c in self.entries}
         report = Report(
-            verdict=verdict, summary=summary, time=now, threshold=self.threshold,
-            hangs=hangs, also_blocked=also, blocked=list(in_graph.values()),
-            cycle=cycle, cycles=cycles, graph=g, events=events, errors=errors,
+            verdict=verdict,
+            summary=summary,
+            time=now,
+            threshold=self.threshold,
+            hangs=hangs,
+            also_blocked=also,
+            blocked=list(in_graph.values()),
+            cycle=cycle,
+            cycles=cycles,
+            graph=g,
+            events=events,
+            errors=errors,
             daemons={c: v for c, v in views.items() if c in involved or c in self.entries},
-            waiting=waiting, progress=self.detector.progress(views, now),
+            waiting=waiting,
+            progress=self.detector.progress(views, now),
         )
         report.timing = _timing(report, g, now)
+        # an ABBA across nodes shows in the merged lock order even when nothing hangs
+        report.notes.extend(clusterdep.render(c) for c in clusterdep.inversions(views))
+        report.notes.extend(clusterdep.dlm_lines(g.services))
         return report
 
     def _cycle_still_forming(self, report: Report, mono: float) -> float | None:
@@ -293,9 +353,12 @@ class Watchdog:
             return None
         cycle = set(report.cycle.tasks) if report.cycle is not None else set()
         hung = {h.task.tid for h in report.hangs}
-        short = [h.blocked_for for h in report.also_blocked
-                 if h.task.tid not in hung
-                 and (h.task.tid in cycle or h.blocked_for >= 0.75 * self.threshold)]
+        short = [
+            h.blocked_for
+            for h in report.also_blocked
+            if h.task.tid not in hung
+            and (h.task.tid in cycle or h.blocked_for >= 0.75 * self.threshold)
+        ]
         if not short:
             return None
         return max(0.01, self.threshold - min(short))
@@ -317,8 +380,11 @@ class Watchdog:
         if self.abort and report.verdict != "ok":
             report.recovery = self.recover(report)
         if self.report_dir is not None:
-            sub = self.report_dir if not self.reports else \
-                self.report_dir / f"report-{len(self.reports) + 1}"
+            sub = (
+                self.report_dir
+                if not self.reports
+                else self.report_dir / f"report-{len(self.reports) + 1}"
+            )
             report.write(sub, picture=self.picture)
         if self.json_file is not None:
             write_json(report, self.json_file)
@@ -327,15 +393,19 @@ class Watchdog:
 
     def recover(self, report: Report) -> Recovery:
         """Abort the report's connections, detach, reap, verify."""
-        rec = recover(report.involved_conns(), report.involved_tids(), scanner=self.scanner,
-                      grace=self.grace, mountpoints=report.involved_mounts())
+        rec = recover_connections(
+            report.involved_conns(),
+            report.involved_tids(),
+            scanner=self.scanner,
+            grace=self.grace,
+            mountpoints=report.involved_mounts(),
+        )
         self._refresh_mounts()
         return rec
 
     # -- drivers -----------------------------------------------------------------------------
 
-    def run(self, timeout: float | None = None,
-            stop: Callable[[], bool] | None = None) -> Report:
+    def run(self, timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Report:
         """Poll until a verdict (returned), ``stop()`` is true or ``timeout`` passes (then a
         final :meth:`check`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -343,13 +413,15 @@ class Watchdog:
             report = self.poll()
             if report is not None:
                 return report
-            if (stop is not None and stop()) or (deadline is not None
-                                                 and time.monotonic() >= deadline):
+            if (stop is not None and stop()) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
                 return self.check()
             time.sleep(self.interval)
 
-    async def run_async(self, timeout: float | None = None,
-                        stop: Callable[[], bool] | None = None) -> Report:
+    async def run_async(
+        self, timeout: float | None = None, stop: Callable[[], bool] | None = None
+    ) -> Report:
         """:meth:`run` for trio code: /proc and socket reads run in a worker thread."""
         import trio
 
@@ -358,20 +430,28 @@ class Watchdog:
             report = await trio.to_thread.run_sync(self.poll, abandon_on_cancel=True)
             if report is not None:
                 return report
-            if (stop is not None and stop()) or (deadline is not None
-                                                 and trio.current_time() >= deadline):
+            if (stop is not None and stop()) or (
+                deadline is not None and trio.current_time() >= deadline
+            ):
                 return await trio.to_thread.run_sync(self.check, abandon_on_cancel=True)
             await trio.sleep(self.interval)
 
 
-def _verdict(hangs: list[Hang], cycle: graph_mod.Cycle | None, events: list[ModelEvent],
-             errors: list[WorkloadError], g: graph_mod.WaitGraph,
-             threshold: float) -> tuple[str, str]:
+def _verdict(
+    hangs: list[Hang],
+    cycle: graph_mod.Cycle | None,
+    events: list[ModelEvent],
+    errors: list[WorkloadError],
+    g: graph_mod.WaitGraph,
+    threshold: float,
+) -> tuple[str, str]:
     types = [e.type for e in events]
     if hangs and cycle is not None:
         n = len(hangs)
-        return "deadlock", (f"{cycle.title}; {n} task{'s' if n != 1 else ''} blocked for more "
-                            f"than {threshold:g} s; cycle: {cycle.summary}")
+        return "deadlock", (
+            f"{cycle.title}; {n} task{'s' if n != 1 else ''} blocked for more "
+            f"than {threshold:g} s; cycle: {cycle.summary}"
+        )
     if "oops" in types:
         ev = events[types.index("oops")]
         return "oops", str(ev.event.get("summary", "oops"))
@@ -382,8 +462,10 @@ def _verdict(hangs: list[Hang], cycle: graph_mod.Cycle | None, events: list[Mode
             path = _path_from(g, tid)
             why.append(f"{h.task.comm}/{h.task.tid}: " + " -> ".join(path))
         n = len(hangs)
-        return "hang", (f"{n} task{'s' if n != 1 else ''} blocked for more than {threshold:g} s, "
-                        "no cycle: " + "; ".join(why))
+        return "hang", (
+            f"{n} task{'s' if n != 1 else ''} blocked for more than {threshold:g} s, "
+            "no cycle: " + "; ".join(why)
+        )
     for kind in ("recursive_locking", "lock_inversion", "barrier_timeout"):
         if kind in types:
             return kind, str(events[types.index(kind)].event.get("summary", kind))
@@ -418,11 +500,22 @@ def _timing(r: Report, g: graph_mod.WaitGraph, now: float) -> dict[str, Any]:
         if formed:
             t["cycle_formed"] = max(formed)
     if "cycle_formed" in t:
-        t["latency"], t["latency_from"] = now - t["cycle_formed"], "the last edge of the cycle " \
-            "formed (the last task of the cycle blocked)"
+        t["latency"], t["latency_from"] = (
+            now - t["cycle_formed"],
+            "the last edge of the cycle formed (the last task of the cycle blocked)",
+        )
     elif "hang_since" in t:
         t["latency"], t["latency_from"] = now - t["hang_since"], "the first hung task blocked"
     elif r.events:
-        t["latency"], t["latency_from"] = now - min(e.time for e in r.events), \
-            "the first modelled event"
+        t["latency"], t["latency_from"] = (
+            now - min(e.time for e in r.events),
+            "the first modelled event",
+        )
     return t
+
+
+def _scoped_locks(views: dict[int, DaemonView]) -> bool:
+    """Does any daemon report a cluster-scoped lock (one served by a lock manager)?"""
+    return any(
+        lock.get("scope") for v in views.values() for lock in (v.state or {}).get("locks") or []
+    )

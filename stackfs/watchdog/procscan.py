@@ -29,14 +29,14 @@ FUSE file holds it, so the path of a task whose process has a task in a fault is
 from __future__ import annotations
 
 import os
-import platform
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackfs import control, mountinfo
+from stackfs import mountinfo
+from stackfs.linux import proc, syscalls
 from stackfs.mountinfo import MountEntry
 
 #: wchan / stack functions of a task waiting for a FUSE reply.
@@ -53,77 +53,21 @@ FUSE_MACHINERY = {
     "__fuse_get_req",
 }
 #: Stack frames that mean "the task is inside a page fault or an mmap call" (mmap_lock held).
-MM_FRAMES = ("handle_mm_fault", "do_user_addr_fault", "exc_page_fault", "vm_mmap_pgoff",
-             "do_mmap", "__do_munmap", "do_vmi_munmap", "mmap_region", "__mm_populate")
+MM_FRAMES = (
+    "handle_mm_fault",
+    "do_user_addr_fault",
+    "exc_page_fault",
+    "vm_mmap_pgoff",
+    "do_mmap",
+    "__do_munmap",
+    "do_vmi_munmap",
+    "mmap_region",
+    "__mm_populate",
+)
 
 AT_FDCWD = 0xFFFFFF9C  # -100 as the kernel prints an int argument
 
-#: x86_64 syscalls that name a file: nr -> (name, [("path", arg, dirfd-arg|None) | ("fd", arg)]).
-_X86_64: dict[int, tuple[str, list[tuple]]] = {
-    0: ("read", [("fd", 0)]), 1: ("write", [("fd", 0)]), 2: ("open", [("path", 0, None)]),
-    3: ("close", [("fd", 0)]),
-    4: ("stat", [("path", 0, None)]), 5: ("fstat", [("fd", 0)]),
-    6: ("lstat", [("path", 0, None)]), 8: ("lseek", [("fd", 0)]),
-    16: ("ioctl", [("fd", 0)]), 17: ("pread64", [("fd", 0)]), 18: ("pwrite64", [("fd", 0)]),
-    19: ("readv", [("fd", 0)]), 20: ("writev", [("fd", 0)]), 21: ("access", [("path", 0, None)]),
-    40: ("sendfile", [("fd", 1), ("fd", 0)]), 59: ("execve", [("path", 0, None)]),
-    72: ("fcntl", [("fd", 0)]), 73: ("flock", [("fd", 0)]), 74: ("fsync", [("fd", 0)]),
-    75: ("fdatasync", [("fd", 0)]), 76: ("truncate", [("path", 0, None)]),
-    77: ("ftruncate", [("fd", 0)]), 78: ("getdents", [("fd", 0)]),
-    80: ("chdir", [("path", 0, None)]), 81: ("fchdir", [("fd", 0)]),
-    82: ("rename", [("path", 0, None), ("path", 1, None)]), 83: ("mkdir", [("path", 0, None)]),
-    84: ("rmdir", [("path", 0, None)]), 85: ("creat", [("path", 0, None)]),
-    86: ("link", [("path", 0, None), ("path", 1, None)]), 87: ("unlink", [("path", 0, None)]),
-    88: ("symlink", [("path", 1, None)]), 89: ("readlink", [("path", 0, None)]),
-    90: ("chmod", [("path", 0, None)]), 91: ("fchmod", [("fd", 0)]),
-    92: ("chown", [("path", 0, None)]), 93: ("fchown", [("fd", 0)]),
-    94: ("lchown", [("path", 0, None)]), 132: ("utime", [("path", 0, None)]),
-    133: ("mknod", [("path", 0, None)]), 137: ("statfs", [("path", 0, None)]),
-    138: ("fstatfs", [("fd", 0)]), 188: ("setxattr", [("path", 0, None)]),
-    189: ("lsetxattr", [("path", 0, None)]), 190: ("fsetxattr", [("fd", 0)]),
-    191: ("getxattr", [("path", 0, None)]), 192: ("lgetxattr", [("path", 0, None)]),
-    193: ("fgetxattr", [("fd", 0)]), 194: ("listxattr", [("path", 0, None)]),
-    195: ("llistxattr", [("path", 0, None)]), 196: ("flistxattr", [("fd", 0)]),
-    197: ("removexattr", [("path", 0, None)]), 198: ("lremovexattr", [("path", 0, None)]),
-    199: ("fremovexattr", [("fd", 0)]), 217: ("getdents64", [("fd", 0)]),
-    235: ("utimes", [("path", 0, None)]), 257: ("openat", [("path", 1, 0)]),
-    258: ("mkdirat", [("path", 1, 0)]), 259: ("mknodat", [("path", 1, 0)]),
-    260: ("fchownat", [("path", 1, 0)]), 261: ("futimesat", [("path", 1, 0)]),
-    262: ("newfstatat", [("path", 1, 0)]), 263: ("unlinkat", [("path", 1, 0)]),
-    264: ("renameat", [("path", 1, 0), ("path", 3, 2)]),
-    265: ("linkat", [("path", 1, 0), ("path", 3, 2)]), 266: ("symlinkat", [("path", 2, 1)]),
-    267: ("readlinkat", [("path", 1, 0)]), 268: ("fchmodat", [("path", 1, 0)]),
-    269: ("faccessat", [("path", 1, 0)]), 275: ("splice", [("fd", 0), ("fd", 2)]),
-    280: ("utimensat", [("path", 1, 0)]), 285: ("fallocate", [("fd", 0)]),
-    295: ("preadv", [("fd", 0)]), 296: ("pwritev", [("fd", 0)]),
-    316: ("renameat2", [("path", 1, 0), ("path", 3, 2)]), 322: ("execveat", [("path", 1, 0)]),
-    326: ("copy_file_range", [("fd", 0), ("fd", 2)]), 332: ("statx", [("path", 1, 0)]),
-    437: ("openat2", [("path", 1, 0)]), 439: ("faccessat2", [("path", 1, 0)]),
-    452: ("fchmodat2", [("path", 1, 0)]),
-}
-SYSCALLS = _X86_64 if platform.machine() == "x86_64" else {}
-
 _EXEC_START = re.compile(rb"se\.exec_start\s*:\s*([0-9.]+)")
-
-
-def _read(path: str, limit: int = 65536) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, limit)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
 
 
 @dataclass
@@ -143,8 +87,13 @@ class Syscall:
         return f"{self.name}({', '.join(shown)})"
 
     def to_json(self) -> dict[str, Any]:
-        return {"nr": self.nr, "name": self.name, "args": [hex(a) for a in self.args],
-                "paths": self.paths, "fds": self.fds}
+        return {
+            "nr": self.nr,
+            "name": self.name,
+            "args": [hex(a) for a in self.args],
+            "paths": self.paths,
+            "fds": self.fds,
+        }
 
 
 @dataclass
@@ -171,6 +120,8 @@ class TaskInfo:
     fstype: str | None = None
     #: how the connection was found ("fdinfo mnt_id", "syscall path", "daemon request", ...)
     conn_how: str | None = None
+    #: ``task_struct.flags`` (PF_*), ``stat`` field 9: what sched_show_task prints as task_flags
+    flags: int | None = None
 
     @property
     def frames(self) -> list[str]:
@@ -197,8 +148,11 @@ class TaskInfo:
     @property
     def fuse_op(self) -> str | None:
         """The FUSE operation the task waits in: the outermost ``fuse_`` frame (``fuse_lookup``)."""
-        ops = [f for f in self.frames if f.startswith("fuse_") and f not in FUSE_MACHINERY
-               and not f.startswith("fuse_dev_")]
+        ops = [
+            f
+            for f in self.frames
+            if f.startswith("fuse_") and f not in FUSE_MACHINERY and not f.startswith("fuse_dev_")
+        ]
         return ops[-1] if ops else None
 
     @property
@@ -215,13 +169,23 @@ class TaskInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tid": self.tid, "pid": self.pid, "comm": self.comm, "state": self.state,
-            "ppid": self.ppid, "wchan": self.wchan, "stack": self.stack,
-            "switches": self.switches, "last_ran": self.last_ran,
+            "tid": self.tid,
+            "pid": self.pid,
+            "comm": self.comm,
+            "state": self.state,
+            "ppid": self.ppid,
+            "wchan": self.wchan,
+            "stack": self.stack,
+            "switches": self.switches,
+            "last_ran": self.last_ran,
             "syscall": self.syscall.to_json() if self.syscall else None,
-            "fuse_wait": self.fuse_wait, "fuse_op": self.fuse_op,
-            "mountpoint": self.mountpoint, "conn": self.conn, "fsname": self.fsname,
+            "fuse_wait": self.fuse_wait,
+            "fuse_op": self.fuse_op,
+            "mountpoint": self.mountpoint,
+            "conn": self.conn,
+            "fsname": self.fsname,
             "conn_how": self.conn_how,
+            "flags": self.flags,
         }
 
 
@@ -250,7 +214,7 @@ class SchedClock:
         for _ in range(3):
             time.sleep(0.001)
             mono = time.monotonic()
-            data = _read("/proc/thread-self/sched") or _read("/proc/self/sched")
+            data = proc.read("/proc/thread-self/sched") or proc.read("/proc/self/sched")
             m = _EXEC_START.search(data or b"")
             if m is None:
                 self.available = False
@@ -262,7 +226,7 @@ class SchedClock:
     def last_ran(self, tid: int) -> float | None:
         if not self.available or self.offset is None:
             return None
-        data = _read(f"/proc/{tid}/sched")
+        data = proc.read(f"/proc/{tid}/sched")
         m = _EXEC_START.search(data or b"")
         if m is None:
             return None
@@ -270,40 +234,12 @@ class SchedClock:
         return time.time() - (time.monotonic() - mono)
 
 
-def read_cstring(pid: int, addr: int, limit: int = 4096) -> str | None:
-    """The NUL-terminated string at ``addr`` in process ``pid`` (``/proc/PID/mem``)."""
-    if addr == 0:
-        return None
-    try:
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    except OSError:
-        return None
-    out = b""
-    try:
-        while len(out) < limit:
-            want = 4096 - (addr + len(out)) % 4096  # never cross into an unmapped page blindly
-            try:
-                chunk = os.pread(fd, want, addr + len(out))
-            except OSError:
-                break
-            if not chunk:
-                break
-            nul = chunk.find(b"\0")
-            if nul >= 0:
-                out += chunk[:nul]
-                return os.fsdecode(out)
-            out += chunk
-    finally:
-        os.close(fd)
-    return os.fsdecode(out) if out else None
-
-
 class Scanner:
     """Reads tasks from /proc; one instance keeps the clock calibration and the mount table."""
 
     def __init__(self) -> None:
         self.clock = SchedClock()
-        self.self_mntns = _readlink("/proc/self/ns/mnt")
+        self.self_mntns = proc.readlink("/proc/self/ns/mnt")
         self.mounts: list[MountEntry] = []
         self.refresh_mounts()
 
@@ -332,14 +268,14 @@ class Scanner:
                 continue
             for tid_s in tids:
                 base = f"/proc/{pid_s}/task/{tid_s}"
-                raw = _read(base + "/stat", 1024)
+                raw = proc.read(base + "/stat", 1024)
                 head = _parse_stat(raw)
                 if head is None:
                     continue
                 comm, state, ppid = head
                 if state not in "DS":
                     continue
-                wchan = (_read(base + "/wchan", 256) or b"").decode(errors="replace")
+                wchan = (proc.read(base + "/wchan", 256) or b"").decode(errors="replace")
                 if state == "S" and not (
                     wchan == FUSE_REPLY_WAIT
                     or (wchan.startswith("fuse_") and not wchan.startswith("fuse_dev_"))
@@ -347,6 +283,7 @@ class Scanner:
                     continue
                 task = TaskInfo(int(tid_s), int(pid_s), comm, state, ppid, wchan)
                 task.started = _start_time(raw)
+                task.flags = _stat_flags(raw)
                 self._fill(task)
                 if task.blocked:
                     out[task.tid] = task
@@ -359,14 +296,15 @@ class Scanner:
         if tgid is None:
             return None
         base = f"/proc/{tgid}/task/{tid}"
-        raw = _read(base + "/stat", 1024)
+        raw = proc.read(base + "/stat", 1024)
         head = _parse_stat(raw)
         if head is None:
             return None
         comm, state, ppid = head
-        wchan = (_read(base + "/wchan", 256) or b"").decode(errors="replace")
+        wchan = (proc.read(base + "/wchan", 256) or b"").decode(errors="replace")
         task = TaskInfo(tid, tgid, comm, state, ppid, wchan)
         task.started = _start_time(raw)
+        task.flags = _stat_flags(raw)
         if state in "DS":
             self._fill(task)
             self._locate_all({tid: task})
@@ -385,18 +323,16 @@ class Scanner:
 
     def _fill(self, task: TaskInfo) -> None:
         base = f"/proc/{task.pid}/task/{task.tid}"
-        raw = (_read(base + "/stack") or b"").decode(errors="replace")
+        raw = (proc.read(base + "/stack") or b"").decode(errors="replace")
         task.stack = [line.split("] ", 1)[-1] for line in raw.splitlines() if line.strip()]
-        ss = (_read(base + "/schedstat", 256) or b"").split()
+        ss = (proc.read(base + "/schedstat", 256) or b"").split()
         task.switches = int(ss[2]) if len(ss) >= 3 else None
         if task.state in "DS":
             task.last_ran = self.clock.last_ran(task.tid)
-        sc = (_read(base + "/syscall", 512) or b"").decode(errors="replace").split()
-        if sc and sc[0].lstrip("-").isdigit() and int(sc[0]) >= 0:
-            nr = int(sc[0])
-            args = [int(a, 16) for a in sc[1:7]]
-            name, _spec = SYSCALLS.get(nr, (f"syscall_{nr}", []))
-            task.syscall = Syscall(nr, name, args)
+        call = proc.syscall_of(task.tid)
+        if call is not None:
+            nr, args = call
+            task.syscall = Syscall(nr, syscalls.name_of(nr), args)
 
     def _locate_all(self, tasks: dict[int, TaskInfo]) -> None:
         """Resolve each task's syscall files and the FUSE mount they are on."""
@@ -409,41 +345,50 @@ class Scanner:
     def _resolve_syscall(self, t: TaskInfo, read_mem: bool) -> None:
         sc = t.syscall
         assert sc is not None
-        _name, spec = SYSCALLS.get(sc.nr, ("", []))
-        for item in spec:
+        for item in syscalls.file_args(sc.name):
             if item[0] == "fd":
                 fd = sc.args[item[1]] & 0xFFFFFFFF
                 if fd >= 0x80000000:
                     continue
                 sc.fds.append(fd)
-                info = (_read(f"/proc/{t.pid}/fdinfo/{fd}", 4096) or b"").decode(errors="replace")
+                info = (proc.read(f"/proc/{t.pid}/fdinfo/{fd}", 4096) or b"").decode(
+                    errors="replace"
+                )
                 m = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
                 if m:
                     sc.mnt_ids.append(int(m.group(1)))
-                link = _readlink(f"/proc/{t.pid}/fd/{fd}")
+                link = proc.readlink(f"/proc/{t.pid}/fd/{fd}")
                 if link and link.startswith("/"):
                     sc.paths.append(link)
             elif read_mem:
-                _kind, arg, dirfd_arg = item
-                raw = read_cstring(t.pid, sc.args[arg])
+                _kind, arg, dirfd_arg = item  # type: ignore[misc]
+                raw = proc.read_cstring(t.pid, sc.args[arg])
                 if raw is None:
                     continue
-                sc.paths.append(self._absolute(t.pid, raw, sc.args[dirfd_arg] if dirfd_arg is
-                                               not None else AT_FDCWD))
+                sc.paths.append(
+                    self._absolute(
+                        t.pid,
+                        os.fsdecode(raw),
+                        sc.args[dirfd_arg] if dirfd_arg is not None else AT_FDCWD,
+                    )
+                )
 
     def _absolute(self, pid: int, path: str, dirfd: int) -> str:
         if path.startswith("/"):
             return os.path.normpath(path)
         dirfd &= 0xFFFFFFFF
-        base = (_readlink(f"/proc/{pid}/cwd") if dirfd == AT_FDCWD
-                else _readlink(f"/proc/{pid}/fd/{dirfd}"))
+        base = (
+            proc.readlink(f"/proc/{pid}/cwd")
+            if dirfd == AT_FDCWD
+            else proc.readlink(f"/proc/{pid}/fd/{dirfd}")
+        )
         if not base:
             return path
         return os.path.normpath(os.path.join(base, path)) if path else base
 
     def mounts_of(self, pid: int) -> list[MountEntry]:
         """The mount table as task ``pid`` sees it (its own mount namespace)."""
-        ns = _readlink(f"/proc/{pid}/ns/mnt")
+        ns = proc.readlink(f"/proc/{pid}/ns/mnt")
         if ns is None or ns == self.self_mntns:
             return self.mounts
         try:
@@ -474,7 +419,11 @@ class Scanner:
 
 def set_mount(t: TaskInfo, entry: MountEntry) -> None:
     t.mountpoint, t.conn, t.fsname, t.fstype = (
-        entry.mountpoint, entry.conn, entry.source, entry.fstype)
+        entry.mountpoint,
+        entry.conn,
+        entry.source,
+        entry.fstype,
+    )
 
 
 def mount_of_path(path: str, table: list[MountEntry]) -> MountEntry | None:
@@ -495,10 +444,10 @@ def _parse_stat(data: bytes | None) -> tuple[str, str, int] | None:
     lp, rp = data.find(b"("), data.rfind(b")")
     if lp < 0 or rp < 0:
         return None
-    rest = data[rp + 2:].split()
+    rest = data[rp + 2 :].split()
     if len(rest) < 2:
         return None
-    return data[lp + 1:rp].decode(errors="replace"), rest[0].decode(), int(rest[1])
+    return data[lp + 1 : rp].decode(errors="replace"), rest[0].decode(), int(rest[1])
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -508,111 +457,22 @@ def _start_time(data: bytes | None) -> float | None:
     """Wall-clock time the thread started (``stat`` field 22, ticks since boot)."""
     if not data:
         return None
-    rest = data[data.rfind(b")") + 2:].split()
+    rest = data[data.rfind(b")") + 2 :].split()
     if len(rest) < 20:
         return None
     since_boot = int(rest[19]) / _CLK_TCK
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
+def _stat_flags(data: bytes | None) -> int | None:
+    """``task_struct.flags`` (PF_*), ``stat`` field 9."""
+    rest = data[data.rfind(b")") + 2 :].split() if data else []
+    return int(rest[6]) if len(rest) > 6 else None
+
+
 def _tgid(tid: int) -> int | None:
-    data = _read(f"/proc/{tid}/status", 1024)
+    data = proc.read(f"/proc/{tid}/status", 1024)
     if not data:
         return None
     m = re.search(rb"^Tgid:\s*(\d+)", data, re.M)
     return int(m.group(1)) if m else None
-
-
-# -- daemons ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class DaemonView:
-    """The daemon serving one FUSE connection, and (for a testbed daemon) its state snapshot."""
-
-    conn: int
-    mountpoint: str
-    fsname: str
-    pid: int | None
-    testbed: bool
-    comm: str | None = None
-    alive: bool | None = None
-    state: dict[str, Any] | None = None
-    error: str | None = None
-    #: how the daemon was found ("fsname" for testbed mounts, "/dev/fuse fdinfo" otherwise)
-    how: str | None = None
-
-    def inflight(self) -> list[dict[str, Any]]:
-        return list((self.state or {}).get("inflight") or [])
-
-    def name(self) -> str:
-        return f"{self.comm or '?'}/{self.pid}" if self.pid else "unknown daemon"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "conn": self.conn, "mountpoint": self.mountpoint, "fsname": self.fsname,
-            "pid": self.pid, "comm": self.comm, "testbed": self.testbed, "alive": self.alive,
-            "how": self.how, "state": self.state, "error": self.error,
-        }
-
-
-def fuse_daemons() -> dict[int, list[int]]:
-    """conn -> pids holding ``/dev/fuse`` open for it (fdinfo ``fuse_connection``)."""
-    out: dict[int, list[int]] = {}
-    for pid_s in os.listdir("/proc"):
-        if not pid_s.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid_s}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            if _readlink(f"/proc/{pid_s}/fd/{fd}") != "/dev/fuse":
-                continue
-            info = (_read(f"/proc/{pid_s}/fdinfo/{fd}", 4096) or b"").decode(errors="replace")
-            m = re.search(r"^fuse_connection:\s*(\d+)", info, re.M)
-            if m:
-                pids = out.setdefault(int(m.group(1)), [])
-                if int(pid_s) not in pids:
-                    pids.append(int(pid_s))
-    return out
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    head = _parse_stat(_read(f"/proc/{pid}/stat", 1024))
-    return head is not None and head[1] not in ("Z", "X")
-
-
-def comm_of(pid: int) -> str | None:
-    data = _read(f"/proc/{pid}/comm", 64)
-    return data.decode(errors="replace").strip() if data else None
-
-
-def query_daemons(
-    entries: Iterable[MountEntry], *, with_state: bool = True, timeout: float = 1.0,
-    foreign: dict[int, list[int]] | None = None,
-) -> dict[int, DaemonView]:
-    """conn -> the daemon of each mount; testbed daemons' state is read over their control socket.
-
-    ``foreign`` is a :func:`fuse_daemons` result for mounts that are not the testbed's (their
-    daemon is left unknown when it is None).
-    """
-    out: dict[int, DaemonView] = {}
-    for e in entries:
-        pid = e.daemon_pid
-        view = DaemonView(e.conn, e.mountpoint, e.source, pid, e.is_testbed and pid is not None)
-        if view.testbed:
-            view.how = "fsname"
-        elif foreign is not None and foreign.get(e.conn):
-            view.pid, view.how = foreign[e.conn][0], "/dev/fuse fdinfo"
-        if view.pid:
-            view.alive = alive(view.pid)
-            view.comm = comm_of(view.pid)
-        if view.testbed and with_state and view.alive:
-            try:
-                view.state = control.query_pid(view.pid, {"op": "state"}, timeout=timeout)
-            except (control.ControlError, OSError, ValueError) as exc:
-                view.error = str(exc)
-        out[e.conn] = view
-    return out

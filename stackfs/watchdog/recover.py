@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackfs import fusectl, lifecycle, mountinfo, rundir
-from stackfs.watchdog import procscan
+from stackfs.watchdog import daemons, procscan
 
 
 @dataclass
@@ -56,17 +56,24 @@ class Recovery:
 
     def render(self) -> list[str]:
         daemons = ", ".join(f"{p} ({self.signalled.get(p, 'exited')})" for p in self.daemons)
-        out = [f"recovery: {'complete' if self.ok else 'INCOMPLETE'} in {self.seconds:.3f} s: "
-               f"aborted connection{'s' if len(self.aborted) != 1 else ''} "
-               f"{', '.join(map(str, self.aborted)) or '-'}; detached "
-               f"{', '.join(self.detached) or '-'}; daemons {daemons or '-'}"]
+        out = [
+            f"recovery: {'complete' if self.ok else 'INCOMPLETE'} in {self.seconds:.3f} s: "
+            f"aborted connection{'s' if len(self.aborted) != 1 else ''} "
+            f"{', '.join(map(str, self.aborted)) or '-'}; detached "
+            f"{', '.join(self.detached) or '-'}; daemons {daemons or '-'}"
+        ]
         if self.steps:
             out.append("  " + ", ".join(f"{k} at {v:.3f} s" for k, v in self.steps.items()))
         if self.foreign_daemons:
             out.append(f"  foreign daemons (not signalled): {self.foreign_daemons}")
         if self.still_blocked:
-            out.append("  still blocked: " + ", ".join(
-                f"{t['comm']}/{t['tid']} ({t['state']} {t['wchan']})" for t in self.still_blocked))
+            out.append(
+                "  still blocked: "
+                + ", ".join(
+                    f"{t['comm']}/{t['tid']} ({t['state']} {t['wchan']})"
+                    for t in self.still_blocked
+                )
+            )
         if self.still_mounted:
             out.append(f"  still mounted: {', '.join(self.still_mounted)}")
         if self.daemons_alive:
@@ -80,13 +87,13 @@ class Recovery:
 
 def _wait_dead(pids: list[int], deadline: float) -> list[int]:
     while True:
-        left = [p for p in pids if procscan.alive(p)]
+        left = [p for p in pids if daemons.alive(p)]
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.005)
 
 
-def recover(
+def recover_connections(
     conns: Iterable[int],
     tids: Iterable[int] = (),
     *,
@@ -116,8 +123,10 @@ def recover(
             if want is not None and mine and not any(e.mountpoint == want for e in mine):
                 entries = [e for e in entries if e.conn != c]
                 conns.remove(c)
-                rec.notes.append(f"connection {c} now serves {mine[0].mountpoint}, not {want}: "
-                                 "its mount went away and the number was reused; not touched")
+                rec.notes.append(
+                    f"connection {c} now serves {mine[0].mountpoint}, not {want}: "
+                    "its mount went away and the number was reused; not touched"
+                )
     for c in list(conns):
         if not any(e.conn == c for e in entries) and not fusectl.waiting(c):
             conns.remove(c)  # gone and idle: its number may be handed out again any moment
@@ -130,7 +139,7 @@ def recover(
             testbed[e.daemon_pid] = e.mountpoint
     foreign_conns = [c for c in conns if not any(e.conn == c and e.daemon_pid for e in entries)]
     if foreign_conns:
-        holders = procscan.fuse_daemons()
+        holders = daemons.fuse_daemons()
         for c in foreign_conns:
             rec.foreign_daemons.extend(p for p in holders.get(c, []) if p not in testbed)
     rec.daemons = sorted(testbed)
@@ -157,7 +166,7 @@ def recover(
             rec.signalled[p] = sig.name
         left = _wait_dead(left, time.monotonic() + wait)
     for p, how in rec.signalled.items():
-        if how == "SIGKILL" and not procscan.alive(p):
+        if how == "SIGKILL" and not daemons.alive(p):
             rundir.remove(p)  # a killed daemon cannot remove its own run directory
     rec.steps["reaped"] = time.monotonic() - t0
     # 4. verify
@@ -170,9 +179,10 @@ def recover(
         for t in scanner.scan().values():
             if t.conn in conns and t.tid not in tids and t.mountpoint in rec.mounts:
                 rec.still_blocked.append(t.to_json())
-        rec.still_mounted = [e.mountpoint for e in mountinfo.mounts()
-                             if (e.mount_id, e.mountpoint, e.conn) in ours]
-        rec.daemons_alive = [p for p in victims if procscan.alive(p)]
+        rec.still_mounted = [
+            e.mountpoint for e in mountinfo.mounts() if (e.mount_id, e.mountpoint, e.conn) in ours
+        ]
+        rec.daemons_alive = [p for p in victims if daemons.alive(p)]
         if rec.ok or time.monotonic() >= deadline:
             break
         time.sleep(0.01)

@@ -15,7 +15,7 @@ The text reads like the kernel's own messages:
   the crash dump of seed 003.
 
 The JSON has the same content; the picture (``waitgraph.svg``/``.png``) is drawn by graphviz
-``dot`` when it is installed.
+``dot`` when it is installed (:mod:`stackfs.watchdog.picture`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stackfs.watchdog.daemons import DaemonView
 from stackfs.watchdog.detect import Hang, ModelEvent, WorkloadError
 from stackfs.watchdog.graph import Cycle, Segment, WaitGraph, short
-from stackfs.watchdog.procscan import DaemonView, TaskInfo
+from stackfs.watchdog.picture import write_picture
+from stackfs.watchdog.procscan import TaskInfo
 
 RULE_CIRC = "=" * 54
 RULE_CIRC2 = "-" * 54
@@ -145,10 +145,26 @@ class Report:
         """Write ``report.txt``, ``report.json`` and the picture into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        if picture and self.graph is not None and self.graph.nodes:
-            title = self.cycle.title if self.cycle else f"{self.verdict}, no cycle"
-            self.files.update(write_picture(self.graph, self.cycle, d, self.notes,
-                                            {h.task.tid for h in self.hangs}, title))
+        oopses = [e.to_json() for e in self.events if e.type == "oops"]
+        if picture and ((self.graph is not None and self.graph.nodes) or oopses):
+            title = (
+                self.cycle.title
+                if self.cycle
+                else f"oops: {self.summary.split(' - ')[0]}"
+                if oopses
+                else f"{self.verdict}, no cycle"
+            )
+            self.files.update(
+                write_picture(
+                    self.graph,
+                    self.cycle,
+                    d,
+                    self.notes,
+                    {h.task.tid for h in self.hangs},
+                    title,
+                    oopses,
+                )
+            )
         (d / "report.txt").write_text(self.text() + "\n")
         self.files["text"] = str(d / "report.txt")
         self.files["json"] = str(d / "report.json")
@@ -193,8 +209,9 @@ def _task_name(g: WaitGraph | None, tid: int) -> str:
     return f"?/{tid}"
 
 
-def render_hang(h: Hang, threshold: float, hung: bool = True,
-                g: WaitGraph | None = None) -> list[str]:
+def render_hang(
+    h: Hang, threshold: float, hung: bool = True, g: WaitGraph | None = None
+) -> list[str]:
     t = h.task
     lim = f"{threshold:g}"
     if hung:
@@ -205,8 +222,10 @@ def render_hang(h: Hang, threshold: float, hung: bool = True,
             "(the kernel's own: /proc/sys/kernel/hung_task_timeout_secs).",
         ]
     else:
-        out = [f"task {t.comm}:{t.tid} blocked for {h.blocked_for:.2f} seconds "
-               "(under the threshold so far; it is part of the wait-for graph):"]
+        out = [
+            f"task {t.comm}:{t.tid} blocked for {h.blocked_for:.2f} seconds "
+            "(under the threshold so far; it is part of the wait-for graph):"
+        ]
     out += [
         f"task:{t.comm:<15.15} state:{t.state} pid:{t.tid:<5d} tgid:{t.pid:<5d} "
         f"ppid:{t.ppid:<6d} wchan:{t.wchan or '?'}",
@@ -215,8 +234,9 @@ def render_hang(h: Hang, threshold: float, hung: bool = True,
         *(f" {line}" for line in t.stack),
         " </TASK>",
         f" blocked for {h.blocked_for:.2f} s (since {_clock(h.since)}, "
-        + {"sched": "last ran per se.exec_start)", "request": "its FUSE request's arrival)"}
-        .get(h.how, "switch count unchanged)"),
+        + {"sched": "last ran per se.exec_start)", "request": "its FUSE request's arrival)"}.get(
+            h.how, "switch count unchanged)"
+        ),
     ]
     if t.syscall is not None:
         out.append(f" in syscall: {t.syscall.render()}")
@@ -224,9 +244,12 @@ def render_hang(h: Hang, threshold: float, hung: bool = True,
         out.append(f" on mount: {t.mountpoint} (FUSE connection {t.conn}, {t.fsname})")
     elif t.conn is not None:
         d = h.daemon or {}
-        who = (f"daemon {d.get('comm') or '?'}/{d.get('pid')}"
-               + (" (alive)" if d.get("alive") else " (gone)" if d.get("alive") is False else "")
-               if d.get("pid") else "daemon unknown")
+        who = (
+            f"daemon {d.get('comm') or '?'}/{d.get('pid')}"
+            + (" (alive)" if d.get("alive") else " (gone)" if d.get("alive") is False else "")
+            if d.get("pid")
+            else "daemon unknown"
+        )
         out.append(
             f" waits on: FUSE connection {t.conn} at {t.mountpoint} ({t.fsname}), "
             f"waiting={h.waiting if h.waiting is not None else '?'}, {who}"
@@ -249,8 +272,10 @@ def render_hang(h: Hang, threshold: float, hung: bool = True,
         for e in g.out(f"task:{t.tid}"):
             if g.nodes[e.dst].kind in ("lock", "klock"):
                 holders = [short(g, x.dst) for x in g.out(e.dst) if x.kind == "held_by"]
-                out.append(f" waits for: {short(g, e.dst)} ({e.label})"
-                           + (f", held by {', '.join(holders)}" if holders else ""))
+                out.append(
+                    f" waits for: {short(g, e.dst)} ({e.label})"
+                    + (f", held by {', '.join(holders)}" if holders else "")
+                )
     return out
 
 
@@ -271,7 +296,8 @@ def render_locks_held(r: Report) -> list[str]:
                 held.setdefault(pid, []).append(
                     f"({ident}){{{'+.+.' if h.get('mode') == 'write' else '.+.+'}}}, at: "
                     f"{chain[-1] if chain else '?'}  [{lock.get('desc') or ''}, "
-                    f"{h.get('mode')}, model of {view.fsname}]")
+                    f"{h.get('mode')}, model of {view.fsname}]"
+                )
     g = r.graph
     if g is not None:
         for e in g.edges:
@@ -286,13 +312,14 @@ def render_locks_held(r: Report) -> list[str]:
             held.setdefault(tid, []).append(
                 f"({lock_class(n.attrs.get('is_dir'))}){{{'+.+.' if mode == 'write' else '.+.+'}}}"
                 f", at: {e.attrs.get('at')}  [{n.attrs.get('path')}, {mode}, inferred from the "
-                "kernel stack]")
+                "kernel stack]"
+            )
     out = ["", "Showing all locks held in the system:"]
     if not held:
         out.append("(no lock holder known)")
     for pid, locks in held.items():
-        n = len(locks)
-        out.append(f"{n} lock{'s' if n != 1 else ''} held by {names[pid]}:")
+        count = len(locks)
+        out.append(f"{count} lock{'s' if count != 1 else ''} held by {names[pid]}:")
         out.extend(f" #{i}: {line}" for i, line in enumerate(locks))
     out += ["", "============================================="]
     return out
@@ -308,10 +335,11 @@ def _scenario(g: WaitGraph, cycle: Cycle) -> list[str]:
     held_by: dict[int, Segment] = {s.holder: s for s in cycle.segments}
     rows: list[tuple[int, str]] = []
     for tid in order:  # phase 1: what each task holds that another one waits for
-        s = held_by.get(tid)
-        if s is not None and s.lock is not None:
-            rows.append((col[tid], f"{'r' if s.hold_mode == 'read' else ''}lock("
-                                   f"{lock_name(g, s.lock)});"))
+        hs = held_by.get(tid)
+        if hs is not None and hs.lock is not None:
+            rows.append(
+                (col[tid], f"{'r' if hs.hold_mode == 'read' else ''}lock({lock_name(g, hs.lock)});")
+            )
     for s in cycle.segments:  # phase 2: what each task waits for
         if s.request is not None:
             req = (g.nodes[s.request].attrs.get("request") or {}) if s.request in g.nodes else {}
@@ -321,8 +349,9 @@ def _scenario(g: WaitGraph, cycle: Cycle) -> list[str]:
                 rows.append((col[s.holder], f"<serves {what}>"))
         if s.lock is not None:
             who = col[s.waiter]
-            rows.append((who, f"{'r' if s.wait_mode == 'read' else ''}lock("
-                              f"{lock_name(g, s.lock)});"))
+            rows.append(
+                (who, f"{'r' if s.wait_mode == 'read' else ''}lock({lock_name(g, s.lock)});")
+            )
     width = max([len(t) for _, t in rows] + [24]) + 4
     width = min(width, 60)
 
@@ -348,54 +377,103 @@ def render_cycle(r: Report, cycle: Cycle) -> list[str]:
         name = _task_name(g, s.waiter)
         lname = lock_name(g, s.lock)
         out = [
-            "", RULE_REC, "WARNING: possible recursive locking detected",
-            f"{os.uname().release} (stackfs watchdog: a cycle in the wait-for graph)", RULE_REC2,
+            "",
+            RULE_REC,
+            "WARNING: possible recursive locking detected",
+            f"{os.uname().release} (stackfs watchdog: a cycle in the wait-for graph)",
+            RULE_REC2,
             f"{name} is trying to acquire lock:",
-            f" ({lname}), at: {s.wait_at or '?'}", "",
+            f" ({lname}), at: {s.wait_at or '?'}",
+            "",
             "but task is already holding lock:",
-            f" ({lname}), at: {s.hold_at or '?'}", "",
+            f" ({lname}), at: {s.hold_at or '?'}",
+            "",
         ]
         if s.request:
-            out += [f"(the new attempt is made for it by the daemon serving {short(g, s.request)})",
-                    ""]
+            out += [
+                f"(the new attempt is made for it by the daemon serving {short(g, s.request)})",
+                "",
+            ]
         out += [
             "other info that might help us debug this:",
-            " Possible unsafe locking scenario:", "",
-            "       CPU0", "       ----",
+            " Possible unsafe locking scenario:",
+            "",
+            "       CPU0",
+            "       ----",
             f"       {name}",
-            f"  lock({lname});", f"  lock({lname});", "",
-            " *** DEADLOCK ***", "",
-            " May be due to missing lock nesting notation", "",
+            f"  lock({lname});",
+            f"  lock({lname});",
+            "",
+            " *** DEADLOCK ***",
+            "",
+            " May be due to missing lock nesting notation",
+            "",
         ]
         out += _cycle_path(g, cycle)
         return out
-    header = ("WARNING: possible circular locking dependency detected"
-              if cycle.kind == "lock_inversion"
-              else f"WARNING: deadlock: {cycle.title}")
-    out = ["", RULE_CIRC, header,
-           f"{os.uname().release} (stackfs watchdog: a cycle in the wait-for graph)", RULE_CIRC2]
+    header = (
+        "WARNING: possible circular locking dependency detected"
+        if cycle.kind == "lock_inversion"
+        else f"WARNING: deadlock: {cycle.title}"
+    )
+    out = [
+        "",
+        RULE_CIRC,
+        header,
+        f"{os.uname().release} (stackfs watchdog: a cycle in the wait-for graph)",
+        RULE_CIRC2,
+    ]
     for i, s in enumerate(cycle.segments):
         w, h = _task_name(g, s.waiter), _task_name(g, s.holder)
+        comp = g.nodes.get(s.lock or "")
+        if comp is not None and comp.kind == "completion":  # a wait queue held by a task
+            lead = (
+                f"{w} waits for the reply to {short(g, s.request)}, whose handler waits "
+                "for completion:"
+                if s.request is not None
+                else f"{w} waits for completion:"
+            )
+            out += [
+                lead,
+                f" ({short(g, comp.id)}), at: {s.wait_at or '?'}",
+                "",
+                f"which only {h} can complete:",
+                "",
+            ]
+            continue
         if s.lock is not None:
-            lead = f"{w} is trying to acquire lock:" if i == 0 or s.request is None else (
-                f"{w} waits for the reply to {short(g, s.request)}, whose handler is trying to "
-                "acquire lock:")
+            lead = (
+                f"{w} is trying to acquire lock:"
+                if i == 0 or s.request is None
+                else (
+                    f"{w} waits for the reply to {short(g, s.request)}, whose handler is trying to "
+                    "acquire lock:"
+                )
+            )
             if i == 0 and s.request is not None:
-                lead = (f"{w} waits for the reply to {short(g, s.request)}, whose handler is "
-                        "trying to acquire lock:")
-            out += [lead, f" ({lock_name(g, s.lock)}), at: {s.wait_at or '?'} "
-                          f"[{s.wait_mode or '?'}]", "",
-                    f"but the lock is held by {h}:",
-                    f" ({lock_name(g, s.lock)}), at: {s.hold_at or '?'} [{s.hold_mode or '?'}]",
-                    ""]
+                lead = (
+                    f"{w} waits for the reply to {short(g, s.request)}, whose handler is "
+                    "trying to acquire lock:"
+                )
+            out += [
+                lead,
+                f" ({lock_name(g, s.lock)}), at: {s.wait_at or '?'} [{s.wait_mode or '?'}]",
+                "",
+                f"but the lock is held by {h}:",
+                f" ({lock_name(g, s.lock)}), at: {s.hold_at or '?'} [{s.hold_mode or '?'}]",
+                "",
+            ]
         elif s.request is not None:
             node = g.nodes.get(s.request)
             dpid = node.attrs.get("daemon") if node else None
             view = next((v for v in g.daemons.values() if v.pid == dpid), None)
             daemon = f"{view.name()} ({view.fsname})" if view else str(dpid)
-            out += [f"{w} waits in {s.wait_at or 'request_wait_answer'} for the reply to "
-                    f"{short(g, s.request)},",
-                    f"which daemon {daemon} is serving in thread {h}.", ""]
+            out += [
+                f"{w} waits in {s.wait_at or 'request_wait_answer'} for the reply to "
+                f"{short(g, s.request)},",
+                f"which daemon {daemon} is serving in thread {h}.",
+                "",
+            ]
         else:
             out += [f"{w} waits for {h}.", ""]
     out += _cycle_path(g, cycle)
@@ -414,9 +492,12 @@ def _model_event_of(r: Report, cycle: Cycle) -> ModelEvent | None:
         return None
     for ev in r.events:
         tasks = ev.event.get("tasks") or [{}]
-        if (ev.type == "recursive_locking" and ev.daemon_pid == node.attrs.get("daemon")
-                and (ev.event.get("detail") or {}).get("lock") == node.attrs.get("ident")
-                and tasks[0].get("pid") == seg.waiter):
+        if (
+            ev.type == "recursive_locking"
+            and ev.daemon_pid == node.attrs.get("daemon")
+            and (ev.event.get("detail") or {}).get("lock") == node.attrs.get("ident")
+            and tasks[0].get("pid") == seg.waiter
+        ):
             return ev
     return None
 
@@ -436,10 +517,18 @@ def render_event(ev: ModelEvent) -> list[str]:
     if ev.type == "oops":
         lines = list(d.get("lines") or [])
         if not lines:
-            lines = ["------------[ cut here ]------------",
-                     d.get("bug") or f"BUG: {e.get('summary')}"]
-        out = ["", *lines, where, "---[ end trace ]---", "",
-               "racing tasks (crash dump, innermost frame first):"]
+            lines = [
+                "------------[ cut here ]------------",
+                d.get("bug") or f"BUG: {e.get('summary')}",
+            ]
+        out = [
+            "",
+            *lines,
+            where,
+            "---[ end trace ]---",
+            "",
+            "racing tasks (crash dump, innermost frame first):",
+        ]
         for t in tasks:
             out.append(f'PID: {t.get("pid")}  COMMAND: "{t.get("comm")}"')
             for i, fn in enumerate(reversed(t.get("chain") or [])):
@@ -453,19 +542,30 @@ def render_event(ev: ModelEvent) -> list[str]:
         hchain = d.get("held_chain") or []
         name = f"{me.get('comm', '?')}/{me.get('pid', '?')}"
         return [
-            "", RULE_REC, "WARNING: possible recursive locking detected", where, RULE_REC2,
+            "",
+            RULE_REC,
+            "WARNING: possible recursive locking detected",
+            where,
+            RULE_REC2,
             f"{name} is trying to acquire lock:",
-            f" ({lock}) {desc}, at: {chain[-1] if chain else '?'} [{d.get('mode', '?')}]", "",
+            f" ({lock}) {desc}, at: {chain[-1] if chain else '?'} [{d.get('mode', '?')}]",
+            "",
             "but task is already holding lock:",
-            f" ({lock}) {desc}, at: {hchain[-1] if hchain else '?'} "
-            f"[{d.get('held_mode', '?')}]", "",
+            f" ({lock}) {desc}, at: {hchain[-1] if hchain else '?'} [{d.get('held_mode', '?')}]",
+            "",
             "other info that might help us debug this:",
-            " Possible unsafe locking scenario:", "",
-            "       CPU0", "       ----", f"       {name}",
+            " Possible unsafe locking scenario:",
+            "",
+            "       CPU0",
+            "       ----",
+            f"       {name}",
             f"  {'r' if d.get('held_mode') == 'read' else ''}lock({lock});",
-            f"  {'r' if d.get('mode') == 'read' else ''}lock({lock});", "",
+            f"  {'r' if d.get('mode') == 'read' else ''}lock({lock});",
+            "",
             " *** DEADLOCK ***" if d.get("blocks", True) else " (no deadlock: shared twice)",
-            "", " May be due to missing lock nesting notation", "",
+            "",
+            " May be due to missing lock nesting notation",
+            "",
             "stack backtrace (model call chain, innermost first):",
             *(f" {fn}" for fn in reversed(chain)),
             "held since (model call chain):",
@@ -476,18 +576,29 @@ def render_event(ev: ModelEvent) -> list[str]:
         existing = d.get("existing") or []
         me = tasks[0] if tasks else {}
         name = f"{me.get('comm', '?')}/{me.get('pid', '?')}"
-        out = ["", RULE_CIRC, "WARNING: possible circular locking dependency detected", where,
-               RULE_CIRC2,
-               f"{name} is trying to acquire lock:",
-               f" ({new.get('then', '?')}), at: {(new.get('chain') or ['?'])[-1]}", "",
-               "but task is already holding lock:",
-               f" ({new.get('first', '?')}), at: {(new.get('first_chain') or ['?'])[-1]}", "",
-               "which lock already depends on the new lock.", "",
-               "the existing dependency chain (in reverse order) is:", ""]
+        out = [
+            "",
+            RULE_CIRC,
+            "WARNING: possible circular locking dependency detected",
+            where,
+            RULE_CIRC2,
+            f"{name} is trying to acquire lock:",
+            f" ({new.get('then', '?')}), at: {(new.get('chain') or ['?'])[-1]}",
+            "",
+            "but task is already holding lock:",
+            f" ({new.get('first', '?')}), at: {(new.get('first_chain') or ['?'])[-1]}",
+            "",
+            "which lock already depends on the new lock.",
+            "",
+            "the existing dependency chain (in reverse order) is:",
+            "",
+        ]
         for i, dep in enumerate(reversed(existing)):
-            out.append(f"-> #{len(existing) - 1 - i} ({dep.get('then', '?')}) "
-                       f"[{(dep.get('task') or {}).get('comm', '?')}/"
-                       f"{(dep.get('task') or {}).get('pid', '?')}]:")
+            out.append(
+                f"-> #{len(existing) - 1 - i} ({dep.get('then', '?')}) "
+                f"[{(dep.get('task') or {}).get('comm', '?')}/"
+                f"{(dep.get('task') or {}).get('pid', '?')}]:"
+            )
             out.extend(f"       {fn}" for fn in reversed(dep.get("chain") or []))
             out.append("")
         out += ["other info that might help us debug this:", ""]
@@ -501,9 +612,12 @@ def render_daemons(r: Report) -> list[str]:
     for view in r.daemons.values():
         reqs = view.inflight()
         alive = "alive" if view.alive else "gone" if view.alive is False else "unknown"
-        out.append(f"FUSE connection {view.conn} at {view.mountpoint} ({view.fsname}): "
-                   f"waiting={r.waiting.get(view.conn, '?')}, daemon {view.name()} ({alive}"
-                   + (f", found by {view.how}" if view.how else "") + ")")
+        out.append(
+            f"FUSE connection {view.conn} at {view.mountpoint} ({view.fsname}): "
+            f"waiting={r.waiting.get(view.conn, '?')}, daemon {view.name()} ({alive}"
+            + (f", found by {view.how}" if view.how else "")
+            + ")"
+        )
         if view.error:
             out.append(f"  state not readable: {view.error}")
         if view.state is not None:
@@ -518,20 +632,28 @@ def render_daemons(r: Report) -> list[str]:
                     + (f" ino {q.get('ino')}" if q.get("ino") is not None else "")
                     + f" from {task.get('comm', '?')}/{task.get('pid', '?')}"
                     + (f", {age:.2f} s" if isinstance(age, (int, float)) else "")
-                    + (f", worker {worker}" if worker else ""))
+                    + (f", worker {worker}" if worker else "")
+                )
             locks = (view.state or {}).get("locks") or []
             if locks:
-                out.append(f"  {len(locks)} modelled lock{'s' if len(locks) != 1 else ''} "
-                           "held or awaited:")
+                out.append(
+                    f"  {len(locks)} modelled lock{'s' if len(locks) != 1 else ''} held or awaited:"
+                )
             for lock in locks:
-                hs = ", ".join(f"{(h.get('task') or {}).get('comm')}/"
-                               f"{(h.get('task') or {}).get('pid')} {h.get('mode')}"
-                               for h in lock.get("holders") or [])
-                ws = ", ".join(f"{(w.get('task') or {}).get('comm')}/"
-                               f"{(w.get('task') or {}).get('pid')} {w.get('mode')}"
-                               for w in lock.get("waiters") or [])
-                out.append(f"   {lock.get('name')} {lock.get('key')} {lock.get('desc') or ''}: "
-                           f"held by [{hs}] waited for by [{ws}]")
+                hs = ", ".join(
+                    f"{(h.get('task') or {}).get('comm')}/"
+                    f"{(h.get('task') or {}).get('pid')} {h.get('mode')}"
+                    for h in lock.get("holders") or []
+                )
+                ws = ", ".join(
+                    f"{(w.get('task') or {}).get('comm')}/"
+                    f"{(w.get('task') or {}).get('pid')} {w.get('mode')}"
+                    for w in lock.get("waiters") or []
+                )
+                out.append(
+                    f"   {lock.get('name')} {lock.get('key')} {lock.get('desc') or ''}: "
+                    f"held by [{hs}] waited for by [{ws}]"
+                )
     return out
 
 
@@ -551,7 +673,8 @@ def render_text(r: Report) -> str:
         if same is not None:  # the model's own lockdep report says it with its call chains
             events.remove(same)
             out += render_event(same)
-            out += [""] + _cycle_path(r.graph, r.cycle)
+            if r.graph is not None:
+                out += [""] + _cycle_path(r.graph, r.cycle)
         else:
             out += render_cycle(r, r.cycle)
     for c in r.cycles:
@@ -570,13 +693,18 @@ def render_text(r: Report) -> str:
         for e in r.graph.edges:
             if e.kind == "context":
                 continue
-            out.append(f"  {short(r.graph, e.src)} -> {e.label}"
-                       f"{' (inferred)' if e.inferred else ''} -> {short(r.graph, e.dst)}")
+            out.append(
+                f"  {short(r.graph, e.src)} -> {e.label}"
+                f"{' (inferred)' if e.inferred else ''} -> {short(r.graph, e.dst)}"
+            )
     t = r.timing
     if t.get("latency") is not None:
-        out += ["", f"detected {t['latency']:.3f} s after "
-                f"{t.get('latency_from', 'the hang began')} "
-                f"(threshold {r.threshold:g} s, report at {_clock(t.get('detected'))})"]
+        out += [
+            "",
+            f"detected {t['latency']:.3f} s after "
+            f"{t.get('latency_from', 'the hang began')} "
+            f"(threshold {r.threshold:g} s, report at {_clock(t.get('detected'))})",
+        ]
     if r.recovery is not None:
         out += [""] + r.recovery.render()
     if r.files:
@@ -584,83 +712,3 @@ def render_text(r: Report) -> str:
     for n in r.notes:
         out.append(f"note: {n}")
     return "\n".join(out)
-
-
-# -- picture -------------------------------------------------------------------------------------
-
-_SHAPES = {"task": "box", "request": "ellipse", "conn": "hexagon", "daemon": "component",
-           "lock": "octagon", "klock": "octagon", "inject": "diamond"}
-
-
-def to_dot(g: WaitGraph, cycle: Cycle | None, hung: set[int] | None = None,
-           title: str = "") -> str:
-    """The graph in graphviz form: the cycle in red, hung tasks in orange, inferred edges
-    dashed, context edges (request -> its daemon) dotted."""
-    hung = hung or set()
-    in_cycle = set(cycle.nodes) if cycle else set()
-    cycle_edges = {(e.src, e.dst) for e in cycle.edges} if cycle else set()
-
-    def q(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-    lines = ["digraph waitfor {", '  rankdir=LR; node [fontname="monospace", fontsize=10];',
-             '  edge [fontname="monospace", fontsize=9];',
-             '  label="stackfs watchdog: wait-for graph'
-             + (f" - {title or (cycle.title if cycle else '')}".replace('"', "'")
-                if title or cycle else "") + '"; labelloc=t;']
-    for n in g.nodes.values():
-        attrs = [f"label={q(n.label)}", f"shape={_SHAPES.get(n.kind, 'box')}"]
-        style = ["rounded"] if n.kind == "task" else []
-        if n.kind == "klock":
-            style.append("dashed")
-        if n.id in in_cycle:
-            style.append("filled")
-            attrs.append('fillcolor="#ffd0d0"')
-            attrs.append('color="#c00000"')
-        elif n.kind == "task" and n.attrs.get("tid") in hung:
-            style.append("filled")
-            attrs.append('fillcolor="#ffe0b0"')
-        elif n.kind == "task" and n.attrs.get("state") == "D":
-            style.append("filled")
-            attrs.append('fillcolor="#fff0c0"')
-        if style:
-            attrs.append(f'style="{",".join(style)}"')
-        lines.append(f"  {q(n.id)} [{', '.join(attrs)}];")
-    for e in g.edges:
-        attrs = [f"label={q(e.label)}"]
-        if (e.src, e.dst) in cycle_edges:
-            attrs += ['color="#c00000"', "penwidth=2", 'fontcolor="#c00000"']
-        if e.inferred:
-            attrs.append("style=dashed")
-        if e.kind == "context":
-            attrs += ["style=dotted", 'color="#808080"', 'fontcolor="#808080"']
-        lines.append(f"  {q(e.src)} -> {q(e.dst)} [{', '.join(attrs)}];")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def write_picture(g: WaitGraph, cycle: Cycle | None, d: Path, notes: list[str],
-                  hung: set[int] | None = None, title: str = "") -> dict[str, str]:
-    """``waitgraph.dot`` always; ``.svg`` and ``.png`` when graphviz ``dot`` is installed."""
-    files = {}
-    dot_file = d / "waitgraph.dot"
-    dot_file.write_text(to_dot(g, cycle, hung, title))
-    files["dot"] = str(dot_file)
-    dot = shutil.which("dot")
-    if dot is None:
-        notes.append("graphviz 'dot' is not installed: no SVG/PNG picture "
-                     "(apt-get install graphviz); waitgraph.dot is there")
-        return files
-    for fmt in ("svg", "png"):
-        out = d / f"waitgraph.{fmt}"
-        try:
-            res = subprocess.run([dot, f"-T{fmt}", "-o", str(out), str(dot_file)],
-                                 capture_output=True, timeout=20)
-        except subprocess.TimeoutExpired:
-            notes.append(f"dot -T{fmt} timed out")
-            continue
-        if res.returncode == 0 and out.exists():
-            files[fmt] = str(out)
-        else:
-            notes.append(f"dot -T{fmt} failed: {res.stderr.decode(errors='replace').strip()}")
-    return files

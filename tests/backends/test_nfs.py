@@ -147,7 +147,6 @@ def test_buggy_oopses_on_every_forced_attempt(mount_backend, reaper):
 def test_fixed_variants_never_oops_over_100_forced_attempts(mount_backend, reaper, variant):
     m = mount_backend("nfs", "--variant", variant, "-o", "inject=nfs_atomic_open=barrier:3:5")
     openers = Openers(m.mountpoint, reaper)
-    t0 = time.monotonic()
     for i in range(100):
         path = _stale_negative_dentry(m, i)
         assert openers.open_all(path) == ["ok"] * 3, f"attempt {i}"
@@ -160,7 +159,6 @@ def test_fixed_variants_never_oops_over_100_forced_attempts(mount_backend, reape
         assert stats["open_context"] == 100  # one open_context per name: the others waited
     else:
         assert stats["open_context"] == 300
-    assert time.monotonic() - t0 < 30
 
 
 def test_fixed_races_when_the_lookup_window_is_forced(mount_backend, reaper):

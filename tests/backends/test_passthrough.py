@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from backends import syscalls
 from stackfs import control, lifecycle
+from stackfs.linux import libc
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 
@@ -210,17 +210,17 @@ def _rename_ops(r: Recorder) -> None:
     r("rename-over", os.rename, r.p("a2"), r.p("b"))
     r("b-content", Path(r.p("b")).read_text)
     r("rename-missing", os.rename, r.p("a"), r.p("z"))
-    r("noreplace", syscalls.renameat2, syscalls.AT_FDCWD, r.p("b").encode(),
-      syscalls.AT_FDCWD, r.p("c").encode(), syscalls.RENAME_NOREPLACE)
-    r("noreplace-ok", syscalls.renameat2, syscalls.AT_FDCWD, r.p("b").encode(),
-      syscalls.AT_FDCWD, r.p("b2").encode(), syscalls.RENAME_NOREPLACE)
-    r("exchange", syscalls.renameat2, syscalls.AT_FDCWD, r.p("b2").encode(),
-      syscalls.AT_FDCWD, r.p("c").encode(), syscalls.RENAME_EXCHANGE)
+    r("noreplace", libc.renameat2, libc.AT_FDCWD, r.p("b").encode(),
+      libc.AT_FDCWD, r.p("c").encode(), libc.RENAME_NOREPLACE)
+    r("noreplace-ok", libc.renameat2, libc.AT_FDCWD, r.p("b").encode(),
+      libc.AT_FDCWD, r.p("b2").encode(), libc.RENAME_NOREPLACE)
+    r("exchange", libc.renameat2, libc.AT_FDCWD, r.p("b2").encode(),
+      libc.AT_FDCWD, r.p("c").encode(), libc.RENAME_EXCHANGE)
     r("after-exchange", lambda: (Path(r.p("b2")).read_text(), Path(r.p("c")).read_text()))
-    r("exchange-missing", syscalls.renameat2, syscalls.AT_FDCWD, r.p("c").encode(),
-      syscalls.AT_FDCWD, r.p("zz").encode(), syscalls.RENAME_EXCHANGE)
-    r("exchange-dir-file", syscalls.renameat2, syscalls.AT_FDCWD, r.p("d1").encode(),
-      syscalls.AT_FDCWD, r.p("c").encode(), syscalls.RENAME_EXCHANGE)
+    r("exchange-missing", libc.renameat2, libc.AT_FDCWD, r.p("c").encode(),
+      libc.AT_FDCWD, r.p("zz").encode(), libc.RENAME_EXCHANGE)
+    r("exchange-dir-file", libc.renameat2, libc.AT_FDCWD, r.p("d1").encode(),
+      libc.AT_FDCWD, r.p("c").encode(), libc.RENAME_EXCHANGE)
     r("types-after", lambda: (os.path.isfile(r.p("d1")), os.path.isdir(r.p("c"))))
     r("dir-over-nonempty", os.rename, r.p("d3"), r.p("d2"))
     r("dir-over-file", os.rename, r.p("d2"), r.p("b2"))

@@ -67,7 +67,7 @@ def test_d_add_on_hashed_dentry_oopses():
     assert info.value.event is ev
     assert ev["detail"]["site"] == "__d_rehash"
     assert ev["detail"]["assertion"] == "BUG_ON(!d_unhashed(entry))"
-    assert ev["detail"]["lines"][1].startswith("kernel BUG at fs/dcache.c:")
+    assert ev["detail"]["lines"][1] == "kernel BUG at fs/dcache.c!"  # no made-up line
     assert "RIP: 0010:d_add" in ev["detail"]["lines"]
     assert ev["tasks"][0] == {
         "pid": 42,
@@ -113,7 +113,7 @@ async def test_d_splice_alias_on_hashed_dentry_names_racing_tasks():
                 dc.d_splice_alias(9, d)
         release.set()
     (ev,) = events.of_type(OOPS)
-    assert ev["detail"]["bug"] == "kernel BUG at fs/dcache.c:2989!"
+    assert ev["detail"]["bug"] == "kernel BUG at fs/dcache.c!"
     assert ev["detail"]["function"] == "d_splice_alias"
     assert [t["pid"] for t in ev["tasks"]] == [302, 301]
     assert ev["tasks"][0]["chain"][-2:] == ["nfs_lookup", "d_splice_alias"]

@@ -16,7 +16,7 @@ from stackfs.kernel.inflight import InflightTable
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, calls, running_as
 
-SNAPSHOT_KEYS = {"inflight", "locks", "lock_order", "events", "inject"}
+SNAPSHOT_KEYS = {"inflight", "locks", "lock_order", "events", "inject", "completions"}
 
 
 def test_inflight_begin_end_worker():

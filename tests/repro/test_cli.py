@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+from junitparser import JUnitXml
 
 from stackfs import lifecycle, mountinfo
 from stackfs.cli import main
@@ -86,10 +87,13 @@ def test_run_exits_1_when_the_observation_differs(tmp_path, capsys):
 @pytest.mark.timeout(240)
 def test_demo_shows_every_scenario_and_variant_and_leaves_nothing_mounted(tmp_path):
     before = {e.mountpoint for e in mountinfo.testbed_mounts()}
-    res = stackfs("demo", "--report-dir", str(tmp_path / "demo"), timeout=230)
+    res = stackfs("demo", "--report-dir", str(tmp_path / "demo"), "--junit",
+                  str(tmp_path / "demo.xml"), timeout=230)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     total = sum(len(s.variants) * len(s.cases) for s in registry.scenarios())
+    [suite] = list(JUnitXml.fromfile(str(tmp_path / "demo.xml")))  # a valid JUnit file
+    assert (suite.tests, suite.failures, suite.errors) == (total, 0, 0)
     assert f"All {total} runs matched their expectation" in out
     assert "Nothing is left mounted" in out
     for s in registry.scenarios():

@@ -14,7 +14,7 @@ from stackfs.repro.workload import ProcResult, errno_in
 
 OOPS_REPORT = {
     "events": [{
-        "type": "oops", "summary": "kernel BUG at fs/dcache.c:2989!",
+        "type": "oops", "summary": "kernel BUG at fs/dcache.c!",
         "tasks": [
             {"pid": 1, "comm": "cat", "chain": ["do_filp_open", "path_openat", "lookup_open",
                                                "nfs_atomic_open", "nfs_lookup",
@@ -40,7 +40,10 @@ def test_recursive_lock_and_blocked_task_evidence():
         "blocked": [{"comm": "mv"}, {"comm": "run from pyfuse"}],
         "cycle": {"kind": "recursive_locking", "summary": "x"},
         "events": [{"type": "recursive_locking", "fsname": "stackfs:afs:9",
-                    "tasks": [{"chain": ["afs_open", "osi_VM_FlushPages"]}]}],
+                    "tasks": [{"pid": 5, "chain": ["afs_open", "osi_VM_FlushPages"]},
+                              {"pid": 5, "chain": ["sys_getxattr", "inode_lock"]}],
+                    "detail": {"lock": "i_rwsem ino:7",
+                               "chain": ["afs_open", "osi_VM_FlushPages"]}}],
     }
     assert evidence.blocked_task(report, "mv") == []
     assert evidence.blocked_task(report, "cat")
@@ -67,7 +70,7 @@ def test_excerpt_tells_the_story():
         "",
         "stack backtrace (model call chain, innermost first):",
         " afs_linux_lock_inode", " osi_VM_FlushPages", "",
-        "kernel BUG at fs/dcache.c:2989!",
+        "kernel BUG at fs/dcache.c!",
         "PID: 7 Comm: cat", "RIP: 0010:d_splice_alias", "Call Trace:",
         " nfs_lookup", " nfs_atomic_open", "---[ end trace ]---", "",
         "racing tasks (crash dump, innermost frame first):",
@@ -100,12 +103,27 @@ def test_summary_rates():
 
 
 def test_disturbed_runs_are_recognised():
+    """Only a daemon that says its connection was aborted under a live mount (exit 75), on a
+    mount the run did not abort itself, is evidence; ENOTCONN in a process's stderr is not."""
     p = ProcResult("cat", ["cat", "f"], 1, "cat", 0.0, status=1,
                    stderr="cat: f: Software caused connection abort\n")
-    assert disturbed(_result("wrong-result", False, verdict="ok", processes=[p]))
-    assert not disturbed(_result("deadlock", True, verdict="deadlock", processes=[p]))
-    assert disturbed(_result("setup-error", False,
-                             error="cat: x: Transport endpoint is not connected"))
+    outside = {"mountpoint": "/m", "exit_status": 75, "exit_signal": None}
+    crashed = {"mountpoint": "/m", "exit_status": 1, "exit_signal": None}
+    killed = {"mountpoint": "/m", "exit_status": None, "exit_signal": "SIGSEGV"}
+    assert disturbed(_result("wrong-result", False, verdict="ok", processes=[p],
+                             unmounts=[outside]))
+    assert not disturbed(_result("wrong-result", False, verdict="ok", processes=[p]))
+    for u in (crashed, killed):
+        assert not disturbed(_result("wrong-result", False, verdict="ok", processes=[p],
+                                     unmounts=[u]))
+    # the run aborted that connection itself (recovery after a finding, or its unmount)
+    assert not disturbed(_result("wrong-result", False, verdict="ok", unmounts=[outside],
+                                 aborted_by_run=["/m"]))
+    assert not disturbed(_result("deadlock", True, verdict="deadlock", unmounts=[outside]))
+    assert disturbed(_result("setup-error", False, error="cat: x: Transport endpoint is not "
+                             "connected", unmounts=[outside]))
+    assert not disturbed(_result("setup-error", False,
+                                 error="cat: x: Transport endpoint is not connected"))
 
 
 def test_registry():
@@ -118,3 +136,52 @@ def test_registry():
     with pytest.raises(ValueError):
         Variant("x", "sometimes", "bad expectation")
     assert COMPLETES in {v.expect for v in s.variants}
+
+
+def test_error_outcome_names():
+    from stackfs.repro.scenario import error, error_names
+
+    assert error("ENOENT") == "error:ENOENT"
+    assert error("ESTALE", "ENOENT") == "error:ENOENT,ESTALE"
+    assert error_names(error("ESTALE", "ENOENT")) == {"ENOENT", "ESTALE"}
+    assert error_names(COMPLETES) == frozenset()
+    assert Variant("buggy", error("ENOENT"), "x").is_bug
+    with pytest.raises(ValueError):
+        error("ENOTANERRNO")
+    with pytest.raises(ValueError):
+        Variant("buggy", "error:EBOGUS", "x")
+
+
+def _judged(expect: str, stderr: str, status: int) -> RunResult:
+    """Judge one finished process through the runner's own _check and _judge."""
+    from types import SimpleNamespace
+
+    from stackfs.repro import runner
+    from stackfs.repro.scenario import FORCED, Scenario
+
+    proc = ProcResult("cat f", ["cat", "f"], 10, "cat", 0.0, 1.0, status, "", stderr)
+    v = Variant("v", expect, "x")
+    work = SimpleNamespace(results=[proc], poll=lambda: True)
+    obs = SimpleNamespace(finding=False, verdict="ok", workload=work, report=None)
+    run = SimpleNamespace(variant=v)
+    result = RunResult("s", "000", "default", "v", FORCED, 1, expect, recovered=True)
+    checked = runner._check(result, Scenario(), run, obs)
+    runner._judge(result, v, FORCED, obs, checked)
+    return result
+
+
+def test_errno_seen_by_a_real_process_is_the_observed_outcome():
+    from stackfs.repro.scenario import error
+
+    enoent = "cat: /a/proj: No such file or directory\n"
+    r = _judged(error("ENOENT"), enoent, 1)
+    assert (r.observed, r.matched, r.reproduced, r.problems) == ("error:ENOENT", True, True, [])
+    # a fixed variant that saw the error: observed says which, and it is a failure
+    r = _judged(COMPLETES, enoent, 1)
+    assert r.observed == "error:ENOENT" and not r.matched and r.problems
+    # another errno than the bug's is not the bug
+    r = _judged(error("ENOENT"), "cat: f: Stale file handle\n", 1)
+    assert r.observed == "error:ESTALE" and not r.matched
+    # the bug's errno did not happen: the process completed
+    r = _judged(error("ENOENT"), "", 0)
+    assert r.observed == COMPLETES and not r.reproduced and not r.matched

@@ -137,3 +137,32 @@ def test_mount_t_fuse_stackfs_and_fstab(union, helper_installed, tmp_path):
         assert u.m("f").read_text() == "via mount(8)"
     finally:
         lifecycle.unmount(lifecycle.adopt(u.mp))
+
+
+def test_mount_source_is_kept_and_cleanup_still_finds_the_mount(union, helper_installed):
+    """``mount -t fuse.stackfs SOURCE MP``: /proc/mounts shows SOURCE (as fstests' FUSE support
+    expects); the testbed still knows the daemon (run directory) and ``cleanup`` removes it."""
+    u = union
+    write(u.l1 / "f", "x")
+    run_id = f"src-{os.getpid()}-{u.mp.stat().st_ino}"
+    source = f"my-union-{os.getpid()}"
+    r = subprocess.run(
+        ["mount", "-t", "fuse.stackfs", source, str(u.mp), "-o", u.option_string()],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "STACKFS_RUN_ID": run_id},
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        mounts = open("/proc/mounts").read().splitlines()
+        line = next(ln for ln in mounts if ln.split()[1] == str(u.mp))
+        assert line.split()[:3] == [source, str(u.mp), "fuse.stackfs"]
+        e = mountinfo.find(u.mp)
+        pid = e.daemon_pid
+        assert e.is_testbed and e.kind == "union" and pid is not None
+        assert lifecycle.is_testbed_daemon(pid, str(u.mp))
+        assert u.m("f").read_text() == "x"
+        acts = lifecycle.cleanup(run_id=run_id)
+        assert [(a.mountpoint, a.pid) for a in acts] == [(str(u.mp), pid)]
+        assert mountinfo.find(u.mp) is None
+    finally:
+        if mountinfo.find(u.mp) is not None:
+            lifecycle.unmount(lifecycle.adopt(u.mp))

@@ -63,7 +63,8 @@ def test_every_modification_copies_up_first(union, op):
     u = union
     write(u.l2 / "f", "lower")
     os.setxattr(u.l2 / "f", "user.x", b"1")
-    u.mount("timeout=0")
+    # open for writing copies up at OPEN (aufs); with no_open (issue 15) at the first write
+    u.mount("timeout=0", *(["no_open=off"] if op == "open_w" else []))
     f = u.m("f")
     ino = os.stat(f).st_ino
     if op == "open_w":
@@ -145,7 +146,7 @@ def test_sigkill_during_large_copy_up_leaves_no_partial_file(union):
         chunk = os.urandom(1 << 20)
         for _ in range(size >> 20):
             f.write(chunk)
-    m = u.mount("timeout=0")
+    m = u.mount("timeout=0", "no_open=off")  # the copy-up at OPEN of r+b
     errors: list[BaseException] = []
 
     def opener() -> None:
@@ -194,7 +195,7 @@ def test_copyup_aufs_over_plain_directory_skips_the_lock(union):
 def test_copy_up_injection_point(union):
     u = union
     write(u.l2 / "f", "data")
-    m = u.mount("timeout=0", "inject=copy_up=error:EIO")
+    m = u.mount("timeout=0", "no_open=off", "inject=copy_up=error:EIO")  # copy-up at OPEN
     with pytest.raises(OSError) as ei:
         open(u.m("f"), "r+").close()
     assert ei.value.errno == 5

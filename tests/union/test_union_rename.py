@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
 import pytest
 
+from stackfs.linux import libc
+from stackfs.linux.libc import RENAME_EXCHANGE, RENAME_NOREPLACE
+
 from .conftest import write
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-AT_FDCWD = -100
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-
 
 def renameat2(old, new, flags: int) -> None:
-    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    libc.renameat2(libc.AT_FDCWD, os.fsencode(old), libc.AT_FDCWD, os.fsencode(new), flags)
 
 
 def tree(root) -> dict[str, str]:

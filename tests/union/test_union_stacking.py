@@ -15,18 +15,6 @@ from .conftest import wait_for, write
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 
 
-def _has_passthrough() -> bool:
-    try:
-        import backends
-
-        return "passthrough" in backends.kinds()
-    except Exception:  # noqa: BLE001 - the backends part may not be there yet
-        return False
-
-
-needs_backend = pytest.mark.skipif(not _has_passthrough(), reason="no passthrough backend")
-
-
 def mount_backend(stack, store, mp, *extra: str) -> lifecycle.Mount:
     mp.mkdir(exist_ok=True)
     argv = lifecycle.stackfs_argv(
@@ -35,7 +23,6 @@ def mount_backend(stack, store, mp, *extra: str) -> lifecycle.Mount:
     return stack.mount(argv, mp)
 
 
-@needs_backend
 def test_passthrough_backend_as_lower_branch(union, tmp_path):
     u = union
     store = tmp_path / "store"
@@ -63,7 +50,6 @@ def test_passthrough_backend_as_lower_branch(union, tmp_path):
     assert u.m("d2", "g-link").read_text() == "g+"
 
 
-@needs_backend
 @pytest.mark.parametrize("mode", ["aufs", "aufs-unlock"])
 def test_copyup_aufs_takes_the_lower_inode_lock_in_one_thread(union, tmp_path, mode):
     u = union
@@ -71,7 +57,10 @@ def test_copyup_aufs_takes_the_lower_inode_lock_in_one_thread(union, tmp_path, m
     write(store / "f", "data")
     fuse_lower = tmp_path / "lower-mnt"
     lower = mount_backend(u.stack, store, fuse_lower)
-    m = u.mount("timeout=0", f"copyup={mode}", "inject=copy_up=delay:0.6", lowers=[fuse_lower])
+    # The copy-up waits at its injection point (a barrier of 2 that only this one copy-up
+    # reaches) until the test has looked at the lock and releases it: no timed window.
+    m = u.mount("timeout=0", f"copyup={mode}", "inject=copy_up=barrier:2:120",
+                lowers=[fuse_lower])
     done = threading.Event()
 
     def writer() -> None:
@@ -90,12 +79,14 @@ def test_copyup_aufs_takes_the_lower_inode_lock_in_one_thread(union, tmp_path, m
                 return lk["holders"][0]
         return None
 
-    wait_for(lambda: holder() is not None, 5, "the union to lock the lower inode")
+    wait_for(lambda: holder() is not None, 30, "the union to lock the lower inode")
     h = holder()
     assert h["mode"] == "write"
     # the holder is a worker thread of the union daemon
     assert str(h["task"]["pid"]) in os.listdir(f"/proc/{m.pid}/task")
-    t.join(10)
+    assert not done.is_set()  # still held at the injection point
+    m.control({"op": "inject", "point": "copy_up", "action": "off"})  # let the copy-up go on
+    t.join(30)
     assert done.is_set()
     assert holder() is None  # released after the copy
     assert (u.upper / "f").read_text() == "data+"
@@ -104,14 +95,14 @@ def test_copyup_aufs_takes_the_lower_inode_lock_in_one_thread(union, tmp_path, m
                 if e["type"] == "recursive_locking"]
 
 
-@needs_backend
 def test_plain_copyup_takes_no_lower_lock(union, tmp_path):
     u = union
     store = tmp_path / "store"
     write(store / "f", "data")
     fuse_lower = tmp_path / "lower-mnt"
     lower = mount_backend(u.stack, store, fuse_lower)
-    u.mount("timeout=0", "inject=copy_up=delay:0.5", lowers=[fuse_lower])
+    # the copy-up at OPEN of open("a") (no_open=off: issue 15's fast path copies up at a write)
+    u.mount("timeout=0", "no_open=off", "inject=copy_up=delay:0.5", lowers=[fuse_lower])
     errors: list[BaseException] = []
 
     def opener() -> None:

@@ -13,17 +13,22 @@ import sys
 
 import pyfuse3
 import trio
+from pyfuse3 import FileNameT, InodeT, RequestContext
 
 
 class Foreign(pyfuse3.Operations):
-    async def getattr(self, inode, ctx=None):
+    async def getattr(
+        self, inode: InodeT, ctx: RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         if inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOENT)
         a = pyfuse3.EntryAttributes()
         a.st_ino, a.st_mode, a.st_nlink = inode, stat.S_IFDIR | 0o755, 2
         return a
 
-    async def lookup(self, parent_inode, name, ctx=None):
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
         if name.startswith(b"hang"):
             await trio.sleep_forever()
         raise pyfuse3.FUSEError(errno.ENOENT)

@@ -29,7 +29,6 @@ with open("f", "rb") as fh:
 
 
 def test_recursive_lock_in_buggy_afs(stack, tmp_path, nothing_left, workload):
-    pytest.importorskip("backends.afs")
     store, mp = tmp_path / "store", tmp_path / "afs"
     store.mkdir()
     mp.mkdir()

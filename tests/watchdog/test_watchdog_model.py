@@ -15,8 +15,9 @@ from stackfs.kernel.lockdep import LockDep
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, calls, running_as
 from stackfs.watchdog import Watchdog, graph, kernlocks
+from stackfs.watchdog.daemons import DaemonView
 from stackfs.watchdog.detect import Detector, ModelEvent
-from stackfs.watchdog.procscan import DaemonView, Syscall, TaskInfo
+from stackfs.watchdog.procscan import Syscall, TaskInfo
 from stackfs.watchdog.report import Report, render_event
 
 FUSE_OPEN_STACK = [

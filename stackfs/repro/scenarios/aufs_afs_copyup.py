@@ -11,15 +11,15 @@ taken twice. Here the union takes the AFS inode's modelled i_rwsem through the l
 from __future__ import annotations
 
 from stackfs.repro import evidence
-from stackfs.repro.registry import register
 from stackfs.repro.context import Run
+from stackfs.repro.registry import register
 from stackfs.repro.scenario import (
     COMPLETES,
     DEADLOCK,
     Case,
     Proc,
     Scenario,
-    ServerChange,
+    ServerAction,
     Variant,
 )
 from stackfs.repro.workload import ProcResult
@@ -35,6 +35,7 @@ APPENDED = b"appended through the union\n"
 class AufsAfsCopyup(Scenario):
     name = "aufs-afs-copyup"
     seed = "000"
+    requires = ("cat", "mv", "sh")
     summary = "aufs copy-up over OpenAFS: the copy-up's i_mutex, taken again by afs_open's flush"
     description = (
         "Stack: stackfs (aufs copy-up order) with a local upper branch over the AFS backend. "
@@ -51,14 +52,24 @@ class AufsAfsCopyup(Scenario):
         "before it, so the copy-up may open the file before or after the data version moves."
     )
     variants = (
-        Variant("buggy", DEADLOCK, "copyup=aufs over AFS buggy (2014 aufs, OpenAFS)",
-                {"copyup": "aufs", "afs": "buggy"}),
-        Variant("fixed-aufs", COMPLETES,
-                "copyup=aufs-unlock: the union drops the lock before open (aufs 2024)",
-                {"copyup": "aufs-unlock", "afs": "buggy"}),
-        Variant("fixed-afs", COMPLETES,
-                "AFS fixed: no page flush under the lock in open (flush in read)",
-                {"copyup": "aufs", "afs": "fixed"}),
+        Variant(
+            "buggy",
+            DEADLOCK,
+            "copyup=aufs over AFS buggy (2014 aufs, OpenAFS)",
+            {"copyup": "aufs", "afs": "buggy"},
+        ),
+        Variant(
+            "fixed-aufs",
+            COMPLETES,
+            "copyup=aufs-unlock: the union drops the lock before open (aufs 2024)",
+            {"copyup": "aufs-unlock", "afs": "buggy"},
+        ),
+        Variant(
+            "fixed-afs",
+            COMPLETES,
+            "AFS fixed: no page flush under the lock in open (flush in read)",
+            {"copyup": "aufs", "afs": "fixed"},
+        ),
     )
     cases = (
         Case("mv", "mv of a lower file to a new name inside the union (rename copies it up)"),
@@ -72,24 +83,32 @@ class AufsAfsCopyup(Scenario):
     def prepare(self, run: Run) -> None:
         u = run.layer("union").mnt
         run.sh(["cat", u / FILE])
-        run.note(f"cat union/{FILE}: read through the union, so the kernel caches the AFS "
-                 "file's pages (data version 1)")
+        run.note(
+            f"cat union/{FILE}: read through the union, so the kernel caches the AFS "
+            "file's pages (data version 1)"
+        )
         if run.forced:
             run.server("afs", "write", FILE, V2.decode())
-            run.note(f"another client rewrites {FILE} on the fileserver (stackfs server afs "
-                     "write): its data version moves to 2 and the callback breaks, so the next "
-                     "open on this client must flush the cached pages (afs_open -> "
-                     "osi_FlushPages -> osi_VM_FlushPages)")
+            run.note(
+                f"another client rewrites {FILE} on the fileserver (stackfs server afs "
+                "write): its data version moves to 2 and the callback breaks, so the next "
+                "open on this client must flush the cached pages (afs_open -> "
+                "osi_FlushPages -> osi_VM_FlushPages)"
+            )
 
-    def concurrent(self, run: Run) -> list[ServerChange]:
-        return [ServerChange("afs", "write", (FILE, V2.decode()))]
+    def concurrent(self, run: Run) -> list[ServerAction]:
+        return [ServerAction("afs", "write", (FILE, V2.decode()))]
 
     def workload(self, run: Run) -> list[Proc]:
         u = run.layer("union").mnt
         if run.case.name == "mv":
             return [Proc(["mv", u / FILE, u / NEW], label=f"mv {FILE} {NEW}")]
-        return [Proc(["sh", "-c", f"echo '{APPENDED.decode().strip()}' >> '{u / FILE}'"],
-                     label=f"sh -c 'echo ... >> {FILE}'")]
+        return [
+            Proc(
+                ["sh", "-c", f"echo '{APPENDED.decode().strip()}' >> '{u / FILE}'"],
+                label=f"sh -c 'echo ... >> {FILE}'",
+            )
+        ]
 
     def _versions(self, run: Run) -> list[bytes]:
         # natural mode: the other client's write may land before or after the copy-up
@@ -116,6 +135,10 @@ class AufsAfsCopyup(Scenario):
 
     def evidence(self, run: Run, report: dict) -> list[str]:
         comm = "mv" if run.case.name == "mv" else "sh"
-        return (evidence.blocked_task(report, comm)
-                + evidence.cycle_present(report)
-                + evidence.recursive_lock(report, via="osi_VM_FlushPages", fsname_kind="afs"))
+        return (
+            evidence.blocked_task(report, comm)
+            + evidence.cycle_present(report)
+            + evidence.recursive_lock(
+                report, via="osi_VM_FlushPages", fsname_kind="afs", lock="i_rwsem"
+            )
+        )

@@ -11,15 +11,21 @@ real processes race in the NFS backend's model of the dentry cache.
 from __future__ import annotations
 
 from stackfs.repro import evidence
-from stackfs.repro.registry import register
 from stackfs.repro.context import Run
+from stackfs.repro.registry import register
 from stackfs.repro.scenario import COMPLETES, OOPS, Case, Proc, Scenario, Variant
 from stackfs.repro.workload import ProcResult
 
 NAME = "export/build"
 #: the chain of seed 003's crash dump, outermost first
-SEED_CHAIN = ("do_filp_open", "path_openat", "lookup_open", "nfs_atomic_open", "nfs_lookup",
-              "d_splice_alias")
+SEED_CHAIN = (
+    "do_filp_open",
+    "path_openat",
+    "lookup_open",
+    "nfs_atomic_open",
+    "nfs_lookup",
+    "d_splice_alias",
+)
 OPENERS = 3
 
 
@@ -27,6 +33,7 @@ OPENERS = 3
 class NfsAtomicOpen(Scenario):
     name = "nfs-atomic-open"
     seed = "003"
+    requires = ("cat", "stat", "ls")
     summary = "three openers of one name in nfs_atomic_open: d_splice_alias on a hashed dentry"
     description = (
         "Stack: the NFS backend (entry_timeout=0), and in case union stackfs stacked over it. "
@@ -44,11 +51,18 @@ class NfsAtomicOpen(Scenario):
     )
     variants = (
         Variant("buggy", OOPS, "d_drop only on ENOENT (Linux 4.7-rc1)", {"nfs": "buggy"}),
-        Variant("fixed", COMPLETES, "d_drop on every open_context error (Linux 4.7-rc3)",
-                {"nfs": "fixed"}),
-        Variant("parallel-lookup", COMPLETES,
-                "d_alloc_parallel: one lookup per name at a time (Linux 4.7)",
-                {"nfs": "parallel-lookup"}),
+        Variant(
+            "fixed",
+            COMPLETES,
+            "d_drop on every open_context error (Linux 4.7-rc3)",
+            {"nfs": "fixed"},
+        ),
+        Variant(
+            "parallel-lookup",
+            COMPLETES,
+            "d_alloc_parallel: one lookup per name at a time (Linux 4.7)",
+            {"nfs": "parallel-lookup"},
+        ),
     )
     cases = (
         Case("nfs", "three cats open the name on the NFS mount"),
@@ -61,8 +75,13 @@ class NfsAtomicOpen(Scenario):
         else:
             inject = ["nfs_open_context=delay:0.005"]
         files = {NAME: b"build log v1\n"} if run.case.name == "union" else {"export/README": b""}
-        nfs = run.backend("nfs", variant=run.params["nfs"], files=files, inject=inject,
-                          options=["entry_timeout=0", "attr_timeout=0"])
+        nfs = run.backend(
+            "nfs",
+            variant=run.params["nfs"],
+            files=files,
+            inject=inject,
+            options=["entry_timeout=0", "attr_timeout=0"],
+        )
         if run.case.name == "union":
             # the union trusts its own dentries and attributes for a minute
             run.union([nfs], options=["entry_timeout=60", "attr_timeout=60"])
@@ -81,15 +100,19 @@ class NfsAtomicOpen(Scenario):
         res = run.sh(["stat", nfs / NAME], check=False)
         if res.returncode == 0:
             raise_setup(f"stat nfs/{NAME} found it; expected ENOENT")
-        run.note(f"stat nfs/{NAME}: ENOENT, the NFS client caches a negative dentry "
-                 "(trusted for acdirmin, 30 s)")
+        run.note(
+            f"stat nfs/{NAME}: ENOENT, the NFS client caches a negative dentry "
+            "(trusted for acdirmin, 30 s)"
+        )
         run.server("nfs", "mkdir", NAME)
         run.note(f"another client creates the directory {NAME} on the server")
         listing = run.sh(["ls", nfs / "export"]).stdout.decode().split()
         if "build" not in listing:
             raise_setup(f"ls nfs/export does not show build: {listing}")
-        run.note("ls nfs/export shows it: the kernel now holds a positive dentry (READDIRPLUS), "
-                 "the NFS client's dcache still the negative one")
+        run.note(
+            "ls nfs/export shows it: the kernel now holds a positive dentry (READDIRPLUS), "
+            "the NFS client's dcache still the negative one"
+        )
 
     def workload(self, run: Run) -> list[Proc]:
         t = self._target(run)
@@ -101,12 +124,17 @@ class NfsAtomicOpen(Scenario):
         if run.case.name == "union":
             # the union's cached inode is a regular file, the branch now has a directory
             ok.append("Input/output error")
-        problems = [f"{r.render()}: expected {' or '.join(repr(o) for o in ok)}"
-                    for r in results if not any(o in r.stderr for o in ok)]
+        problems = [
+            f"{r.render()}: expected {' or '.join(repr(o) for o in ok)}"
+            for r in results
+            if not any(o in r.stderr for o in ok)
+        ]
         res = run.sh(["stat", "-c", "%F", run.layer("nfs").mnt / NAME], check=False)
         if res.stdout.decode().strip() != "directory":
-            problems.append(f"nfs/{NAME} after the opens: "
-                            f"{(res.stdout or res.stderr).decode().strip()}, expected directory")
+            problems.append(
+                f"nfs/{NAME} after the opens: "
+                f"{(res.stdout or res.stderr).decode().strip()}, expected directory"
+            )
         return problems
 
     def evidence(self, run: Run, report: dict) -> list[str]:

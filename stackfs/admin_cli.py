@@ -1,4 +1,11 @@
-"""Generic commands: ``state``, ``inject``, ``server``, ``cleanup``, ``testfs``."""
+"""The administrative subcommands, for any layer: ``state``, ``inject`` and ``server`` ask a
+running daemon over its control socket (they work while its mount is wedged), ``cleanup``
+recovers what a run left behind, ``testfs`` mounts a test filesystem.
+
+(Each part's own subcommands live in its ``cli.py``: ``stackfs.union.cli``, ``backends.cli``,
+``stackfs.watchdog.cli``, ``stackfs.repro.cli``; :mod:`stackfs.cli` is the ``stackfs`` entry
+point that gathers them.)
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,15 @@ def _query(mountpoint: str, request: dict[str, Any], timeout: float = 5.0) -> di
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    state = _query(args.mountpoint, {"op": "state"})
+    if args.pid is not None:  # a service daemon (no mount): the lock manager, an automounter
+        try:
+            state = control.query_pid(args.pid, {"op": "state"})
+        except control.ControlError as exc:
+            raise CLIError(str(exc)) from exc
+    elif args.mountpoint is None:
+        raise CLIError("state needs a MOUNTPOINT or --pid PID", 2)
+    else:
+        state = _query(args.mountpoint, {"op": "state"})
     json.dump(state, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0
@@ -65,9 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Print the modelled kernel state (locks with holders and waiters, lock "
         "order, oopses, injection points, requests in flight) of the daemon serving "
         "MOUNTPOINT. It is read over the daemon's control socket, so it works while the "
-        "mount itself is wedged.",
+        "mount itself is wedged. --pid PID asks a service daemon that has no mount (the "
+        "lock manager of a cluster, stackfs.dlmd: its resources, granted modes per node, "
+        "queued requests, blocking ASTs).",
     )
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?")
+    p.add_argument("--pid", type=int, help="a service daemon's pid (RUN_DIR/PID/control.sock)")
     p.set_defaults(func=cmd_state)
 
     p = sub.add_parser(
@@ -89,10 +107,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Act as another client of the server (store) behind an AFS or NFS "
         "backend mounted at MOUNTPOINT: write PATH DATA, truncate PATH SIZE, rename OLD NEW, "
         "unlink PATH. The backend's callbacks/attribute caches are broken as a real server "
-        "would break them.",
+        "would break them. An autofs backend also takes expire KEY: its automount daemon "
+        "unmounts KEY and removes the mount point now (returns once the mount point is gone).",
     )
     p.add_argument("mountpoint")
-    p.add_argument("action", choices=["write", "truncate", "rename", "unlink", "mkdir", "rmdir"])
+    p.add_argument(
+        "action", choices=["write", "truncate", "rename", "unlink", "mkdir", "rmdir", "expire"]
+    )
     p.add_argument("args", nargs="*")
     p.set_defaults(func=cmd_server)
 
@@ -108,13 +129,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "testfs",
-        help="mount a small test filesystem that hangs on purpose (foreground)",
+        help="mount a small test filesystem that hangs or crashes on purpose (foreground)",
         description="Test filesystems for the lifecycle and the watchdog. 'hang': a lookup of "
         "any name starting with 'hang' never gets an answer. 'lookup-mkdir': a lookup of "
         "'trigger' waits for a helper thread that mkdirs in the same directory through the "
-        "mount, the real kernel deadlock of shared/NOTES.md (autofs4 shape).",
+        "mount, the real kernel deadlock of shared/NOTES.md (autofs4 shape). 'crash': the "
+        "daemon dies (exit 13, no unmount) in the lookup of any name starting with 'crash'; "
+        "with STACKFS_TESTFS_CRASH_MARKER=FILE only while FILE does not exist (a flaky crash).",
     )
-    p.add_argument("name", choices=["hang", "lookup-mkdir"])
+    p.add_argument("name", choices=["hang", "lookup-mkdir", "crash"])
     p.add_argument("mountpoint")
     p.add_argument("-d", "--debug", action="store_true")
     p.set_defaults(func=cmd_testfs)

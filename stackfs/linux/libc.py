@@ -1,10 +1,12 @@
-"""The few *at() system calls Python's ``os`` module does not offer, through ctypes.
+"""The one handle on the C library, and the few calls Python's ``os`` module does not offer.
 
-The store is reached through ``O_PATH`` file descriptors (one per inode the kernel knows), as
-libfuse's passthrough_ll does. ``os`` cannot operate on such a descriptor itself for some calls
-(``fchown``/``futimens`` refuse O_PATH descriptors), nor pass the kernel's rename flags; these
-wrappers call ``renameat2``, ``fchownat``, ``utimensat`` and ``linkat`` with ``AT_EMPTY_PATH``.
-Every wrapper raises :class:`OSError` with the syscall's errno.
+The backends' store is reached through ``O_PATH`` file descriptors (one per inode the kernel
+knows), as libfuse's passthrough_ll does. ``os`` cannot operate on such a descriptor itself for
+some calls (``fchown``/``futimens`` refuse O_PATH descriptors), nor pass the kernel's rename
+flags; these wrappers call ``renameat2``, ``fchownat``, ``utimensat`` and ``linkat`` with
+``AT_EMPTY_PATH``. The union's branches call ``renameat2`` for RENAME_NOREPLACE /
+RENAME_EXCHANGE; the lifecycle detaches with ``umount2(MNT_DETACH)``; a daemon names its worker
+threads with ``prctl(PR_SET_NAME)``. Every wrapper raises :class:`OSError` with the errno.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+MNT_DETACH = 2
+PR_SET_NAME = 15
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = LIBC
 
 
 class _Timespec(ctypes.Structure):
@@ -30,13 +35,22 @@ class _Timespec(ctypes.Structure):
 
 
 _libc.renameat2.argtypes = [
-    ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
 ]
 _libc.fchownat.argtypes = [
-    ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+    ctypes.c_uint,
+    ctypes.c_int,
 ]
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
 _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 def _check(ret: int, what: str, name: bytes | None = None) -> None:
@@ -56,8 +70,9 @@ def fchown_empty(fd: int, uid: int, gid: int) -> None:
     """``fchownat(fd, "", uid, gid, AT_EMPTY_PATH|AT_SYMLINK_NOFOLLOW)``: works on O_PATH fds and
     on symlinks themselves. ``-1`` leaves an id unchanged."""
     _check(
-        _libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF,
-                       AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW),
+        _libc.fchownat(
+            fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
+        ),
         "fchownat",
     )
 
@@ -66,7 +81,8 @@ def fchownat(dirfd: int, name: bytes, uid: int, gid: int) -> None:
     """``fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)``."""
     _check(
         _libc.fchownat(dirfd, name, uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_SYMLINK_NOFOLLOW),
-        "fchownat", name,
+        "fchownat",
+        name,
     )
 
 
@@ -79,12 +95,43 @@ def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
             times[i].tv_sec, times[i].tv_nsec = 0, UTIME_OMIT
         else:
             times[i].tv_sec, times[i].tv_nsec = divmod(ns, 1_000_000_000)
-    _check(
-        _libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "utimensat"
-    )
+    _check(_libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "utimensat")
 
 
 def link_empty(fd: int, newdirfd: int, name: bytes) -> None:
     """``linkat(fd, "", newdirfd, name, AT_EMPTY_PATH)``: a new name for the object behind an
     O_PATH fd (needs CAP_DAC_READ_SEARCH; the daemon runs as root)."""
     _check(_libc.linkat(fd, b"", newdirfd, name, AT_EMPTY_PATH), "linkat", name)
+
+
+def umount2(target: bytes, flags: int) -> None:
+    """``umount2(2)`` (``MNT_DETACH``: lazy; the mount point is free at once)."""
+    _check(_libc.umount2(target, flags), "umount2", target)
+
+
+def set_thread_name(name: bytes) -> None:
+    """``prctl(PR_SET_NAME)``: the calling thread's comm (15 bytes kept)."""
+    _check(_libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0), "prctl")
+
+
+MS_BIND = 4096
+PR_SET_PDEATHSIG = 1
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+
+
+def bind_mount(source: bytes, target: bytes) -> None:
+    """``mount(source, target, NULL, MS_BIND, NULL)``: what the automount daemon does for a
+    map entry that is a directory (seed 001)."""
+    _check(_libc.mount(source, target, None, MS_BIND, None), "mount", target)
+
+
+def set_pdeathsig(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG)``: get ``sig`` when the parent thread exits (a helper daemon
+    never outlives the daemon that started it, even after a SIGKILL)."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0), "prctl")

@@ -1,0 +1,678 @@
+"""The autofs personality (seed 001): an indirect automount map, served with automount(8)'s help.
+
+The mount's root lists the map's keys that are mounted. The map is a directory
+(``-o map=DIR``, default ``STORE/.map``): a LOOKUP of ``KEY`` (a directory ``DIR/KEY`` exists)
+that is not mounted yet sends a *missing* packet to the automount daemon, ``stackfs
+automountd`` (:mod:`stackfs.automountd`), a separate process this daemon starts with the mount
+and stops (and reaps) with it. The daemon does what automount(8) does: ``mkdir(2)`` of the mount
+point **through this mount** (the real VFS: ``filename_create`` takes the root directory's
+i_rwsem exclusively), a real bind mount of ``DIR/KEY`` on it, then ``AUTOFS_IOC_READY``. A
+mounted key expires after ``-o timeout=S`` idle seconds, or on demand (``stackfs server
+MOUNTPOINT expire KEY``): the daemon unmounts it (EBUSY while in use), removes the mount point
+through this mount, and only then reports the expire's completion.
+
+What is real and what is modelled
+    Real: the processes, the directory i_rwsem and who blocks on it, the daemon's mkdir/rmdir
+    through the mount, its bind mounts, the path walk crossing into them. What the kernel is
+    doing when it sends a LOOKUP is read from the caller's kernel stack (``/proc/TID/stack``,
+    verified on Linux 6.18, docs/autofs.md): ``fuse_dentry_revalidate`` is a revalidation (a
+    path walk's ``lookup_fast`` holds no lock; a create's ``filename_create`` ->
+    ``lookup_one_qstr_excl`` holds the parent's i_rwsem exclusively), ``fuse_lookup`` is
+    ``->lookup`` (``__lookup_slow``: shared). Modelled, with autofs4's names, in the kernel
+    dcache model (``stackfs state``): the autofs dentries and their flags
+    (``DCACHE_AUTOFS_PENDING``, ``AUTOFS_INF_EXPIRING``, ``DCACHE_NEED_AUTOMOUNT``), the wait
+    queues (``struct autofs_wait_queue``: a completion held by the daemon's thread that works
+    on the request) and the look-aside list of expiring dentries.
+
+One translation: autofs4's ``->lookup`` hashed the dentry, *dropped the directory mutex* and
+waited for the daemon. A FUSE daemon can never drop the caller's lock, so a ``->lookup``
+posts the mount request and answers at once with a positive trigger directory (entry timeout
+0): the wait moves to the caller's next request on the name, a lock-free revalidation in its
+path walk (``chdir``, ``openat``). That is where autofs4 would have been too, without the lock.
+
+Variants (``-o`` ``--variant``)
+    ``2.6.18`` (2.6.18-22, the deadlock of commit 1864f7bd): every revalidation of a pending
+    dentry calls ``try_to_fill_dentry`` -> ``autofs4_wait``; it cannot know whether the caller
+    holds the directory lock. A second ``mkdir`` of the name revalidates under
+    ``filename_create``'s exclusive lock and waits for the daemon, whose own ``mkdir`` of the
+    mount point needs that lock: a real deadlock.
+    ``1864f7bd`` (2.6.23, "autofs4: deadlock during create"): never call back to the daemon while
+    the caller holds the directory lock (delayed hashing made creates go through ``->lookup``,
+    which dropped the mutex); the create gets EEXIST, its next walk waits. Wait queues are still
+    matched by name only: a lookup arriving after an expire removed the mount point but before
+    it completed joins the *expire's* queue, wakes with its dentry unhashed and the walk
+    returns ENOENT (the 2008 thread of seed 001).
+    ``lookaside`` (2576737873dc, 2.6.26): ``->lookup`` reuses the expiring dentry from the
+    look-aside list, waits for the expire (``autofs4_expire_wait``), then posts a new mount.
+    ``2.6.38`` (``d_automount``/``d_manage``, 9875cf806403): ``->lookup`` and a create's
+    revalidation never wait; a path walk that crosses the dentry (a revalidation with no lock
+    held) waits for an expire (``autofs_d_manage``) and for the mount (``autofs_d_automount``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+from pyfuse3 import InodeT, ModeT, RequestContext
+
+from backends.autofs_model import (
+    EXPIRING,
+    LOOKUP_ENOENT,
+    MOUNTED,
+    NEED_AUTOMOUNT,
+    PENDING,
+    WAIT_UNDER_LOCK,
+    AutofsInfo,
+    Caller,
+    WaitQueue,
+)
+from backends.base import Inode, Option, StoreFS, fuse_op
+from stackfs import rundir, service
+from stackfs.kernel.dcache import Dentry
+from stackfs.kernel.task import (
+    Task,
+    calls,
+    current_chain,
+    get_current_task,
+    running_as,
+    task_json,
+)
+
+ROOT = pyfuse3.ROOT_INODE
+#: the default map directory and the trigger directories, inside the store (hidden)
+MAP_DIR = ".map"
+TRIGGER_DIR = ".autofs"
+
+
+class AutofsFS(StoreFS):
+    """autofs4 over an indirect map, with ``stackfs automountd`` as its daemon."""
+
+    kind = "autofs"
+    variants = {
+        "2.6.18": "every revalidation of a pending dentry waits for the daemon, also under the "
+        "directory lock of a create (deadlock during create, 2.6.18-22)",
+        "1864f7bd": "never call back to the daemon with the directory lock held; wait queues "
+        "matched by name (2.6.23: a lookup in an expire's window gets ENOENT)",
+        "lookaside": "reuse the expiring dentry from a look-aside list, wait for the expire, "
+        "then mount (2576737873dc, 2.6.26)",
+        "2.6.38": "d_automount/d_manage: waits only where a path walk crosses the dentry, "
+        "with no lock held (Linux 2.6.38)",
+    }
+    injection_points = {
+        "autofs4_notify_daemon": "a mount request's packet to the daemon; each task that "
+        "starts waiting for a mount request hits it too (barrier:3 "
+        "holds the daemon callback until two tasks wait)",
+        "autofs4_expire_ready": "the daemon's completion of an expire, before its waiters "
+        "wake; each task that starts waiting for an expire hits it too "
+        "(barrier:2 holds the completion until a lookup waits)",
+    }
+    extra_options = (
+        Option(
+            "timeout",
+            float,
+            5.0,
+            "idle seconds before a mounted map entry expires (automount --timeout; 0: never)",
+        ),
+        Option(
+            "map",
+            str,
+            "",
+            "the indirect map directory: DIR/KEY is bind-mounted on KEY (default STORE/.map)",
+        ),
+    )
+    #: every walk through a key must reach this daemon (pending, mounted, expiring)
+    option_defaults = {"entry_timeout": 0.0, "attr_timeout": 0.0}
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.expire_timeout = float(self.opts["timeout"])
+        self.map_dir = Path(self.opts["map"] or self.store / MAP_DIR).resolve()
+        self.map_dir.mkdir(parents=True, exist_ok=True)
+        self.trigger_dir = self.store / TRIGGER_DIR
+        self.trigger_dir.mkdir(exist_ok=True)
+        self.dc = self.kernel.dcache("autofs")
+        self.info: dict[bytes, AutofsInfo] = {}
+        #: pending wait queues by name (autofs4_find_wait matches the name only)
+        self.wqs: dict[bytes, WaitQueue] = {}
+        self.tokens: dict[int, WaitQueue] = {}
+        self._next_token = 1
+        #: the look-aside list of expiring dentries (2576737873dc)
+        self.expiring: dict[bytes, Dentry] = {}
+        #: trigger directory inode -> its key
+        self.triggers: dict[int, bytes] = {}
+        self.daemon: service.Service | None = None
+        self.daemon_task: Task | None = None
+        self._pipe: trio.SocketStream | None = None
+        self._send_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.catatonic = False
+
+    # -- the daemon ------------------------------------------------------------------------------
+
+    async def started(self, nursery: trio.Nursery) -> None:
+        """Start ``stackfs automountd`` (from the main thread: its parent-death signal follows
+        this thread) and connect to its pipe."""
+        from stackfs.automountd import socket_path
+
+        info = rundir.read_info(os.getpid()) or {}
+        mp = info.get("mountpoint")
+        if not mp:
+            raise RuntimeError("autofs: cannot tell my own mount point")
+        log = None
+        with contextlib.suppress(OSError):
+            target = os.readlink("/proc/self/fd/2")
+            if target.startswith("/") and os.path.isfile(target):
+                log = Path(target)
+        argv = [
+            sys.executable,
+            "-m",
+            "stackfs.automountd",
+            "--autofs",
+            mp,
+            "--map",
+            str(self.map_dir),
+        ]
+        self.daemon = service.start(argv, "automount", log=log)
+        self.daemon_task = Task.from_pid(self.daemon.pid)
+        self._pipe = await trio.open_unix_socket(socket_path(self.daemon.pid))
+        self._nursery = nursery
+        nursery.start_soon(self._read_pipe)
+        nursery.start_soon(self._reaper)
+        if self.expire_timeout > 0:
+            nursery.start_soon(self._expire_timer)
+
+    async def _reaper(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                if self._pipe is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pipe.aclose()
+                if self.daemon is not None:
+                    await trio.to_thread.run_sync(self.daemon.stop)
+
+    def oz_mode(self, tid: int) -> bool:
+        """``autofs4_oz_mode``: the request comes from the daemon (any of its threads)."""
+        return self.daemon is not None and os.path.exists(f"/proc/{self.daemon.pid}/task/{tid}")
+
+    async def _send(self, msg: dict[str, Any]) -> bool:
+        if self._pipe is None or self.catatonic:
+            return False
+        async with self._send_lock:
+            try:
+                await self._pipe.send_all(json.dumps(msg).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return True
+
+    async def _read_pipe(self) -> None:
+        buf = b""
+        assert self._pipe is not None and self._nursery is not None
+        while True:
+            try:
+                data = await self._pipe.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    self._nursery.start_soon(self._daemon_says, json.loads(line))
+        self.autofs4_catatonic_mode()
+
+    def autofs4_catatonic_mode(self) -> None:
+        """The daemon is gone: fail every pending request (ENOENT), as autofs4 does."""
+        self.catatonic = True
+        for wq in list(self.tokens.values()):
+            self._finish(wq, -errno.ENOENT)
+
+    async def _daemon_says(self, msg: dict[str, Any]) -> None:
+        wq = self.tokens.get(int(msg.get("token", -1)))
+        if wq is None:
+            return
+        op = msg.get("op")
+        if op == "working":
+            wq.completion.set_holder(Task.from_pid(int(msg["tid"])))
+            return
+        status = 0 if op == "ready" else -int(msg.get("errno") or errno.ENOENT)
+        if wq.type == "expire":
+            with running_as(wq.completion.holder), calls("autofs4_expire_indirect"):
+                await self.kernel.inject.hit("autofs4_expire_ready")
+        self._finish(wq, status)
+
+    def _finish(self, wq: WaitQueue, status: int) -> None:
+        """``autofs4_wait_release``: wake the waiters, update the dentry's flags."""
+        if self.tokens.pop(wq.token, None) is None:
+            return
+        if self.wqs.get(wq.name) is wq:
+            del self.wqs[wq.name]
+        ai = self._info(wq.name)
+        if wq.type == "mount":
+            ai.flags.discard(PENDING)
+            if status == 0:
+                ai.flags.add(MOUNTED)
+                ai.flags.discard(NEED_AUTOMOUNT)
+        else:
+            ai.flags.discard(EXPIRING)
+            if status == 0:
+                ai.flags.discard(MOUNTED)
+                self.expiring.pop(wq.name, None)  # autofs4_del_expiring
+            wq.rmdir_seen.set()
+        ai.last_used = time.time()
+        wq.completion.complete_all(status)
+
+    def _new_wq(self, key: bytes, kind: str) -> WaitQueue:
+        token = self._next_token
+        self._next_token += 1
+        what = "mount request" if kind == "mount" else "expire"
+        c = self.kernel.completions.new(
+            "autofs_wait_queue",
+            os.fsdecode(key),
+            holder=self.daemon_task,
+            desc=f"{what} #{token} for {os.fsdecode(key)!r}, answered by the automount daemon",
+        )
+        wq = WaitQueue(token, key, kind, c)
+        self.wqs[key] = wq
+        self.tokens[token] = wq
+        assert self._nursery is not None
+        self._nursery.start_soon(self._notify, wq)
+        return wq
+
+    async def _notify(self, wq: WaitQueue) -> None:
+        """``autofs4_notify_daemon``: the packet goes down the pipe."""
+        if wq.type == "mount":
+            with running_as(self.daemon_task), calls("autofs4_notify_daemon"):
+                await self.kernel.inject.hit("autofs4_notify_daemon")
+        packet = {
+            "type": "missing" if wq.type == "mount" else "expire",
+            "token": wq.token,
+            "name": os.fsdecode(wq.name),
+        }
+        wq.notified = time.time()
+        if not await self._send(packet):
+            self._finish(wq, -errno.ENOENT)
+
+    # -- the model -------------------------------------------------------------------------------
+
+    def _info(self, key: bytes) -> AutofsInfo:
+        ai = self.info.get(key)
+        if ai is None:
+            ai = self.info[key] = AutofsInfo(key)
+        return ai
+
+    def map_has(self, key: bytes) -> bool:
+        return not key.startswith(b".") and (self.map_dir / os.fsdecode(key)).is_dir()
+
+    def mounted(self, key: bytes) -> bool:
+        ai = self.info.get(key)
+        return ai is not None and MOUNTED in ai.flags
+
+    def _post_mount(self, key: bytes) -> WaitQueue:
+        wq = self.wqs.get(key)
+        if wq is None:
+            wq = self._new_wq(key, "mount")
+            self._info(key).flags.add(PENDING)
+        return wq
+
+    async def autofs4_wait(self, key: bytes, kind: str, lock: tuple[str, str] | None) -> int:
+        """Wait for the request on ``key`` (joining the pending one of that name, whatever its
+        type, as ``autofs4_find_wait`` does; a new mount request if none)."""
+        wq = self.wqs.get(key)
+        if wq is None:
+            if kind == "expire":
+                return 0
+            wq = self._post_mount(key)
+        task = get_current_task()
+        with calls("autofs4_wait"):
+            if lock is not None:
+                self._wait_under_lock(task, key, wq, lock)
+            point = "autofs4_notify_daemon" if wq.type == "mount" else "autofs4_expire_ready"
+            await self.kernel.inject.hit(point)
+            return await wq.completion.wait()
+
+    def _wait_under_lock(
+        self, task: Task, key: bytes, wq: WaitQueue, lock: tuple[str, str]
+    ) -> None:
+        frame, mode = lock
+        name = os.fsdecode(key)
+        self.count("wait_under_lock")
+        self.kernel.events.record(
+            WAIT_UNDER_LOCK,
+            f"possible deadlock: {task} waits in autofs4_wait for the automount daemon "
+            f"({wq.type} #{wq.token} of {name!r}) with the parent directory's i_rwsem held "
+            f"({'exclusive' if mode == 'write' else 'shared'}, taken in {frame})",
+            [task_json(task, current_chain())],
+            {
+                "key": name,
+                "token": wq.token,
+                "wait_type": wq.type,
+                "lock": "i_rwsem",
+                "object": "parent directory (the autofs root)",
+                "mode": mode,
+                "taken_in": frame,
+                "daemon": task_json(wq.completion.holder, ()) if wq.completion.holder else None,
+            },
+        )
+
+    def _lookup_enoent(self, key: bytes, d: Dentry, wq: WaitQueue) -> None:
+        """Record the seed's ENOENT: the new dentry's mount request matched the expire."""
+        task = get_current_task()
+        name = os.fsdecode(key)
+        self.count("lookup_enoent_after_expire")
+        self.kernel.events.record(
+            LOOKUP_ENOENT,
+            f"autofs4_lookup: {task} looked up {name!r} with a new dentry #{d.id}; its mount "
+            f"request matched the pending expire #{wq.token} of {name!r} (autofs4_wait), woke "
+            f"when the expire completed, dentry #{d.id} unhashed, no mount requested: ENOENT",
+            [task_json(task, (*current_chain(), "autofs4_wait"))],
+            {
+                "key": name,
+                "dentry": d.to_json(),
+                "expire_token": wq.token,
+                "expire_status": wq.completion.status,
+                "errno": "ENOENT",
+            },
+        )
+
+    # -- LOOKUP ----------------------------------------------------------------------------------
+
+    def _trigger_key(self, inode: Inode | None, tid: int) -> bytes | None:
+        """The key whose mount a walk that is *in* ``inode`` needs: a trigger directory, or a
+        mount point directory whose mount went away under the walk (an expire unmounted it
+        between the revalidation and the mount crossing). Never for the daemon."""
+        if inode is None:
+            return None
+        key = self.triggers.get(inode.ino)
+        if key is None and inode.is_dir and inode.parent == ROOT and self.map_has(inode.name):
+            key = inode.name
+        if key is None or self.oz_mode(tid):
+            return None
+        return key
+
+    async def lookup_entry(self, parent: Inode, name: bytes, ctx) -> pyfuse3.EntryAttributes:
+        key = self._trigger_key(parent, ctx.pid)
+        if key is not None and name not in (b".", b".."):
+            return await self._lookup_in_trigger(key, name, ctx)
+        if parent.ino != ROOT or name in (b".", b".."):
+            return await super().lookup_entry(parent, name, ctx)
+        if name.startswith(b"."):
+            raise OSError(errno.ENOENT, "hidden")
+        if self.oz_mode(ctx.pid):  # the daemon sees the directory as it is
+            return await super().lookup_entry(parent, name, ctx)
+        if not self.map_has(name):
+            raise OSError(errno.ENOENT, "not a map key")
+        caller = Caller.of(ctx.pid)
+        self._info(name).last_used = time.time()
+        self.count("lookup_key")
+        with calls(*caller.chain()):
+            if caller.revalidate and caller.known:
+                status = await self.autofs4_revalidate(name, caller)
+            else:
+                status = await self.autofs4_lookup(name, caller)
+        if status:
+            raise OSError(-status, "autofs4_wait")
+        self._info(name).last_used = time.time()
+        return self._entry(name)
+
+    async def autofs_d_automount(self, key: bytes) -> int:
+        """The lock-free point where a path walk that went into a trigger directory waits:
+        its next component's LOOKUP (or OPENDIR) in the trigger (holding the trigger's own
+        i_rwsem at most, which no mount needs). Wait for a pending expire, then for the mount;
+        then the walk goes on in the mounted map entry."""
+        with calls("follow_managed"):
+            if key in self.wqs and self.wqs[key].type == "expire":
+                with calls("autofs_d_manage", "autofs_expire_wait"):
+                    await self.autofs4_wait(key, "expire", None)
+            if self.mounted(key):
+                return 0
+            with calls("follow_automount", "autofs_d_automount"):
+                return await self.autofs4_wait(key, "mount", None)
+
+    async def _lookup_in_trigger(self, key: bytes, name: bytes, ctx) -> pyfuse3.EntryAttributes:
+        caller = Caller.of(ctx.pid)
+        with calls(*caller.chain()):
+            status = await self.autofs_d_automount(key)
+        if status:
+            raise OSError(-status, "autofs4_wait")
+        self._info(key).last_used = time.time()
+        return await super().lookup_entry(self._map_entry(key), name, ctx)
+
+    @fuse_op
+    async def opendir(self, inode: InodeT, ctx: RequestContext):
+        key = self._trigger_key(self.inodes.get(inode), ctx.pid)
+        if key is None:
+            return await super().opendir.__wrapped__(self, inode, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+        status = await self.autofs_d_automount(key)
+        if status:
+            raise OSError(-status, "autofs4_wait")
+        return await super().opendir.__wrapped__(self, self._map_entry(key).ino, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+
+    def _map_entry(self, key: bytes) -> Inode:
+        """The mounted map entry's directory (what the walk finds behind the trigger)."""
+        fd = os.open(self.map_dir / os.fsdecode(key), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self.remember(fd, os.fstat(fd), None, key)
+
+    def _entry(self, key: bytes) -> pyfuse3.EntryAttributes:
+        """The mount point directory if mounted, else the trigger directory."""
+        if self.mounted(key):
+            try:
+                inode, st = self.lookup_store(self.inodes[ROOT], key)
+            except FileNotFoundError:
+                pass
+            else:
+                inode.nlookup += 1
+                return self.entry(inode, st)
+        trigger = self.trigger_dir / os.fsdecode(key)
+        trigger.mkdir(exist_ok=True)
+        fd = os.open(trigger, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        inode = self.remember(fd, st, None, key)
+        self.triggers[inode.ino] = key
+        inode.nlookup += 1
+        return self.entry(inode, st)
+
+    def free_inode(self, inode: Inode) -> None:
+        self.triggers.pop(inode.ino, None)
+
+    def _dentry(self, key: bytes, hashed: bool) -> Dentry:
+        """The key's model dentry (a new one if it has none), hashed if asked."""
+        ai = self._info(key)
+        d = ai.dentry
+        if d is None:
+            d = ai.dentry = self.dc.d_alloc(ROOT, key)
+            self.dc.dput(d)
+        if hashed and not d.hashed:
+            self.dc.d_rehash(d)
+        return d
+
+    async def autofs4_lookup(self, key: bytes, caller: Caller) -> int:
+        """``->lookup``: under the parent's i_rwsem (``__lookup_slow`` or a create's
+        ``lookup_one_qstr_excl``)."""
+        if self.mounted(key) and EXPIRING not in self._info(key).flags:
+            return 0
+        ai = self._info(key)
+        if self.variant == "2.6.38":
+            with calls("autofs_lookup"):
+                d = self.expiring.get(key)  # autofs_lookup_expiring
+                if d is not None:
+                    ai.dentry = d
+                self._dentry(key, hashed=True)
+                ai.flags.add(NEED_AUTOMOUNT)
+            return 0  # the walk that crosses it waits, in d_manage / d_automount
+        with calls("autofs4_lookup"):
+            d = None
+            if self.variant == "lookaside":
+                with calls("autofs4_lookup_expiring"):
+                    d = self.expiring.get(key)
+            if d is not None:
+                # reuse the expiring dentry (its flags kept); its expire completes without
+                # the directory lock, so waiting for it here cannot deadlock
+                ai.dentry = d
+                with calls("autofs4_expire_wait"):
+                    await self.autofs4_wait(key, "expire", caller.lock)
+                self._dentry(key, hashed=False)
+            else:
+                wq = self.wqs.get(key)
+                if wq is not None and wq.type == "expire":
+                    # a new dentry's mount request matches the expire's queue by name
+                    d = self.dc.d_alloc(ROOT, key)
+                    try:
+                        ai.flags.add(PENDING)
+                        status = await self.autofs4_wait(key, "mount", caller.lock)
+                        ai.flags.discard(PENDING)
+                        if d.unhashed:
+                            # woken by the expire: the dentry passed in is unhashed and no
+                            # mount was requested; the walk fails
+                            self._lookup_enoent(key, d, wq)
+                            return status or -errno.ENOENT
+                    finally:
+                        self.dc.dput(d)
+                self._dentry(key, hashed=self.variant == "2.6.18")
+            # "hash the dentry, drop the mutex, call back the daemon": the lock cannot be
+            # dropped here, so the request is posted and the next lock-free request waits
+            if not self.mounted(key):
+                self._post_mount(key)
+        return 0
+
+    async def autofs4_revalidate(self, key: bytes, caller: Caller) -> int:
+        """``->d_revalidate``: lock-free in a path walk (``lookup_fast``), under the parent's
+        exclusive lock in a create (``filename_create`` -> ``lookup_one_qstr_excl``)."""
+        ai = self._info(key)
+        if self.variant == "2.6.38":
+            if caller.lock is not None:
+                return 0  # the last component of a create: no d_automount
+            with calls("follow_managed"):
+                if key in self.wqs and self.wqs[key].type == "expire":
+                    with calls("autofs_d_manage", "autofs_expire_wait"):
+                        await self.autofs4_wait(key, "expire", caller.lock)
+                if not self.mounted(key):
+                    ai.flags.add(NEED_AUTOMOUNT)
+                    with calls("follow_automount", "autofs_d_automount"):
+                        return await self.autofs4_wait(key, "mount", caller.lock)
+            return 0
+        with calls("autofs4_revalidate"):
+            if self.variant != "2.6.18" and caller.lock is not None:
+                return 0  # never call back to the daemon with the directory lock held
+            with calls("try_to_fill_dentry"):
+                if key in self.wqs and self.wqs[key].type == "expire":
+                    with calls("autofs4_expire_wait"):
+                        await self.autofs4_wait(key, "expire", caller.lock)
+                if not self.mounted(key):
+                    return await self.autofs4_wait(key, "mount", caller.lock)
+        return 0
+
+    # -- the daemon's mkdir and rmdir (oz_mode) ----------------------------------------------------
+
+    @fuse_op
+    async def mkdir(
+        self, parent_inode: InodeT, name, mode: ModeT, ctx: RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT and not self.oz_mode(ctx.pid):
+            raise OSError(errno.EACCES, "autofs4_dir_mkdir: not the daemon")
+        attr = await super().mkdir.__wrapped__(self, parent_inode, name, mode, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+        if parent_inode == ROOT:
+            with calls("autofs4_dir_mkdir"):
+                d = self._dentry(name, hashed=True)
+                d.inode = attr.st_ino
+        return attr
+
+    @fuse_op
+    async def rmdir(self, parent_inode: InodeT, name, ctx: RequestContext) -> None:
+        if parent_inode == ROOT and not self.oz_mode(ctx.pid):
+            raise OSError(errno.EACCES, "autofs4_dir_rmdir: not the daemon")
+        await super().rmdir.__wrapped__(self, parent_inode, name, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+        if parent_inode != ROOT:
+            return
+        ai = self._info(name)
+        with calls("autofs4_dir_rmdir"):
+            d, ai.dentry = ai.dentry, None
+            if d is not None:
+                self.dc.d_drop(d)
+            ai.flags.discard(MOUNTED)
+            wq = self.wqs.get(name)
+            if wq is not None and wq.type == "expire":
+                if self.variant in ("lookaside", "2.6.38") and d is not None:
+                    self.expiring[name] = d  # autofs4_add_expiring: flags kept
+                wq.rmdir_seen.set()
+
+    def list_dir(self, dh) -> list[bytes]:
+        names = super().list_dir(dh)
+        if dh.inode.ino == ROOT:
+            names = [n for n in names if not n.startswith(b".")]
+        return names
+
+    # -- expire ----------------------------------------------------------------------------------
+
+    async def autofs4_expire(self, key: bytes, why: str) -> str:
+        """``autofs4_expire_indirect`` + ``autofs4_wait(NFY_EXPIRE)``: returns once the daemon
+        removed the mount point (the expire is then waiting to be reported) or it finished."""
+        ai = self.info.get(key)
+        name = os.fsdecode(key)
+        if ai is None or MOUNTED not in ai.flags:
+            raise ValueError(f"{name}: not mounted")
+        if EXPIRING in ai.flags or key in self.wqs:
+            raise ValueError(f"{name}: a request is already pending")
+        ai.flags.add(EXPIRING)
+        wq = self._new_wq(key, "expire")
+        self.count(f"expire_{why}")
+        with trio.move_on_after(10.0):
+            await wq.rmdir_seen.wait()
+        if wq.completion.done and wq.completion.status:
+            return f"expire {name} ({why}): failed: {os.strerror(-wq.completion.status)}"
+        state = "done" if wq.completion.done else "mount point removed, completion pending"
+        return f"expire {name} ({why}): {state} (token {wq.token})"
+
+    async def _expire_timer(self) -> None:
+        """automount's ``--timeout``: expire a key nobody looked up for that long (the daemon's
+        umount fails with EBUSY while the mount is in use, and the key stays)."""
+        assert self._nursery is not None
+        while True:
+            await trio.sleep(max(0.2, self.expire_timeout / 4))
+            now = time.time()
+            for key, ai in list(self.info.items()):
+                if (
+                    MOUNTED in ai.flags
+                    and EXPIRING not in ai.flags
+                    and key not in self.wqs
+                    and now - ai.last_used >= self.expire_timeout
+                ):
+                    ai.last_used = now
+                    self._nursery.start_soon(self._expire_quietly, key)
+
+    async def _expire_quietly(self, key: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            await self.autofs4_expire(key, "timeout")
+
+    async def _server_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``stackfs server MOUNTPOINT expire KEY``: expire a mounted key now."""
+        if request.get("action") == "expire":
+            args = [str(a) for a in request.get("args", [])]
+            if len(args) != 1:
+                raise ValueError("server expire takes 1 argument (KEY)")
+            return {"message": await self.autofs4_expire(os.fsencode(args[0]), "on demand")}
+        return await super()._server_op(request)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["autofs"] = {
+            "map": str(self.map_dir),
+            "timeout": self.expire_timeout,
+            "daemon": self.daemon.pid if self.daemon else None,
+            "catatonic": self.catatonic,
+            "dentries": {os.fsdecode(k): v.to_json() for k, v in self.info.items()},
+            "wait_queues": [wq.to_json() for wq in self.tokens.values()],
+            "expiring": [os.fsdecode(k) for k in self.expiring],
+        }
+        return out

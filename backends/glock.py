@@ -1,0 +1,366 @@
+"""GFS2's glocks on one node, and the node's connection to the lock manager (modelled).
+
+Mirrors fs/gfs2/glock.c: a :class:`Glock` is the node's cached state of one DLM lock resource
+(``2/<ino hex>``, an inode glock). Tasks queue :class:`Holder` s on it (``gfs2_glock_nq``) and
+drop them (``gfs2_glock_dq``); when the node's cached mode is too weak, ``do_xmote`` asks the
+DLM (:mod:`stackfs.dlmd`) to convert. The glock stays cached in its mode after the last holder
+goes. A blocking AST from the DLM (another node wants the lock) marks the glock for demotion;
+the demote (``run_queue`` -> ``do_xmote`` down) happens once no holder blocks it: holders are
+granted holders, except those that allowed demotion (``gfs2_holder_allow_demote``,
+``HIF_MAY_DEMOTE``, Linux 5.16). Before converting down the node writes back and drops its
+cached pages (``inode_go_sync`` / ``inode_go_inval``): here a real
+``pyfuse3.invalidate_inode`` of the kernel's page cache, run off the trio thread.
+
+Every holder and waiter has a task, mode and call chain (GFS2 function names); the table's
+snapshot is part of the daemon's ``locks`` state with ``"scope": "dlm:<lockspace>"``, which is
+what lets the watchdog see one lock shared by the daemons of two nodes.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from stackfs.kernel.dlm import compatible, demote_target, stronger
+from stackfs.kernel.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class DLMGone(OSError):
+    """The connection to the lock manager is gone (EIO to the caller)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+class DLMClient:
+    """This node's connection to ``stackfs dlmd`` (one per node and lockspace)."""
+
+    def __init__(
+        self, path: str, node: str, lockspace: str, pid: int, mountpoint: str | None
+    ) -> None:
+        self.path, self.node, self.lockspace = path, node, lockspace
+        self.pid, self.mountpoint = pid, mountpoint
+        self.stream: trio.SocketStream | None = None
+        self._rid = itertools.count(1).__next__
+        self._pending: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        self._send = trio.Lock()
+        self.on_bast: Callable[[str, str], Awaitable[None]] | None = None
+        self.dlm_pid: int | None = None
+        self.gone = False
+
+    async def connect(self, nursery: trio.Nursery) -> None:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.connect(self.path)
+        self.stream = trio.SocketStream(sock)
+        await self._write(
+            {
+                "op": "join",
+                "node": self.node,
+                "lockspace": self.lockspace,
+                "pid": self.pid,
+                "mountpoint": self.mountpoint,
+            }
+        )
+        nursery.start_soon(self._reader, nursery)
+
+    async def _write(self, msg: dict[str, Any]) -> None:
+        if self.stream is None or self.gone:
+            raise DLMGone(f"no lock manager at {self.path}")
+        async with self._send:
+            try:
+                await self.stream.send_all(json.dumps(msg).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.gone = True
+                raise DLMGone(str(exc)) from exc
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        assert self.stream is not None
+        buf = b""
+        try:
+            while True:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    break
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    msg = json.loads(line)
+                    op = msg.get("op")
+                    if op == "joined":
+                        self.dlm_pid = msg.get("pid")
+                    elif op == "bast" and self.on_bast is not None:
+                        nursery.start_soon(self.on_bast, msg["res"], msg["mode"])
+                    elif msg.get("rid") in self._pending:
+                        ev, box = self._pending.pop(msg["rid"])
+                        box.append(msg)
+                        ev.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.gone = True
+            for ev, _box in self._pending.values():
+                ev.set()
+            self._pending.clear()
+
+    async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        rid = self._rid()
+        ev: trio.Event = trio.Event()
+        box: list[dict[str, Any]] = []
+        self._pending[rid] = (ev, box)
+        try:
+            await self._write({**msg, "rid": rid})
+            await ev.wait()
+        finally:
+            self._pending.pop(rid, None)
+        if not box:
+            raise DLMGone("the lock manager went away")
+        return box[0]
+
+    async def lock(self, res: str, mode: str) -> str:
+        """``dlm_lock`` (convert): returns once granted."""
+        return str((await self._call({"op": "lock", "res": res, "mode": mode}))["mode"])
+
+    async def blocked(self, res: str, tids: list[int]) -> None:
+        """Tell the lock manager that a demote of ``res`` waits for these tasks' holders
+        (what forced mode's rendezvous needs to know; a real DLM does not care)."""
+        await self._write({"op": "blocked", "res": res, "tids": tids})
+
+    async def unlock(self, res: str) -> None:
+        await self._write({"op": "unlock", "res": res})
+
+    async def rendezvous(self, name: str, step: str, parties: int, wait: float, tid: int) -> bool:
+        reply = await self._call(
+            {
+                "op": "rendezvous",
+                "name": name,
+                "step": step,
+                "parties": parties,
+                "wait": wait,
+                "tid": tid,
+            }
+        )
+        return bool(reply.get("passed"))
+
+
+@dataclass(eq=False)
+class Holder:
+    """``struct gfs2_holder``: a task's hold (or wait) on a glock."""
+
+    task: Task
+    mode: str
+    chain: tuple[str, ...]
+    #: "syscall" (held for a read/write syscall), "fault" (a page-in), "read" (one request)
+    kind: str
+    since: float = field(default_factory=time.time)
+    #: HIF_MAY_DEMOTE: the glock may be demoted under this holder (it faults outside it)
+    may_demote: bool = False
+    #: the glock was demoted under this holder: it must be re-acquired before use
+    demoted: bool = False
+    granted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task.to_json(),
+            "mode": self.mode,
+            "since": self.since,
+            "chain": list(self.chain),
+            "kind": self.kind,
+            "may_demote": self.may_demote,
+        }
+
+
+@dataclass(eq=False)
+class Glock:
+    """``struct gfs2_glock`` of one inode on this node."""
+
+    ino: int
+    desc: str
+    #: the mode the DLM granted this node (None: unlocked, LM_ST_UNLOCKED)
+    state: str | None = None
+    holders: list[Holder] = field(default_factory=list)
+    waiters: list[Holder] = field(default_factory=list)
+    #: GLF_DEMOTE: the mode another node wants (a blocking AST came)
+    demote: str | None = None
+    demote_since: float | None = None
+    xmote: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+    demotes: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"2/{self.ino:x}"
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def blocking_demote(self) -> list[Holder]:
+        if self.demote is None:
+            return []
+        return [h for h in self.holders if not h.may_demote and not compatible(self.demote, h.mode)]
+
+
+class GlockTable:
+    """The node's glocks; ``gfs2_glock_nq`` / ``gfs2_glock_dq`` and the demote work."""
+
+    def __init__(
+        self,
+        dlm: DLMClient,
+        invalidate: Callable[[int], Awaitable[None]],
+        reap: Callable[[Glock], None],
+    ) -> None:
+        self.dlm = dlm
+        self.glocks: dict[int, Glock] = {}
+        self._invalidate = invalidate
+        #: drops holders whose task has left its syscall (called while someone waits)
+        self._reap = reap
+        self.stats: dict[str, int] = {}
+        dlm.on_bast = self._bast
+
+    def get(self, ino: int, desc: str = "") -> Glock:
+        gl = self.glocks.get(ino)
+        if gl is None:
+            gl = self.glocks[ino] = Glock(ino, desc)
+        elif desc and not gl.desc:
+            gl.desc = desc
+        return gl
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+    def _local_ok(self, gl: Glock, h: Holder) -> bool:
+        """May ``h`` be granted on this node now (``may_grant``)?"""
+        if gl.state is None or stronger(h.mode, gl.state):
+            return False
+        if gl.demote is not None and not compatible(gl.demote, h.mode) and h.kind == "syscall":
+            # a demote is pending: new syscalls queue behind it. A page-in does not: its
+            # folios are locked already (FUSE sends READ from inside filemap_fault), and the
+            # demote's invalidation would wait for them (a testbed artifact, not GFS2's order)
+            return False
+        return all(
+            o.task.pid == h.task.pid or (h.mode == "PR" and o.mode == "PR") for o in gl.holders
+        )
+
+    async def nq(self, gl: Glock, h: Holder) -> Holder:
+        """``gfs2_glock_nq``: wait until ``h`` is granted (promoting through the DLM)."""
+        gl.waiters.append(h)
+        try:
+            while not self._local_ok(gl, h):
+                if (
+                    not gl.xmote
+                    and gl.demote is None  # a pending demote goes first
+                    and (gl.state is None or stronger(h.mode, gl.state))
+                ):
+                    gl.xmote = True
+                    self._count("do_xmote")
+                    try:
+                        # do_xmote: ask the DLM; other local holders keep the old mode meanwhile
+                        gl.state = await self.dlm.lock(gl.name, h.mode)
+                    finally:
+                        gl.xmote = False
+                        gl.poke()
+                    continue
+                with trio.move_on_after(0.05):
+                    await gl.changed.wait()
+                self._reap(gl)
+        finally:
+            gl.waiters.remove(h)
+        h.granted, h.demoted = True, False
+        gl.holders.append(h)
+        self._count("gfs2_glock_nq")
+        return h
+
+    def dq(self, gl: Glock, h: Holder) -> None:
+        """``gfs2_glock_dq``: drop a holder; the glock stays cached in its mode."""
+        if h in gl.holders:
+            gl.holders.remove(h)
+            self._count("gfs2_glock_dq")
+        h.granted = False
+        gl.poke()
+
+    def allow_demote(self, gl: Glock, h: Holder, allow: bool) -> None:
+        """``gfs2_holder_allow_demote`` / ``gfs2_holder_disallow_demote``."""
+        h.may_demote = allow
+        gl.poke()
+
+    async def _bast(self, res: str, mode: str) -> None:
+        """A blocking AST: another node wants ``mode``. Demote once no holder blocks it."""
+        gl = next((g for g in self.glocks.values() if g.name == res), None)
+        if gl is None:
+            return
+        # a blocking AST may overtake the grant it follows (a promote still in flight): it is
+        # kept and acted on once the conversion is done
+        gl.demote = mode
+        gl.demote_since = time.time()
+        self._count("bast")
+        gl.poke()
+        told: set[int] = set()
+        while gl.demote is not None:
+            if gl.xmote or gl.blocking_demote():
+                tids = {h.task.pid for h in gl.blocking_demote() if h.kind == "syscall"}
+                if tids and tids != told:
+                    told = tids
+                    await self.dlm.blocked(gl.name, sorted(tids))
+                with trio.move_on_after(0.05):
+                    await gl.changed.wait()
+                self._reap(gl)
+                continue
+            if gl.state is None or compatible(gl.state, gl.demote):
+                gl.demote = gl.demote_since = None  # nothing held that is in the way
+                gl.poke()
+                return
+            await self._demote(gl)
+            return
+
+    async def _demote(self, gl: Glock) -> None:
+        """``do_xmote`` down: write back and drop the cached pages, then convert."""
+        assert gl.state is not None and gl.demote is not None
+        target = demote_target(gl.state, gl.demote)
+        gl.xmote = True
+        try:
+            await self._invalidate(gl.ino)  # inode_go_sync + inode_go_inval
+            for h in list(gl.holders):  # HIF_MAY_DEMOTE holders lose the glock
+                if not compatible(target, h.mode) or stronger(h.mode, target):
+                    gl.holders.remove(h)
+                    h.demoted, h.granted = True, False
+            gl.state = await self.dlm.lock(gl.name, target)
+            gl.demotes += 1
+            self._count("demote")
+        finally:
+            gl.demote = None
+            gl.demote_since = None
+            gl.xmote = False
+            gl.poke()
+
+    def snapshot(self, scope: str, node: str) -> list[dict[str, Any]]:
+        """Glocks in the ``locks`` format of the state, with the cluster scope."""
+        out = []
+        for gl in self.glocks.values():
+            out.append(
+                {
+                    "name": "glock",
+                    "key": f"{scope.partition(':')[2]}:{gl.name}",
+                    "desc": gl.desc,
+                    "scope": scope,
+                    "node": node,
+                    "state": gl.state,
+                    "demote": gl.demote,
+                    "dlm_pid": self.dlm.dlm_pid,
+                    "demotes": gl.demotes,
+                    "xmote": gl.xmote,
+                    "holders": [h.to_json() for h in gl.holders],
+                    "waiters": [h.to_json() for h in gl.waiters],
+                }
+            )
+        return out

@@ -1,0 +1,306 @@
+"""``stackfs dlmd``: the cluster's lock manager, a service daemon of its own (modelled fs/dlm).
+
+The nodes of a cluster (each a GFS2 personality daemon, :mod:`backends.gfs2`) connect to
+``RUN_DIR/PID/dlm.sock`` and keep that connection for as long as they live; one JSON object per
+line each way:
+
+``{"op": "join", "node": N, "lockspace": LS, "pid": P, "mountpoint": M}``
+    first message: this connection is node ``N`` of lockspace ``LS`` (a cluster filesystem);
+``{"op": "lock", "res": R, "mode": MODE, "rid": I}``
+    ``dlm_lock`` / convert; answered, possibly much later, by ``{"op": "grant", "res": R,
+    "mode": MODE, "rid": I}`` (the completion AST);
+``{"op": "unlock", "res": R}``
+``{"op": "bast", "res": R, "mode": WANTED}``
+    sent to a node that holds ``R`` in a mode incompatible with another node's request;
+``{"op": "rendezvous", "name": X, "step": "enter"|"held", "parties": K, "wait": S, "rid": I}``
+    the testbed's forced mode (an injection point, not part of a DLM): ``enter`` waits until
+    all ``K`` writers entered, then lets the first through and each next one once the one
+    before it reported ``held``;
+    ``held`` waits until all ``K`` reported ``held``. Either waits ``S`` seconds at most and
+    answers ``{"op": "rendezvous", "rid": I, "passed": bool}``.
+
+A closed connection (the node's daemon died or was killed) purges the node's locks and
+requests, as DLM recovery does for a fenced node. ``stackfs state --pid PID`` (the control
+socket) shows every resource: granted modes per node, queued requests, blocking ASTs sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from stackfs import rundir, service
+from stackfs.kernel.dlm import DLM, Action, compatible
+
+KIND = "dlm"
+SOCKET = "dlm.sock"
+
+
+def socket_path(pid: int) -> str:
+    return str(rundir.daemon_dir(pid) / SOCKET)
+
+
+@dataclass
+class Session:
+    node: str
+    lockspace: str
+    pid: int | None
+    mountpoint: str | None
+    stream: trio.SocketStream
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    joined: float = field(default_factory=time.time)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        async with self.send_lock:
+            try:
+                await self.stream.send_all(json.dumps(msg).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+@dataclass
+class Rendezvous:
+    """Forced mode's turnstile and barrier (see the module docstring)."""
+
+    name: str
+    parties: int
+    entered: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    broken: bool = False
+    #: broken because a party is stuck behind another that waits here (not a timeout)
+    futile: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "parties": self.parties,
+            "entered": self.entered,
+            "held": self.held,
+            "broken": self.broken,
+            "futile": self.futile,
+        }
+
+
+class LockServer:
+    def __init__(self) -> None:
+        self.dlm = DLM()
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.rendezvous: dict[str, Rendezvous] = {}
+        #: (lockspace, resource, node) -> tids whose holders keep the node from demoting
+        self.blocked: dict[tuple[str, str, str], set[int]] = {}
+        self.log: list[dict[str, Any]] = []
+
+    def _node_info(self, lockspace: str) -> dict[str, dict[str, Any]]:
+        return {
+            s.node: {"pid": s.pid, "mountpoint": s.mountpoint}
+            for (ls, _), s in self.sessions.items()
+            if ls == lockspace
+        }
+
+    def describe(self) -> dict[str, Any]:
+        resources = []
+        for res in self.dlm.resources.values():
+            resources.append(res.to_json(self._node_info(res.lockspace)))
+        return {
+            "dlm": {
+                "nodes": [
+                    {
+                        "node": s.node,
+                        "lockspace": s.lockspace,
+                        "pid": s.pid,
+                        "mountpoint": s.mountpoint,
+                    }
+                    for s in self.sessions.values()
+                ],
+                "resources": resources,
+                "rendezvous": [r.to_json() for r in self.rendezvous.values()],
+                "log": self.log[-50:],
+            }
+        }
+
+    def _record(self, what: str, **kw: Any) -> None:
+        self.log.append({"t": time.time(), "what": what, **kw})
+        del self.log[:-200]
+
+    async def _deliver(self, actions: list[Action]) -> None:
+        for a in actions:
+            s = self.sessions.get((a.lockspace, a.node))
+            self._record(a.kind, node=a.node, lockspace=a.lockspace, res=a.name, mode=a.mode)
+            if s is None:
+                continue
+            if a.kind == "grant":
+                await s.send({"op": "grant", "res": a.name, "mode": a.mode, "rid": a.rid})
+            else:
+                await s.send({"op": "bast", "res": a.name, "mode": a.mode})
+
+    async def session(self, stream: trio.SocketStream) -> None:
+        sess: Session | None = None
+        buf = b""
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        data = await stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
+                    if not data:
+                        break
+                    buf += data
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        msg = json.loads(line)
+                        if sess is None:
+                            if msg.get("op") != "join":
+                                return
+                            sess = Session(
+                                str(msg["node"]),
+                                str(msg["lockspace"]),
+                                msg.get("pid"),
+                                msg.get("mountpoint"),
+                                stream,
+                            )
+                            old = self.sessions.get((sess.lockspace, sess.node))
+                            if old is not None:  # a restarted node: the old one is gone
+                                await self._deliver(self.dlm.purge_node(sess.node, sess.lockspace))
+                            self.sessions[(sess.lockspace, sess.node)] = sess
+                            self._record(
+                                "join", node=sess.node, lockspace=sess.lockspace, pid=sess.pid
+                            )
+                            await sess.send({"op": "joined", "pid": os.getpid()})
+                            continue
+                        await self._handle(sess, msg, nursery)
+                nursery.cancel_scope.cancel()
+        finally:
+            if sess is not None and self.sessions.get((sess.lockspace, sess.node)) is sess:
+                del self.sessions[(sess.lockspace, sess.node)]
+                self._record("leave", node=sess.node, lockspace=sess.lockspace, pid=sess.pid)
+                for key in [k for k in self.blocked if (k[0], k[2]) == (sess.lockspace, sess.node)]:
+                    del self.blocked[key]
+                with trio.CancelScope(shield=True):
+                    await self._deliver(self.dlm.purge_node(sess.node, sess.lockspace))
+
+    async def _handle(self, sess: Session, msg: dict[str, Any], nursery: trio.Nursery) -> None:
+        op = msg.get("op")
+        if op == "lock":
+            self._record(
+                "request",
+                node=sess.node,
+                lockspace=sess.lockspace,
+                res=msg["res"],
+                mode=msg["mode"],
+            )
+            await self._deliver(
+                self.dlm.lock(
+                    sess.lockspace,
+                    str(msg["res"]),
+                    sess.node,
+                    str(msg["mode"]),
+                    int(msg.get("rid", 0)),
+                )
+            )
+        elif op == "unlock":
+            await self._deliver(self.dlm.unlock(sess.lockspace, str(msg["res"]), sess.node))
+        elif op == "blocked":
+            # the node cannot demote: syscall holders (tids) are in the way
+            self.blocked[(sess.lockspace, str(msg["res"]), sess.node)] = {
+                int(t) for t in msg.get("tids", [])
+            }
+        elif op == "rendezvous":
+            nursery.start_soon(self._rendezvous, sess, msg)
+        if op in ("lock", "unlock"):
+            self.blocked.pop((sess.lockspace, str(msg["res"]), sess.node), None)
+        for rv in self.rendezvous.values():
+            rv.poke()
+
+    def _futile(self, rv: Rendezvous) -> bool:
+        """Can the barrier no longer fill? Some request waits for a node whose demote is held
+        up by a writer that itself waits at the barrier (sorted locking or a prefault put the
+        second writer behind the first: the forced window is closed, let the first one go)."""
+        waiting = {int(w.rpartition("/")[2]) for w in rv.held if w.rpartition("/")[2].isdigit()}
+        for res in self.dlm.resources.values():
+            for req in res.queue:
+                for node, mode in res.granted.items():
+                    if node == req.node or compatible(req.mode, mode):
+                        continue
+                    if self.blocked.get((res.lockspace, res.name, node), set()) & waiting:
+                        return True
+        return False
+
+    async def _rendezvous(self, sess: Session, msg: dict[str, Any]) -> None:
+        name = str(msg.get("name", "forced"))
+        rv = self.rendezvous.get(name)
+        if rv is None:
+            rv = self.rendezvous[name] = Rendezvous(name, int(msg.get("parties", 2)))
+        who = f"{sess.node}/{msg.get('tid', '?')}"
+        step = msg.get("step")
+        passed = True
+        with trio.move_on_after(float(msg.get("wait", 1.0))) as scope:
+            if step == "enter":
+                rv.entered.append(who)
+                rv.poke()
+                # every writer is in its syscall (its first chunk's pages are faulted in)
+                while not rv.broken and len(rv.entered) < rv.parties:
+                    await rv.changed.wait()
+                # then the k-th writer goes once k-1 writers hold their glocks
+                k = rv.entered.index(who)
+                while not rv.broken and len(rv.held) < k:
+                    await rv.changed.wait()
+            else:
+                rv.held.append(who)
+                rv.poke()
+                while not rv.broken and len(rv.held) < rv.parties:
+                    if len(rv.entered) >= rv.parties and self._futile(rv):
+                        rv.broken = True
+                        rv.futile = True
+                        rv.poke()
+                        break
+                    await rv.changed.wait()
+        if scope.cancelled_caught:
+            passed = False
+            rv.broken = True  # a party that never comes: let everyone through from now on
+            rv.poke()
+        await sess.send({"op": "rendezvous", "rid": msg.get("rid"), "passed": passed})
+
+
+async def _serve_sessions(
+    server: LockServer, path: str, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)
+    await sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    task_status.started()
+    await trio.serve_listeners(server.session, [trio.SocketListener(sock)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="stackfs dlmd", description=__doc__.split("\n\n")[0]).parse_args(
+        argv
+    )
+    server = LockServer()
+    path = socket_path(os.getpid())
+
+    async def run(nursery: trio.Nursery, info: dict[str, Any]) -> None:
+        await nursery.start(_serve_sessions, server, path)
+        service.ready()
+        await trio.sleep_forever()
+
+    return service.serve(KIND, {}, run, describe=server.describe, extra={"socket": path})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Reading ``/proc``: the few questions every part of the testbed asks about a process.
+
+psutil answers whether a process exists and what state it is in; the raw files are read where
+psutil has no call (``/proc/PID/mem``, ``/proc/TID/syscall``, ``wchan``) or where its answer is
+not the kernel's word (psutil's ``name()`` is not ``comm`` when comm is truncated).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read(path: str, limit: int = 65536) -> bytes | None:
+    """Up to ``limit`` bytes of a /proc file (one read), or None if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie or a dead task is not alive)."""
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
+
+
+def comm_of(pid: int) -> str | None:
+    """The task's ``comm`` as the kernel keeps it (15 characters at most)."""
+    data = read(f"/proc/{pid}/comm", 64)
+    return data.decode(errors="replace").strip() if data else None
+
+
+def read_cstring(pid: int, addr: int, limit: int = 4096) -> bytes | None:
+    """The NUL-terminated string at ``addr`` in process ``pid``'s memory (``/proc/PID/mem``),
+    read page by page so that a string near the end of a mapping is still found.
+
+    None when it cannot be read (no such address, the process is gone, no permission) or has no
+    NUL within ``limit`` bytes. Reading another process's memory takes its mmap lock: a caller
+    that may look at a task blocked in a page fault must not call this for it.
+    """
+    if addr == 0:
+        return None
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    out = b""
+    try:
+        while len(out) < limit:
+            want = min(_PAGE - (addr + len(out)) % _PAGE, limit - len(out))
+            chunk = os.pread(fd, want, addr + len(out))
+            if not chunk:
+                return None
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                return out + chunk[:nul]
+            out += chunk
+    except (OSError, OverflowError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def read_mem(pid: int, addr: int, size: int) -> bytes | None:
+    """``size`` bytes at ``addr`` in process ``pid``'s memory, or None."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, size, addr)
+    except (OSError, OverflowError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+def syscall_text(tid: int) -> str:
+    """``/proc/TID/syscall`` as read ("" when unreadable)."""
+    return (read(f"/proc/{tid}/syscall", 512) or b"").decode("ascii", "replace").strip()
+
+
+def parse_syscall(text: str) -> tuple[int, list[int]] | None:
+    """(number, the six arguments) from a ``/proc/TID/syscall`` line; None when the task is
+    running (``running``) or in no syscall (``-1 ...``)."""
+    fields = text.split()
+    if not fields or not fields[0].isdigit():
+        return None
+    try:
+        return int(fields[0]), [int(a, 16) for a in fields[1:7]]
+    except ValueError:
+        return None
+
+
+def syscall_of(tid: int) -> tuple[int, list[int]] | None:
+    """The system call task ``tid`` is blocked in: (number, arguments), or None."""
+    return parse_syscall(syscall_text(tid))
+
+
+def kernel_stack(tid: int) -> list[str]:
+    """The function names of task ``tid``'s kernel stack (``/proc/TID/stack``, root only),
+    innermost first; empty when unreadable."""
+    raw = (read(f"/proc/{tid}/stack") or b"").decode(errors="replace")
+    out = []
+    for line in raw.splitlines():
+        fn = line.split("] ", 1)[-1].strip()
+        if fn:
+            out.append(fn.split("+", 1)[0])
+    return out

@@ -1,0 +1,224 @@
+"""Service daemons: testbed processes that serve no mount of their own (a lock manager, an
+automounter), with the same run-directory convention as the mount daemons.
+
+A service writes ``RUN_DIR/PID/info.json`` with ``"mountpoint": null`` and its ``kind`` (and the
+``run_id`` of the stack that started it), listens on ``RUN_DIR/PID/control.sock`` (``state``,
+``ping`` and its own ops) and may keep more sockets in that directory. That is how the watchdog
+finds it (:func:`running`), how ``stackfs state --pid PID`` asks it, and how ``stackfs cleanup
+--run-id`` kills it after the process that started it was SIGKILLed.
+
+In the service process: :func:`serve`. In the process that starts it: :func:`start` (returns
+once the service said it is ready) and :meth:`Service.stop`; :class:`stackfs.lifecycle.Stack`
+starts services before the mounts that use them and stops them after those are down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from stackfs import control, rundir
+from stackfs.linux.proc import alive as proc_alive
+
+
+class ServiceError(Exception):
+    """A service could not be started; the message carries its own error output."""
+
+
+def is_service(info: dict[str, Any]) -> bool:
+    return info.get("mountpoint") is None and bool(info.get("kind"))
+
+
+def running(run_id: str | None = None) -> dict[int, dict[str, Any]]:
+    """pid -> info of every live service daemon (of ``run_id`` if given)."""
+    out = {}
+    for pid, info in rundir.all_infos().items():
+        if not is_service(info) or (run_id is not None and info.get("run_id") != run_id):
+            continue
+        if proc_alive(pid):
+            out[pid] = info
+    return out
+
+
+# -- in the service process -------------------------------------------------------------------
+
+Main = Callable[[trio.Nursery, dict[str, Any]], Awaitable[None]]
+
+
+def serve(
+    kind: str,
+    handlers: dict[str, control.Handler],
+    main: Main,
+    describe: Callable[[], dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Run a service: run dir, control socket, signals, then ``main(nursery, info)`` until it
+    returns or a signal ends it. ``describe()`` is the ``state`` answer."""
+    pid = os.getpid()
+    info: dict[str, Any] = {
+        "pid": pid,
+        "kind": kind,
+        "mountpoint": None,
+        "run_id": rundir.run_id(),
+        "argv": list(sys.argv),
+        "started": time.time(),
+        **(extra or {}),
+    }
+    run = rundir.write_info(pid, info)
+
+    async def state(_req: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "daemon": {**info, "service": True},
+            "now": time.time(),
+            **(describe() if describe else {}),
+        }
+
+    async def ping(_req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": pid}
+
+    async def _main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                control.serve, run / "control.sock", {"state": state, "ping": ping, **handlers}
+            )
+            nursery.start_soon(_signals, nursery.cancel_scope)
+            await main(nursery, info)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(_main)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rundir.remove(pid)
+    return 0
+
+
+async def _signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _sig in signals:
+            scope.cancel()
+            return
+
+
+def ready(message: str = "ready") -> None:
+    """Tell the process that started us (:func:`start`) that the service is up."""
+    fd = os.environ.pop("STACKFS_READY_FD", None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        os.write(int(fd), message.encode() + b"\n")
+        os.close(int(fd))
+
+
+# -- in the process that starts it ------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """A running service daemon started by :func:`start`."""
+
+    kind: str
+    pid: int
+    log: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return rundir.daemon_dir(self.pid)
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return proc_alive(self.pid)
+
+    def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        return control.query_pid(self.pid, request, timeout)
+
+    def stop(self, grace: float = 1.0) -> bool:
+        """SIGTERM, then SIGKILL after ``grace``; reap. True if it had to be killed."""
+        killed = False
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
+            if not self.alive():
+                break
+            killed = sig == signal.SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            end = time.monotonic() + wait
+            while self.alive() and time.monotonic() < end:
+                time.sleep(0.02)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=1.0)
+        rundir.remove(self.pid)
+        return killed
+
+
+def timeout_factor() -> float:
+    """``$STACKFS_TIMEOUT_FACTOR``: how many times slower than usual this machine runs a daemon's
+    start-up (a VM under software emulation: 5). Start-up waits still end on "ready"."""
+    return float(os.environ.get("STACKFS_TIMEOUT_FACTOR") or 1)
+
+
+def start(
+    argv: Sequence[str],
+    kind: str,
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 10.0,
+) -> Service:
+    """Start a service daemon; return once it reported ready (else :class:`ServiceError`).
+    ``timeout`` is multiplied by :func:`timeout_factor`."""
+    timeout *= timeout_factor()
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix=f"stackfs-{kind}-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+    rfd, wfd = os.pipe()
+    child_env = dict(os.environ if env is None else env)
+    child_env["STACKFS_READY_FD"] = str(wfd)
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            env=child_env,
+            pass_fds=(wfd,),
+            start_new_session=True,
+        )
+    os.close(wfd)
+    msg = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not msg.endswith(b"\n") and time.monotonic() < deadline:
+            r, _, _ = select.select([rfd], [], [], 0.5)
+            if r:
+                chunk = os.read(rfd, 256)
+                if not chunk:
+                    break
+                msg += chunk
+    finally:
+        os.close(rfd)
+    svc = Service(kind, proc.pid, log, proc)
+    if not msg.startswith(b"ready"):
+        svc.stop(grace=0.5)
+        text = log.read_text(errors="replace").strip().splitlines()[-10:]
+        raise ServiceError(
+            f"{kind} service did not start: "
+            + ("\n".join(text) if text else f"status {proc.poll()}")
+        )
+    return svc

@@ -1,0 +1,136 @@
+"""The autofs personality (seed 001) and its automount daemon, on real mounts.
+
+* A lookup of a map key mounts it: the daemon (``stackfs automountd``, a service process with a
+  run directory) makes the mount point through the mount and bind-mounts the map entry; the
+  walk crosses into the real mount. Non-keys are ENOENT; only the daemon may mkdir in the root.
+* ``stackfs server MOUNTPOINT expire KEY`` unmounts the key and removes the mount point; the
+  next lookup mounts it again. An idle timeout expires it too.
+* Nothing is left afterwards: unmounting the autofs mount takes the daemon's bind mounts down
+  and reaps the daemon; a SIGKILLed backend daemon's automounter exits on its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from stackfs import control, lifecycle, mountinfo, service
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
+
+
+def _autofs(mount_backend, *extra: str) -> tuple[lifecycle.Mount, Path]:
+    m = mount_backend("autofs", "-o", "timeout=0", *extra, name="auto")
+    store: Path = m.store  # type: ignore[attr-defined]
+    (store / ".map" / "proj").mkdir(parents=True, exist_ok=True)
+    (store / ".map" / "proj" / "README").write_text("the volume\n")
+    return m, store
+
+
+def _submounts(mp: Path) -> list[str]:
+    prefix = str(mp) + "/"
+    return [e.mountpoint for e in mountinfo.mounts() if e.mountpoint.startswith(prefix)]
+
+
+def _daemon_pid(m: lifecycle.Mount) -> int:
+    return int(m.control({"op": "state"})["daemon"]["autofs"]["daemon"])
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (
+            not os.path.exists(f"/proc/{pid}")
+            or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
+        ):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_lookup_mounts_the_map_entry(mount_backend):
+    m, store = _autofs(mount_backend)
+    mp = m.mountpoint
+    assert (mp / "proj" / "README").read_text() == "the volume\n"
+    assert _submounts(mp) == [str(mp / "proj")]  # a real bind mount on the mount point
+    assert (store / "proj").is_dir()  # made by the daemon's mkdir through the mount
+    assert os.listdir(mp) == ["proj"]  # the map and the triggers are hidden
+    with pytest.raises(FileNotFoundError):
+        os.stat(mp / "nokey")
+    with pytest.raises(PermissionError):
+        os.mkdir(mp / "other")  # autofs4_dir_mkdir: only the daemon (oz_mode)
+    st = m.control({"op": "state"})
+    auto = st["daemon"]["autofs"]
+    assert "d_mountpoint" in auto["dentries"]["proj"]["flags"]
+    # the daemon is a service (no mount of its own), found by its run directory
+    svc = service.running()[auto["daemon"]]
+    assert svc["kind"] == "automount" and svc["mountpoint"] is None
+    assert st["completions"] == []  # nothing pending
+
+
+def test_expire_on_demand_and_remount(mount_backend):
+    m, store = _autofs(mount_backend)
+    mp = m.mountpoint
+    assert os.listdir(mp / "proj") == ["README"]
+    msg = control.query(mp, {"op": "server", "action": "expire", "args": ["proj"]})["message"]
+    assert msg.startswith("expire proj")
+    end = time.monotonic() + 5
+    while _submounts(mp) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _submounts(mp) == [] and not (store / "proj").exists()
+    assert (mp / "proj" / "README").read_text() == "the volume\n"  # mounted again
+    with pytest.raises(control.ControlError):
+        control.query(mp, {"op": "server", "action": "expire", "args": ["nokey"]})
+
+
+def test_idle_timeout_expires(mount_backend):
+    m = mount_backend("autofs", "-o", "timeout=0.5", name="auto")
+    store: Path = m.store  # type: ignore[attr-defined]
+    (store / ".map" / "proj").mkdir(parents=True)
+    os.listdir(m.mountpoint / "proj")
+    assert _submounts(m.mountpoint)
+    end = time.monotonic() + 10
+    while _submounts(m.mountpoint) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert _submounts(m.mountpoint) == []
+    assert m.control({"op": "state"})["daemon"]["stats"].get("expire_timeout", 0) >= 1
+
+
+def test_busy_mount_does_not_expire(mount_backend):
+    m, _store = _autofs(mount_backend)
+    os.listdir(m.mountpoint / "proj")  # mounted; the chdir below crosses into the mount
+    proc = subprocess.Popen(["sleep", "30"], cwd=m.mountpoint / "proj")
+    try:
+        msg = control.query(m.mountpoint, {"op": "server", "action": "expire", "args": ["proj"]})[
+            "message"
+        ]
+        assert os.strerror(errno.EBUSY) in msg
+        assert _submounts(m.mountpoint)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unmount_takes_everything_down(mount_backend):
+    m, _store = _autofs(mount_backend)
+    os.listdir(m.mountpoint / "proj")
+    daemon = _daemon_pid(m)
+    report = lifecycle.unmount(m)
+    assert report.clean
+    assert _submounts(m.mountpoint) == [] and mountinfo.find(m.mountpoint) is None
+    assert _wait_gone(daemon)
+
+
+def test_sigkill_of_the_backend_reaps_the_automounter(mount_backend):
+    m, _store = _autofs(mount_backend)
+    os.listdir(m.mountpoint / "proj")
+    daemon = _daemon_pid(m)
+    os.kill(m.pid, signal.SIGKILL)
+    assert _wait_gone(daemon)  # parent-death signal / pipe EOF: it detaches its mounts, exits
+    # the autofs mount itself is the stack's to clean up (aborted, detached) at teardown

@@ -1,0 +1,78 @@
+"""``stackfs dlmd``, the lock manager service, on its own: blocking ASTs to the holding node,
+a node whose daemon dies loses its locks, ``state`` over the control socket, and
+``stackfs cleanup --run-id`` reaps it when whoever started it was SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import uuid
+
+import psutil
+import pytest
+
+from stackfs import lifecycle, rundir, service
+
+
+class Node:
+    """A raw client of dlm.sock (what backends.glock.DLMClient speaks)."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(path)
+        self.buf = b""
+        self.send({"op": "join", "node": name, "lockspace": "fs", "pid": os.getpid()})
+        assert self.recv()["op"] == "joined"
+
+    def send(self, msg: dict) -> None:
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def recv(self) -> dict:
+        while b"\n" not in self.buf:
+            self.buf += self.sock.recv(65536)
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+@pytest.fixture
+def dlm():
+    run_id = f"test-dlmd-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, STACKFS_RUN_ID=run_id)
+    svc = service.start([sys.executable, "-m", "stackfs.dlmd"], "dlm", env=env)
+    yield svc, run_id
+    svc.stop()
+
+
+@pytest.mark.timeout(20)
+def test_bast_and_dead_node_releases(dlm):
+    svc, _run_id = dlm
+    path = str(svc.run_dir / "dlm.sock")
+    n1, n2 = Node(path, "node1"), Node(path, "node2")
+    n1.send({"op": "lock", "res": "2/a", "mode": "EX", "rid": 1})
+    assert n1.recv() == {"op": "grant", "res": "2/a", "mode": "EX", "rid": 1}
+    n2.send({"op": "lock", "res": "2/a", "mode": "PR", "rid": 5})
+    assert n1.recv() == {"op": "bast", "res": "2/a", "mode": "PR"}  # demote request
+    state = svc.control({"op": "state"})
+    assert state["daemon"]["kind"] == "dlm" and state["daemon"]["mountpoint"] is None
+    (res,) = state["dlm"]["resources"]
+    assert [(g["node"], g["mode"]) for g in res["granted"]] == [("node1", "EX")]
+    assert [(q["node"], q["mode"]) for q in res["queue"]] == [("node2", "PR")]
+    n1.sock.close()  # node1's daemon dies: its EX goes, node2's PR is granted
+    assert n2.recv() == {"op": "grant", "res": "2/a", "mode": "PR", "rid": 5}
+    n2.sock.close()
+
+
+@pytest.mark.timeout(20)
+def test_cleanup_reaps_a_service_left_behind(dlm):
+    svc, run_id = dlm
+    assert svc.pid in service.running(run_id)
+    # whoever started it was SIGKILLed: only the run directory knows the service
+    proc, svc.proc = svc.proc, None
+    actions = lifecycle.cleanup(run_id=run_id)
+    assert [(a.pid, a.what) for a in actions] == [(svc.pid, "killed dlm service")]
+    assert proc is not None and proc.wait(timeout=5) == -9
+    assert not psutil.pid_exists(svc.pid)
+    assert rundir.read_info(svc.pid) is None
