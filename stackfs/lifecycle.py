@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ import psutil
 from stackfs import fusectl, mountinfo, rundir
 from stackfs.linux import libc
 from stackfs.linux.proc import alive
-from stackfs.service import Service, timeout_factor
+from stackfs.service import Service, spawn_ready, timeout_factor
 from stackfs.service import start as start_service
 
 
@@ -138,44 +136,12 @@ def start_daemon(
     ``timeout`` is multiplied by ``$STACKFS_TIMEOUT_FACTOR`` (a slow machine: a VM under software
     emulation starts a Python daemon several times slower; the wait still ends on "ready").
     """
-    timeout *= timeout_factor()
     mp = Path(os.path.abspath(mountpoint))
-    if log is None:
-        fd, name = tempfile.mkstemp(prefix="stackfs-daemon-", suffix=".log")
-        os.close(fd)
-        log = Path(name)
-    rfd, wfd = os.pipe()
-    child_env = dict(os.environ if env is None else env)
-    child_env["STACKFS_READY_FD"] = str(wfd)
-    with open(log, "ab") as logf:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=logf,
-            env=child_env,
-            pass_fds=(wfd,),
-            start_new_session=True,
-        )
-    os.close(wfd)
-    deadline = time.monotonic() + timeout
-    msg = b""
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            r, _, _ = select.select([rfd], [], [], min(left, 0.5))
-            if r:
-                chunk = os.read(rfd, 256)
-                msg += chunk
-                if not chunk or msg.endswith(b"\n"):
-                    break
-    finally:
-        os.close(rfd)
+    proc, log, msg = spawn_ready(argv, "stackfs-daemon-", env=env, log=log, timeout=timeout)
+    timeout *= timeout_factor()
     if not msg.startswith(b"ready"):
         try:
-            proc.wait(timeout=0.5 if msg == b"" and time.monotonic() < deadline else 2)
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
         status = proc.poll()

@@ -172,19 +172,23 @@ def timeout_factor() -> float:
     return float(os.environ.get("STACKFS_TIMEOUT_FACTOR") or 1)
 
 
-def start(
+def spawn_ready(
     argv: Sequence[str],
-    kind: str,
+    log_prefix: str,
     *,
     env: dict[str, str] | None = None,
     log: Path | None = None,
     timeout: float = 10.0,
-) -> Service:
-    """Start a service daemon; return once it reported ready (else :class:`ServiceError`).
-    ``timeout`` is multiplied by :func:`timeout_factor`."""
-    timeout *= timeout_factor()
+) -> tuple[subprocess.Popen[bytes], Path, bytes]:
+    """Start a testbed process (mount daemon or service) in a session of its own and wait
+    until it reports on its ready pipe (``STACKFS_READY_FD``, see ``stackfs.daemon._ready``).
+
+    Its stdout and stderr go to ``log`` (a temporary file named ``log_prefix*.log`` by
+    default). Returns the process, the log and the line it reported (``b"ready..."``, an error
+    line, or ``b""`` if it exited or ``timeout`` x :func:`timeout_factor` seconds passed)."""
+    deadline = time.monotonic() + timeout * timeout_factor()
     if log is None:
-        fd, name = tempfile.mkstemp(prefix=f"stackfs-{kind}-", suffix=".log")
+        fd, name = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
         os.close(fd)
         log = Path(name)
     rfd, wfd = os.pipe()
@@ -202,10 +206,12 @@ def start(
         )
     os.close(wfd)
     msg = b""
-    deadline = time.monotonic() + timeout
     try:
-        while not msg.endswith(b"\n") and time.monotonic() < deadline:
-            r, _, _ = select.select([rfd], [], [], 0.5)
+        while not msg.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([rfd], [], [], min(left, 0.5))
             if r:
                 chunk = os.read(rfd, 256)
                 if not chunk:
@@ -213,6 +219,20 @@ def start(
                 msg += chunk
     finally:
         os.close(rfd)
+    return proc, log, msg
+
+
+def start(
+    argv: Sequence[str],
+    kind: str,
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 10.0,
+) -> Service:
+    """Start a service daemon; return once it reported ready (else :class:`ServiceError`).
+    ``timeout`` is multiplied by :func:`timeout_factor`."""
+    proc, log, msg = spawn_ready(argv, f"stackfs-{kind}-", env=env, log=log, timeout=timeout)
     svc = Service(kind, proc.pid, log, proc)
     if not msg.startswith(b"ready"):
         svc.stop(grace=0.5)
