@@ -127,9 +127,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "backend",
-        help="mount a backend (passthrough, afs, nfs) over a store directory",
+        help="mount a backend (stackfs backend list: afs, nfs, autofs, lustre, gfs2, ...)",
         description="Backends are FUSE filesystems over a store directory that plays the "
-        "server; the personality (passthrough, afs, nfs) plays the client, in a buggy or a "
+        "server; the personality (`stackfs backend list`) plays the client, in a buggy or a "
         "fixed variant.",
     )
     bsub = p.add_subparsers(dest="backend_command", metavar="SUBCOMMAND")

@@ -227,8 +227,28 @@ async def _serve_pipe(
     await _session(am, stream, done)
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``stackfs automountd``: the verb (the autofs backend starts it itself, with the mount)."""
+    p = sub.add_parser(
+        "automountd",
+        help="run the automount daemon of an autofs backend mount (it starts one itself)",
+        description="The automount daemon of an autofs backend (seed 001): for each mount "
+        "request it makes the mount point with a real mkdir through the autofs mount, "
+        "bind-mounts DIR/KEY on it and reports completion; for an expire it unmounts and "
+        "removes it. An autofs backend mount starts and reaps its own; run it by hand only to "
+        "watch one in the foreground.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=lambda args: main(["--autofs", args.autofs, "--map", args.map]))
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="stackfs automountd", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="stackfs automountd")
+    add_arguments(p)
+    return _run(p.parse_args(argv))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--autofs",
         required=True,
@@ -241,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="the indirect map: DIR/KEY is bind-mounted on MOUNTPOINT/KEY",
     )
-    args = p.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError):
         libc.set_pdeathsig(signal.SIGTERM)
     with contextlib.suppress(OSError):

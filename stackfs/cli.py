@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "stackfs.repro.cli",
     "stackfs.vm.cli",
     "stackfs.cluster_cli",
+    "stackfs.automountd",
 ]
 
 
@@ -72,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stackfs",
         description=(
             "stackfs: an aufs-like union filesystem in FUSE, FUSE backends that behave like "
-            "AFS and NFS (buggy and fixed), and reproducers that make the classic stacked-"
-            "filesystem deadlocks and races happen on real mounts, detect them, explain them "
-            "and recover."
+            "AFS, NFS, autofs, Lustre and GFS2 (buggy and fixed), and reproducers that make "
+            "the classic stacked, network and cluster filesystem deadlocks and races happen on "
+            "real mounts, detect them, explain them and recover."
         ),
     )
     parser.add_argument("--version", action="version", version=version())
