@@ -85,7 +85,9 @@ class BranchFile:
 
 
 @dataclass(slots=True, eq=False)
-class DirHandle:
+class MergedDirHandle:
+    """An open merged directory: its node and the merged listing readdir serves from."""
+
     node: Node
     listing: rd.Listing | None = None
     #: when ``listing`` was taken (time.monotonic_ns)
@@ -117,7 +119,7 @@ class UnionFS(TestbedOperations):
         root = Node(ROOT, None, b"", st.st_mode, tuple(range(len(self.branches))))
         self.nodes = NodeTable(root)
         self.handles: dict[int, BranchFile] = {}
-        self.dirs: dict[int, DirHandle] = {}
+        self.dirs: dict[int, MergedDirHandle] = {}
         self._next_dh = 1
         #: names removed from directories that have open streams: dir uino -> name -> when
         self._gone: dict[int, dict[bytes, int]] = {}
@@ -995,21 +997,21 @@ class UnionFS(TestbedOperations):
         await self._resolve(node)
         dh = self._next_dh
         self._next_dh += 1
-        self.dirs[dh] = DirHandle(node)
+        self.dirs[dh] = MergedDirHandle(node)
         node.opened += 1
         if self.fast.cache_dir:
             # FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE: the kernel keeps the listing (patched pyfuse3)
             return pyfuse3.FileInfo(fh=dh, keep_cache=True, cache_readdir=True)  # type: ignore
         return dh
 
-    async def _inode_dir_handle(self, fh: int) -> DirHandle:
+    async def _inode_dir_handle(self, fh: int) -> MergedDirHandle:
         """The directory handle of a READDIRPLUS that came by inode (``no_opendir``)."""
         ino = fastpath.inode_of(fh)
         if ino is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         node = self._node(ino)
         await self._resolve(node)
-        dh = self.dirs[fh] = DirHandle(node)
+        dh = self.dirs[fh] = MergedDirHandle(node)
         node.opened += 1
         return dh
 
