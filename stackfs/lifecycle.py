@@ -27,7 +27,7 @@ import psutil
 
 from stackfs import fusectl, mountinfo, rundir
 from stackfs.linux import libc
-from stackfs.linux.proc import alive
+from stackfs.linux.proc import alive, terminate
 from stackfs.service import Service, spawn_ready, timeout_factor
 from stackfs.service import start as start_service
 
@@ -207,16 +207,7 @@ def _reap(m: Mount, timeout: float, grace: float = 1.0) -> bool:
     deadline = time.monotonic() + timeout
     while m.daemon_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
-    killed = False
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
-        if not m.daemon_alive():
-            break
-        killed = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(m.pid, sig)
-        end = time.monotonic() + wait
-        while m.daemon_alive() and time.monotonic() < end:
-            time.sleep(0.02)
+    killed = terminate(m.pid, m.daemon_alive, grace) is not None
     if m.proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             m.proc.wait(timeout=1.0)

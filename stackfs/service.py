@@ -31,6 +31,7 @@ import trio
 
 from stackfs import control, rundir
 from stackfs.linux.proc import alive as proc_alive
+from stackfs.linux.proc import terminate
 
 
 class ServiceError(Exception):
@@ -149,16 +150,7 @@ class Service:
 
     def stop(self, grace: float = 1.0) -> bool:
         """SIGTERM, then SIGKILL after ``grace``; reap. True if it had to be killed."""
-        killed = False
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 3.0)):
-            if not self.alive():
-                break
-            killed = sig == signal.SIGKILL
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-            end = time.monotonic() + wait
-            while self.alive() and time.monotonic() < end:
-                time.sleep(0.02)
+        killed = terminate(self.pid, self.alive, grace) == signal.SIGKILL
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=1.0)

@@ -7,7 +7,11 @@ not the kernel's word (psutil's ``name()`` is not ``comm`` when comm is truncate
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
+from collections.abc import Callable
 
 import psutil
 
@@ -128,3 +132,23 @@ def kernel_stack(tid: int) -> list[str]:
         if fn:
             out.append(fn.split("+", 1)[0])
     return out
+
+
+def terminate(
+    pid: int, is_alive: Callable[[], bool], grace: float = 1.0, kill_wait: float = 3.0
+) -> int | None:
+    """Stop process ``pid``: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds.
+
+    ``is_alive`` says whether it is still there (a child's ``Popen.poll() is None``, so that it is
+    reaped; else :func:`alive`). Returns the last signal sent, or None if it was already gone."""
+    sent = None
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        if not is_alive():
+            break
+        sent = sig
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        end = time.monotonic() + wait
+        while is_alive() and time.monotonic() < end:
+            time.sleep(0.02)
+    return sent
