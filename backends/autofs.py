@@ -76,7 +76,7 @@ from backends.autofs_model import (
     WaitQueue,
 )
 from backends.base import Inode, Option, StoreFS, fuse_op
-from stackfs import rundir, service
+from stackfs import control, rundir, service
 from stackfs.kernel.dcache import Dentry
 from stackfs.kernel.task import (
     Task,
@@ -216,20 +216,9 @@ class AutofsFS(StoreFS):
         return True
 
     async def _read_pipe(self) -> None:
-        buf = b""
         assert self._pipe is not None and self._nursery is not None
-        while True:
-            try:
-                data = await self._pipe.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                break
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    self._nursery.start_soon(self._daemon_says, json.loads(line))
+        async for msg in control.json_lines(self._pipe):
+            self._nursery.start_soon(self._daemon_says, msg)
         self.autofs4_catatonic_mode()
 
     def autofs4_catatonic_mode(self) -> None:

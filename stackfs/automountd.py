@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from stackfs import rundir, service
+from stackfs import control, rundir, service
 from stackfs.linux import libc
 
 KIND = "automount"
@@ -191,21 +191,10 @@ async def _session(am: Automounter, stream: trio.SocketStream, done: trio.Event)
         )
         await send(answer)
 
-    buf = b""
     try:
         async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    data = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    break
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        nursery.start_soon(work, json.loads(line))
+            async for msg in control.json_lines(stream):
+                nursery.start_soon(work, msg)
             nursery.cancel_scope.cancel()
     finally:
         done.set()

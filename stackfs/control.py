@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,23 @@ async def serve(path: Path, handlers: dict[str, Handler], *, task_status=trio.TA
             path.unlink()
         except OSError:
             pass
+
+
+async def json_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects a peer sends on ``stream``, one per line, until it closes (or breaks)."""
+    buf = b""
+    while True:
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
 
 
 async def _serve_one(stream: trio.abc.Stream, handlers: dict[str, Handler]) -> None:
