@@ -9,11 +9,15 @@
 #   sudo ./provision.sh --with vm  # also qemu for `stackfs vm` (virtme-ng is in the venv always)
 #   sudo ./provision.sh --with vagrant   # also what vagrant/ needs on the host (libvirt, qemu, ...)
 #   ./provision.sh --print-packages [--with ...]   # the Debian packages, one a line
-#   sudo ./provision.sh --packages-only  # only the Debian packages (vagrant/build-box's chroot)
+#   sudo ./provision.sh --packages-only  # only the Debian packages
+#   sudo ./provision.sh --deps-only      # the Debian packages and the venv with the project's
+#                                        # dependencies, not the project (vagrant/build-box's chroot)
 #   ./provision.sh --wheelhouse DIR      # build every wheel the install needs into DIR
 #
 # pip installs from a wheelhouse when one is there ($STACKFS_WHEELHOUSE, else vagrant/wheels,
 # which vagrant/run-tests builds once on the host): offline first, the configured index after.
+# In a VM made from vagrant/build-box's box every dependency is already in the venv, so
+# provisioning only installs the project (editable, without pip's isolated build environment).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +33,7 @@ VAGRANT_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 
 WHEELHOUSE=${STACKFS_WHEELHOUSE:-$REPO/vagrant/wheels}
 PRINT=0
 PACKAGES_ONLY=0
+DEPS_ONLY=0
 WHEELHOUSE_OUT=""
 
 while [ $# -gt 0 ]; do
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
             shift 2 ;;
         --print-packages) PRINT=1; shift ;;
         --packages-only) PACKAGES_ONLY=1; shift ;;
+        --deps-only) DEPS_ONLY=1; shift ;;
         --wheelhouse) WHEELHOUSE_OUT="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "provision.sh: unknown argument: $1" >&2; exit 2 ;;
@@ -80,6 +86,13 @@ patched_pyfuse3() {
 # this host's python and pip configuration (vagrant/run-tests does this for the VM: same Debian
 # release and Python, so the guest installs without an index and compiles nothing)
 if [ -n "$WHEELHOUSE_OUT" ]; then
+    # built once: again only when what decides its contents changed (delete DIR to force it)
+    stamp=$WHEELHOUSE_OUT/.complete
+    if [ -f "$stamp" ] && [ -z "$(find "$REPO/pyproject.toml" "$REPO/provision.sh" "$REPO/patches" \
+                                  -newer "$stamp" -print -quit 2>/dev/null)" ]; then
+        say "wheelhouse: $WHEELHOUSE_OUT is up to date (newer than pyproject.toml, provision.sh, patches/)"
+        exit 0
+    fi
     wvenv=$(mktemp -d)
     /usr/bin/python3 -m venv "$wvenv"
     mkdir -p "$WHEELHOUSE_OUT"
@@ -89,7 +102,10 @@ if [ -n "$WHEELHOUSE_OUT" ]; then
         patched_pyfuse3 "$wvenv/bin/python" wheel "$WHEELHOUSE_OUT" || rc=1
     rm -f "$WHEELHOUSE_OUT"/stackfs-*.whl  # the checkout itself is installed editable
     rm -rf "$wvenv"
-    [ "$rc" -eq 0 ] && say "wheelhouse: $(ls "$WHEELHOUSE_OUT" | wc -l) files in $WHEELHOUSE_OUT"
+    if [ "$rc" -eq 0 ]; then
+        touch "$stamp"
+        say "wheelhouse: $(ls "$WHEELHOUSE_OUT" | wc -l) files in $WHEELHOUSE_OUT"
+    fi
     exit "$rc"
 fi
 
@@ -117,20 +133,69 @@ else
 fi
 [ "$PACKAGES_ONLY" -eq 0 ] || exit 0
 
+fresh_venv=0
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtual environment $VENV"
     /usr/bin/python3 -m venv "$VENV"
+    fresh_venv=1
 fi
-say "installing stackfs (editable) into $VENV"
 piplog=$(mktemp)
 pip_install() { "$VENV/bin/python" -m pip install -q "$@" >>"$piplog" 2>&1; }
+have_wheels=0
+compgen -G "$WHEELHOUSE/*.whl" >/dev/null && have_wheels=1
+
+if [ "$DEPS_ONLY" -eq 1 ]; then
+    # The project's dependencies (pyproject.toml: dependencies, extras test and vm), not the
+    # project: vagrant/build-box runs this in the box's chroot, natively, so the box's venv is
+    # complete and byte-compiled and a VM's provisioning only installs the project.
+    mapfile -t reqs < <(/usr/bin/python3 -c 'import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print(*p["dependencies"], *p["optional-dependencies"]["test"],
+      *p["optional-dependencies"]["vm"], sep="\n")' "$REPO/pyproject.toml")
+    say "installing the dependencies into $VENV: ${reqs[*]}"
+    if ! { [ "$have_wheels" -eq 1 ] &&
+           pip_install --no-index --find-links "$WHEELHOUSE" --upgrade pip setuptools wheel \
+               "${reqs[@]}"; } &&
+       ! pip_install --upgrade pip setuptools wheel "${reqs[@]}"; then
+        grep -v '^WARNING: Location' "$piplog" >&2
+        echo "provision.sh: pip install of the dependencies failed" >&2
+        exit 1
+    fi
+    rm -f "$piplog"
+    exit 0
+fi
+
+# Installed already (editable, from this checkout, with this pyproject.toml: .ci/run provisions
+# again, and so does every run on a developer's machine)? Then pip has nothing to do: its run
+# costs 10 s under TCG even when everything is satisfied.
+stamp=$VENV/.stackfs-installed
+want="$REPO $(sha256sum <"$REPO/pyproject.toml" | cut -d' ' -f1)"
 installed=0
-if compgen -G "$WHEELHOUSE/*.whl" >/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import json, sys
+from importlib.metadata import distribution
+url = json.loads(distribution("stackfs").read_text("direct_url.json") or "{}")
+sys.exit(url.get("url") != "file://" + sys.argv[1] or not url.get("dir_info", {}).get("editable"))
+' "$REPO" 2>/dev/null; then
+    installed=2
+    say "stackfs is installed (editable) from $REPO and pyproject.toml is unchanged"
+else
+    rm -f "$stamp"
+    say "installing stackfs (editable) into $VENV"
+fi
+if [ "$installed" -eq 0 ] && [ "$have_wheels" -eq 1 ]; then
     # Wheels built once on the host (vagrant/run-tests): no index, no compiler run in the guest.
     # --no-compile: no byte-compiling of every installed file up front (minutes under TCG);
-    # Python compiles what it imports, when it imports it
-    if pip_install --no-index --no-compile --find-links "$WHEELHOUSE" --upgrade pip &&
-       pip_install --no-index --no-compile --find-links "$WHEELHOUSE" -e "$REPO[test,vm]"; then
+    # Python compiles what it imports, when it imports it. pip, setuptools and wheel are
+    # upgraded only in a venv made just now (a box's venv has the wheelhouse's already). With
+    # setuptools >= 64 (PEP 660 editable installs) and wheel in the venv, the project is built
+    # with them, not in an isolated build environment that pip would fill again on every run.
+    wh=(--no-index --no-compile --find-links "$WHEELHOUSE")
+    isolation=()
+    if { [ "$fresh_venv" -eq 0 ] || pip_install "${wh[@]}" --upgrade pip setuptools wheel; } &&
+       { ! "$VENV/bin/python" -c 'import sys, setuptools, wheel
+sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' 2>/dev/null ||
+         isolation=(--no-build-isolation); } &&
+       pip_install "${wh[@]}" "${isolation[@]}" -e "$REPO[test,vm]"; then
         installed=1
         say "installed from the wheelhouse $WHEELHOUSE"
     else
@@ -143,12 +208,21 @@ if [ "$installed" -eq 0 ] && ! { pip_install --upgrade pip && pip_install -e "$R
     exit 1
 fi
 rm -f "$piplog"
-"$VENV/bin/python" -c 'import pyfuse3, trio, stackfs' || { echo "provision.sh: install failed" >&2; exit 1; }
+# One interpreter start (seconds under TCG) checks the install (else exit 1) and whether pyfuse3
+# has the patch below (else exit 3).
+patched=0
+"$VENV/bin/python" -c 'import pyfuse3, trio, stackfs
+try:
+    pyfuse3.FileInfo(cache_readdir=1)
+except Exception:
+    raise SystemExit(3)' || patched=$?
+[ "$patched" -eq 0 ] || [ "$patched" -eq 3 ] || { echo "provision.sh: install failed" >&2; exit 1; }
+[ "$installed" -eq 2 ] || printf '%s\n' "$want" >"$stamp"
 
 # The union's fast paths (issue 15) need two small additions to pyfuse3 (patches/README.md):
 # rebuild pyfuse3 from its own source release with the patch, once. Without it the union runs
 # with the kernel's slower paths (it detects the missing patch), so a failure here only warns.
-if ! "$VENV/bin/python" -c 'import pyfuse3; pyfuse3.FileInfo(cache_readdir=1)' 2>/dev/null; then
+if [ "$patched" -eq 3 ]; then
     say "building pyfuse3 3.5.0 from its source release with $PYFUSE3_PATCH"
     if patched_pyfuse3 "$VENV/bin/python" install; then
         say "installed the patched pyfuse3"

@@ -120,6 +120,20 @@ def current_syscall_of(text: str) -> Syscall | None:
     return Syscall(nr, args[0], args[1], args[2])
 
 
+def fault_kind(tid: int) -> str:
+    """``prefault`` for a page-in by a task reading another's memory (``read`` of
+    ``/proc/PID/mem``: ``access_remote_vm``, fixed-prefault's prefault, whichever filesystem
+    serves the page), else ``fault`` (the mapping's owner, its readahead included)."""
+    sc = current_syscall(tid)
+    if sc is None or sc.writes:
+        return "fault"
+    try:
+        target = os.readlink(f"/proc/{tid}/fd/{sc.fd}")
+    except OSError:
+        return "fault"
+    return "prefault" if target.startswith("/proc/") and target.endswith("/mem") else "fault"
+
+
 def fd_file(tid: int, fd: int) -> tuple[int, int] | None:
     """(mnt_id, ino) of ``fd`` of task ``tid`` from ``/proc/TID/fdinfo/FD`` (never a stat:
     that would send this daemon a GETATTR from its own loop)."""
@@ -264,7 +278,10 @@ class Gfs2FS(StoreFS):
     def _glock(self, ino: int) -> Glock:
         assert self.glocks is not None
         inode = self.inodes.get(ino)
-        return self.glocks.get(ino, self.path_of(inode) if inode is not None else "")
+        if inode is None:
+            return self.glocks.get(ino)
+        # the store's inode number names the glock on every node (inode.key: st_dev, st_ino)
+        return self.glocks.get(ino, self.path_of(inode), number=inode.key[1])
 
     def _ident(self, gl: Glock) -> str:
         return f"glock {self.lockspace}:{gl.name}"
@@ -345,7 +362,7 @@ class Gfs2FS(StoreFS):
                 for ino in others
                 if ino != handle.inode.ino and ino in self.inodes
             ]
-            want.sort()
+            want.sort(key=lambda w: self._glock(w[0]).number)  # glock order: cluster-wide
             self.count("sorted_walk")
         try:
             for ino, m in want:
@@ -485,7 +502,8 @@ class Gfs2FS(StoreFS):
                 self.glocks.allow_demote(g, h, True)  # gfs2_holder_allow_demote
         try:
             chain = ("filemap_fault", "gfs2_fault", "gfs2_glock_nq")
-            h = await self._nq(gl, Holder(task, "PR", chain, "fault"), may_demote_outer=bool(allow))
+            kind = fault_kind(tid) if tid else "fault"
+            h = await self._nq(gl, Holder(task, "PR", chain, kind), may_demote_outer=bool(allow))
             try:
                 return os.pread(handle.fd, size, off)
             finally:

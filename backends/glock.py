@@ -127,9 +127,17 @@ class DLMClient:
             raise DLMGone("the lock manager went away")
         return box[0]
 
-    async def lock(self, res: str, mode: str) -> str:
-        """``dlm_lock`` (convert): returns once granted."""
-        return str((await self._call({"op": "lock", "res": res, "mode": mode}))["mode"])
+    async def lock(self, res: str, mode: str, waiter: Holder | None = None) -> str:
+        """``dlm_lock`` (convert): returns once granted. ``waiter``: the holder that asked
+        (its task and kind go along: forced mode's rendezvous needs to know; a DLM does not)."""
+        msg: dict[str, Any] = {"op": "lock", "res": res, "mode": mode}
+        if waiter is not None:
+            msg["waiters"] = [[waiter.task.pid, waiter.kind]]
+        return str((await self._call(msg))["mode"])
+
+    async def waiting(self, res: str, h: Holder) -> None:
+        """Another holder (task, kind) now waits for this node's pending request on ``res``."""
+        await self._write({"op": "waiting", "res": res, "waiters": [[h.task.pid, h.kind]]})
 
     async def blocked(self, res: str, tids: list[int]) -> None:
         """Tell the lock manager that a demote of ``res`` waits for these tasks' holders
@@ -160,7 +168,8 @@ class Holder:
     task: Task
     mode: str
     chain: tuple[str, ...]
-    #: "syscall" (held for a read/write syscall), "fault" (a page-in), "read" (one request)
+    #: "syscall" (held for a read/write syscall), "fault" (a page-in), "prefault" (a page-in
+    #: by the daemon's own prefault, fixed-prefault), "read" (one request)
     kind: str
     since: float = field(default_factory=time.time)
     #: HIF_MAY_DEMOTE: the glock may be demoted under this holder (it faults outside it)
@@ -184,8 +193,13 @@ class Holder:
 class Glock:
     """``struct gfs2_glock`` of one inode on this node."""
 
+    #: the node's FUSE inode (what page-cache invalidation names)
     ino: int
     desc: str
+    #: the glock number, the same on every node (GFS2: the inode's disk address; here the
+    #: store's inode number): the DLM resource is named after it, never after ``ino``, which
+    #: each node allocates in its own lookup order where the store's numbers cannot be used
+    number: int = -1
     #: the mode the DLM granted this node (None: unlocked, LM_ST_UNLOCKED)
     state: str | None = None
     holders: list[Holder] = field(default_factory=list)
@@ -199,7 +213,7 @@ class Glock:
 
     @property
     def name(self) -> str:
-        return f"2/{self.ino:x}"
+        return f"2/{self.number if self.number >= 0 else self.ino:x}"
 
     def poke(self) -> None:
         self.changed.set()
@@ -228,10 +242,10 @@ class GlockTable:
         self.stats: dict[str, int] = {}
         dlm.on_bast = self._bast
 
-    def get(self, ino: int, desc: str = "") -> Glock:
+    def get(self, ino: int, desc: str = "", number: int = -1) -> Glock:
         gl = self.glocks.get(ino)
         if gl is None:
-            gl = self.glocks[ino] = Glock(ino, desc)
+            gl = self.glocks[ino] = Glock(ino, desc, number)
         elif desc and not gl.desc:
             gl.desc = desc
         return gl
@@ -255,6 +269,7 @@ class GlockTable:
     async def nq(self, gl: Glock, h: Holder) -> Holder:
         """``gfs2_glock_nq``: wait until ``h`` is granted (promoting through the DLM)."""
         gl.waiters.append(h)
+        told = False
         try:
             while not self._local_ok(gl, h):
                 if (
@@ -266,11 +281,14 @@ class GlockTable:
                     self._count("do_xmote")
                     try:
                         # do_xmote: ask the DLM; other local holders keep the old mode meanwhile
-                        gl.state = await self.dlm.lock(gl.name, h.mode)
+                        gl.state = await self.dlm.lock(gl.name, h.mode, waiter=h)
                     finally:
                         gl.xmote = False
                         gl.poke()
                     continue
+                if gl.xmote and not told:
+                    told = True  # waits for the request another holder sent
+                    await self.dlm.waiting(gl.name, h)
                 with trio.move_on_after(0.05):
                     await gl.changed.wait()
                 self._reap(gl)

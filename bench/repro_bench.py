@@ -38,8 +38,13 @@ def _ms(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--forced", type=int, default=5, metavar="N", help="forced runs per row")
-    ap.add_argument("--natural", type=int, default=20, metavar="N",
-                    help="natural runs per row (the issue asks for rates per 100 runs)")
+    ap.add_argument(
+        "--natural",
+        type=int,
+        default=20,
+        metavar="N",
+        help="natural runs per row (the issue asks for rates per 100 runs)",
+    )
     ap.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="write every figure and run as JSON")
     ap.add_argument("--report-dir", metavar="DIR", help="keep the runs' reports here")
@@ -47,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     root = Path(args.report_dir or tempfile.mkdtemp(prefix="stackfs-repro-bench-"))
-    scenarios = [registry.get(n) for n in args.scenario] if args.scenario else \
-        registry.scenarios()
+    scenarios = [registry.get(n) for n in args.scenario] if args.scenario else registry.scenarios()
     t0 = time.monotonic()
     results: list[RunResult] = []
     for s in scenarios:
@@ -57,13 +61,21 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             p = plan(s, natural=natural, iterations=n)
 
-            def progress(done: int, total: int, r: RunResult, mode: str = p.mode,
-                         name: str = s.name) -> None:
-                mark = "" if r.matched else "  MISMATCH: " + "; ".join(
-                    r.problems or [r.error or r.summary])
-                print(f"\r  {name} {mode} {done}/{total}: {r.row} {r.variant} -> "
-                      f"{r.observed}{mark}" + " " * 10, end="" if r.matched else "\n",
-                      file=sys.stderr, flush=True)
+            def progress(
+                done: int, total: int, r: RunResult, mode: str = p.mode, name: str = s.name
+            ) -> None:
+                mark = (
+                    ""
+                    if r.matched
+                    else "  MISMATCH: " + "; ".join(r.problems or [r.error or r.summary])
+                )
+                print(
+                    f"\r  {name} {mode} {done}/{total}: {r.row} {r.variant} -> "
+                    f"{r.observed}{mark}" + " " * 10,
+                    end="" if r.matched else "\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
             results += run_plan(p, root, progress, seed=args.seed)
             print(file=sys.stderr)
@@ -77,38 +89,76 @@ def main(argv: list[str] | None = None) -> int:
         nat: Summary | None = natural.get(key)
         any_s = f or nat
         assert any_s is not None
-        rows.append([
-            any_s.row, any_s.variant, any_s.expected,
-            f"{f.reproduced}/{f.runs}" if f else "-",
-            _ms(f.time_to_reproduce) if f and any_s.is_bug else "-",
-            _ms(f.detection_latency) if f and any_s.is_bug else "-",
-            _ms(f.recovery) if f else "-",
-            f"{nat.rate:.0f}" if nat and nat.rate is not None else "-",
-            f"{nat.per_minute:.1f}" if nat and nat.per_minute is not None else "-",
-            f"{nat.runs}" if nat else "-",
-            _ms(nat.detection_latency) if nat and nat.detection_latency else "-",
-            "yes" if all(x is None or x.all_matched for x in (f, nat)) else "NO",
-        ])
+        rows.append(
+            [
+                any_s.row,
+                any_s.variant,
+                any_s.expected,
+                f"{f.reproduced}/{f.runs}" if f else "-",
+                _ms(f.time_to_reproduce) if f and any_s.is_bug else "-",
+                _ms(f.detection_latency) if f and any_s.is_bug else "-",
+                _ms(f.recovery) if f else "-",
+                f"{nat.rate:.0f}" if nat and nat.rate is not None else "-",
+                f"{nat.per_minute:.1f}" if nat and nat.per_minute is not None else "-",
+                f"{nat.runs}" if nat else "-",
+                _ms(nat.detection_latency) if nat and nat.detection_latency else "-",
+                "yes" if all(x is None or x.all_matched for x in (f, nat)) else "NO",
+            ]
+        )
     print()
-    print(f"stackfs reproducers: {os.uname().release}, {os.cpu_count()} CPUs, "
-          f"{len(results)} runs in {wall:.0f} s")
-    print(table(["scenario", "variant", "expected", "forced repro", "time to reproduce",
-                 "detection latency", "recovery", "natural /100", "per min", "natural runs",
-                 "natural latency", "all matched"], rows))
-    print("  times are medians; forced repro = runs in which the bug happened / runs; "
-          "per min = reproductions per minute of wall-clock time, set-up and recovery "
-          "included; recovery = from the verdict until nothing of the run is left")
+    print(
+        f"stackfs reproducers: {os.uname().release}, {os.cpu_count()} CPUs, "
+        f"{len(results)} runs in {wall:.0f} s"
+    )
+    print(
+        table(
+            [
+                "scenario",
+                "variant",
+                "expected",
+                "forced repro",
+                "time to reproduce",
+                "detection latency",
+                "recovery",
+                "natural /100",
+                "per min",
+                "natural runs",
+                "natural latency",
+                "all matched",
+            ],
+            rows,
+        )
+    )
+    print(
+        "  times are medians; forced repro = runs in which the bug happened / runs; "
+        "per min = reproductions per minute of wall-clock time, set-up and recovery "
+        "included; recovery = from the verdict until nothing of the run is left"
+    )
     bad = [r for r in results if not r.matched]
     for r in bad:
         why = "; ".join(r.problems or [r.error or r.summary])
-        print(f"  MISMATCH {r.row} {r.variant} {r.mode} #{r.iteration}: observed {r.observed}: "
-              + (why if len(why) < 300 else why[:300] + "...") + f" [{r.report_dir}]")
+        print(
+            f"  MISMATCH {r.row} {r.variant} {r.mode} #{r.iteration}: observed {r.observed}: "
+            + (why if len(why) < 300 else why[:300] + "...")
+            + f" [{r.report_dir}]"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "kernel": os.uname().release, "cpus": os.cpu_count(), "seconds": wall,
-            "forced_runs": args.forced, "natural_runs": args.natural,
-            "summary": [x.to_json() for x in summaries],
-            "runs": [r.to_json() for r in results]}, indent=1, default=str) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "kernel": os.uname().release,
+                    "cpus": os.cpu_count(),
+                    "seconds": wall,
+                    "forced_runs": args.forced,
+                    "natural_runs": args.natural,
+                    "summary": [x.to_json() for x in summaries],
+                    "runs": [r.to_json() for r in results],
+                },
+                indent=1,
+                default=str,
+            )
+            + "\n"
+        )
     print(f"reports: {root}/")
     return 0 if not bad else 1
 

@@ -3,6 +3,7 @@ overlayfs, all mounted in one run over the same prepared tree (one upper, two lo
 
     /opt/stackfs-venv/bin/python bench/union_bench.py [--quick] [--only stackfs,fuse-overlayfs]
                                                       [--json FILE] [--reps N]
+                                                      [--sessions cold,create,copyup-small]
 
 Every measure is a time (lower is better); the table shows each peer's median and its ratio to
 fuse-overlayfs measured in the same run, and the stackfs verdict against the targets of issue 3.
@@ -123,8 +124,7 @@ def measures(sz: Sizes) -> list[Measure]:
         Measure("read_cold", f"seq read {big}, cold", 1.1, per=sz.seq_bytes // MiB),
         Measure("write_seq", f"seq write {big}", 1.0, per=sz.seq_bytes // MiB),
         Measure("copyup_big", f"copy-up 1 file of {big}", 1.1),
-        Measure("copyup_small", f"copy-up {sz.small_files} small files", 2.0,
-                per=sz.small_files),
+        Measure("copyup_small", f"copy-up {sz.small_files} small files", 2.0, per=sz.small_files),
     ]
 
 
@@ -1111,7 +1111,8 @@ def table(rec: Recorder, ms: list[Measure], peers: list[str]) -> str:
     rat = ratios(rec, ms, peers)
     ver = verdicts(rat, ms)
     order = [
-        p for p in (REFERENCE, "stackfs", "pyfuse3-floor", "overlayfs", "unionfs-fuse")
+        p
+        for p in (REFERENCE, "stackfs", "pyfuse3-floor", "overlayfs", "unionfs-fuse")
         if p in peers
     ]
     lw = max(len(m.label) for m in ms) + 2
@@ -1125,6 +1126,8 @@ def table(rec: Recorder, ms: list[Measure], peers: list[str]) -> str:
     head2 += f"{'(ratio)':>8} {'verdict':>8}"
     lines = [head1, head2, "-" * len(head1)]
     for m in ms:
+        if all(rec.median(p, m.key) is None for p in order):
+            continue  # not measured in this run (--sessions)
         row = f"{m.label:<{lw}}"
         for p in order:
             med = fmt_time(rec.median(p, m.key), m.unit)
@@ -1194,6 +1197,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-1 = the last), so a FUSE round trip costs the same for every peer",
     )
     ap.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    ap.add_argument(
+        "--sessions",
+        default="",
+        help="comma-separated sessions to run: "
+        + ",".join(n for n, _f, _t in SESSIONS)
+        + " (default: all; a short run of the measures you are working on)",
+    )
     ap.add_argument("--json", type=Path, help="write every sample and the summary here")
     ap.add_argument("--reps", type=int, help="outer repetitions (default 5, --quick 3)")
     ap.add_argument("--inner", type=int, help="timed passes per warm/create/write session")
@@ -1255,6 +1265,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if REFERENCE not in [p.name for p in peers]:
         print(f"note: {REFERENCE} is not in this run: no ratios", flush=True)
+    sessions = [x.strip() for x in args.sessions.split(",") if x.strip()]
+    unknown = set(sessions) - {n for n, _f, _t in SESSIONS}
+    if unknown:
+        print(f"union_bench: unknown session(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    run_sessions = [s for s in SESSIONS if not sessions or s[0] in sessions]
     ms = measures(sz)
     rec = Recorder()
     pinned = "not pinned"
@@ -1280,7 +1296,7 @@ def main(argv: list[str] | None = None) -> int:
             order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
             for peer in order:
                 t0 = time.monotonic()
-                for name, fn, template in SESSIONS:
+                for name, fn, template in run_sessions:
                     run_session(peer, name, fn, template, tree, sz, rec, scratch, args.timeout)
                 print(
                     f"  rep {rep + 1}/{sz.reps} {peer.name}: {time.monotonic() - t0:.1f} s",
@@ -1297,8 +1313,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores; {time.monotonic() - t_start:.0f} s"
     )
     print("peers: " + ", ".join(f"{n} {versions[n]}" for n in names_run))
-    print(f"load average at start {load_start}, at end {_loadavg()} (the machine is shared); "
-          f"{pinned}")
+    print(
+        f"load average at start {load_start}, at end {_loadavg()} (the machine is shared); {pinned}"
+    )
     print(
         f"medians over {sz.reps} repetitions (cold, copy-up) or {sz.reps}x{sz.inner} passes "
         f"(warm, create, write; open+close: percentiles of {sz.open_samples} opens per pass); "

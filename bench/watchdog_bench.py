@@ -45,8 +45,9 @@ def one_run(kind: str, threshold: float, base: Path, i: int) -> dict:
         m = st.mount(lifecycle.stackfs_argv("testfs", kind, str(mp)), mp)
         wd = Watchdog([m.mountpoint], threshold=threshold, abort=True, picture=False)
         started = time.time()
-        proc = subprocess.Popen(["stat", str(mp / target)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            ["stat", str(mp / target)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         report = wd.run(timeout=threshold + 10)
         proc.wait(timeout=10)
     rec = report.recovery
@@ -78,8 +79,12 @@ def idle_cpu(seconds: float, base: Path, all_mounts: bool) -> dict:
             polls += 1
             time.sleep(wd.interval)
         cpu, wall = _cpu() - c0, time.monotonic() - t0
-        return {"cpu_percent": 100 * cpu / wall, "polls": polls, "mounts": len(wd.watched()),
-                "seconds": wall}
+        return {
+            "cpu_percent": 100 * cpu / wall,
+            "polls": polls,
+            "mounts": len(wd.watched()),
+            "seconds": wall,
+        }
 
 
 def _stats(xs: list[float]) -> str:
@@ -93,8 +98,12 @@ def _stats(xs: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--hang-runs", type=int, default=3,
-                    help="runs of the unanswered-lookup hang (no cycle), for comparison")
+    ap.add_argument(
+        "--hang-runs",
+        type=int,
+        default=3,
+        help="runs of the unanswered-lookup hang (no cycle), for comparison",
+    )
     ap.add_argument("--threshold", type=float, default=1.0)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--json", metavar="FILE")
@@ -123,26 +132,42 @@ def main() -> int:
     idle_ok = idle["cpu_percent"] < 2.0
 
     print(f"\nstackfs watchdog benchmark (threshold {t:g} s, kernel {os.uname().release})")
-    print(f"kernel deadlock (lookup-mkdir): {len(ok)}/{len(runs)} detected as a fuse_reentry "
-          f"cycle, {sum(r['recovered'] for r in runs)}/{len(runs)} recovered"
-          + (f"; {stolen} run(s) aborted by another process first (connection number reuse)"
-             if stolen else ""))
+    print(
+        f"kernel deadlock (lookup-mkdir): {len(ok)}/{len(runs)} detected as a fuse_reentry "
+        f"cycle, {sum(r['recovered'] for r in runs)}/{len(runs)} recovered"
+        + (
+            f"; {stolen} run(s) aborted by another process first (connection number reuse)"
+            if stolen
+            else ""
+        )
+    )
     print(f"{'measure':44} {'median':>7} {'min':>7} {'p90':>7} {'max':>7}  target")
-    print(f"{'detection latency, from the cycle formed (s)':44} {_stats(lat)}  "
-          f"<= {t + 0.5:g}  {'PASS' if lat_ok else 'FAIL'}")
+    print(
+        f"{'detection latency, from the cycle formed (s)':44} {_stats(lat)}  "
+        f"<= {t + 0.5:g}  {'PASS' if lat_ok else 'FAIL'}"
+    )
     print(f"{'detection, from starting the workload (s)':44} {_stats(start)}")
-    print(f"{'recovery (abort, detach, reap, verify) (s)':44} {_stats(recov)}  "
-          f"<= 1  {'PASS' if rec_ok else 'FAIL'}")
+    print(
+        f"{'recovery (abort, detach, reap, verify) (s)':44} {_stats(recov)}  "
+        f"<= 1  {'PASS' if rec_ok else 'FAIL'}"
+    )
     print(f"{'hang without cycle: detection (s)':44} {_stats(hlat)}")
     print(f"{'hang without cycle: recovery, SIGKILL (s)':44} {_stats(hrec)}")
-    print(f"{'idle CPU, one idle mount (% of a core)':44} {idle['cpu_percent']:7.2f}"
-          f"{'':24}  < 2  {'PASS' if idle_ok else 'FAIL'}")
-    print(f"{'idle CPU, all FUSE mounts (% of a core)':44} {idle_all['cpu_percent']:7.2f}"
-          f"{'':24}  ({idle_all['mounts']} mounts)")
+    print(
+        f"{'idle CPU, one idle mount (% of a core)':44} {idle['cpu_percent']:7.2f}"
+        f"{'':24}  < 2  {'PASS' if idle_ok else 'FAIL'}"
+    )
+    print(
+        f"{'idle CPU, all FUSE mounts (% of a core)':44} {idle_all['cpu_percent']:7.2f}"
+        f"{'':24}  ({idle_all['mounts']} mounts)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"runs": runs, "hangs": hangs, "idle": idle, "idle_all": idle_all,
-             "threshold": t}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"runs": runs, "hangs": hangs, "idle": idle, "idle_all": idle_all, "threshold": t},
+                indent=1,
+            )
+        )
     complete = len(ok) + sum(r["aborted_by_someone_else"] for r in runs) == len(runs)
     return 0 if (lat_ok and rec_ok and idle_ok and complete) else 1
 

@@ -6,9 +6,12 @@ line each way:
 
 ``{"op": "join", "node": N, "lockspace": LS, "pid": P, "mountpoint": M}``
     first message: this connection is node ``N`` of lockspace ``LS`` (a cluster filesystem);
-``{"op": "lock", "res": R, "mode": MODE, "rid": I}``
+``{"op": "lock", "res": R, "mode": MODE, "rid": I, "waiters": [[TID, KIND]]}``
     ``dlm_lock`` / convert; answered, possibly much later, by ``{"op": "grant", "res": R,
-    "mode": MODE, "rid": I}`` (the completion AST);
+    "mode": MODE, "rid": I}`` (the completion AST). ``waiters`` (optional, testbed only): the
+    holder that asked (task, ``syscall``/``fault``/``prefault``/``read``);
+``{"op": "waiting", "res": R, "waiters": [[TID, KIND]]}``
+    another holder now waits for the node's queued request on ``R`` (testbed only);
 ``{"op": "unlock", "res": R}``
 ``{"op": "bast", "res": R, "mode": WANTED}``
     sent to a node that holds ``R`` in a mode incompatible with another node's request;
@@ -76,6 +79,8 @@ class Rendezvous:
     broken: bool = False
     #: broken because a party is stuck behind another that waits here (not a timeout)
     futile: bool = False
+    #: what made it futile: the request that waits, and the demote that cannot happen
+    why: str = ""
     changed: trio.Event = field(default_factory=trio.Event)
 
     def poke(self) -> None:
@@ -90,6 +95,7 @@ class Rendezvous:
             "held": self.held,
             "broken": self.broken,
             "futile": self.futile,
+            "why": self.why,
         }
 
 
@@ -100,6 +106,9 @@ class LockServer:
         self.rendezvous: dict[str, Rendezvous] = {}
         #: (lockspace, resource, node) -> tids whose holders keep the node from demoting
         self.blocked: dict[tuple[str, str, str], set[int]] = {}
+        #: (lockspace, resource, node) -> (tid, kind) of the holders that wait for the node's
+        #: queued request (the ``waiters`` of ``lock``, then ``waiting``): the rendezvous's view
+        self.waiting: dict[tuple[str, str, str], set[tuple[int, str]]] = {}
         self.log: list[dict[str, Any]] = []
 
     def _node_info(self, lockspace: str) -> dict[str, dict[str, Any]]:
@@ -141,6 +150,7 @@ class LockServer:
             if s is None:
                 continue
             if a.kind == "grant":
+                self.waiting.pop((a.lockspace, a.name, a.node), None)
                 await s.send({"op": "grant", "res": a.name, "mode": a.mode, "rid": a.rid})
             else:
                 await s.send({"op": "bast", "res": a.name, "mode": a.mode})
@@ -188,12 +198,17 @@ class LockServer:
                 self._record("leave", node=sess.node, lockspace=sess.lockspace, pid=sess.pid)
                 for key in [k for k in self.blocked if (k[0], k[2]) == (sess.lockspace, sess.node)]:
                     del self.blocked[key]
+                for key in [k for k in self.waiting if (k[0], k[2]) == (sess.lockspace, sess.node)]:
+                    del self.waiting[key]
                 with trio.CancelScope(shield=True):
                     await self._deliver(self.dlm.purge_node(sess.node, sess.lockspace))
 
     async def _handle(self, sess: Session, msg: dict[str, Any], nursery: trio.Nursery) -> None:
         op = msg.get("op")
         if op == "lock":
+            self.waiting[(sess.lockspace, str(msg["res"]), sess.node)] = {
+                (int(t), str(k)) for t, k in msg.get("waiters", [])
+            }
             self._record(
                 "request",
                 node=sess.node,
@@ -217,6 +232,10 @@ class LockServer:
             self.blocked[(sess.lockspace, str(msg["res"]), sess.node)] = {
                 int(t) for t in msg.get("tids", [])
             }
+        elif op == "waiting":
+            key = (sess.lockspace, str(msg["res"]), sess.node)
+            if key in self.waiting:
+                self.waiting[key] |= {(int(t), str(k)) for t, k in msg.get("waiters", [])}
         elif op == "rendezvous":
             nursery.start_soon(self._rendezvous, sess, msg)
         if op in ("lock", "unlock"):
@@ -224,19 +243,31 @@ class LockServer:
         for rv in self.rendezvous.values():
             rv.poke()
 
-    def _futile(self, rv: Rendezvous) -> bool:
-        """Can the barrier no longer fill? Some request waits for a node whose demote is held
-        up by a writer that itself waits at the barrier (sorted locking or a prefault put the
-        second writer behind the first: the forced window is closed, let the first one go)."""
+    def _futile(self, rv: Rendezvous) -> str:
+        """Can the barrier no longer fill? A writer that has not reported ``held`` yet waits,
+        on its way to its glocks (its own ``gfs2_glock_nq``: kind ``syscall``; or the node's
+        prefault: ``prefault``), for a node whose demote is held up by a writer that itself
+        waits at the barrier (sorted locking or a prefault put the second writer behind the
+        first: the forced window is closed, let the first one go). A page-in that waits
+        (readahead a writer started before the barrier, served late on a slow machine) does
+        not count: the writer's glocks do not wait for it."""
         waiting = {int(w.rpartition("/")[2]) for w in rv.held if w.rpartition("/")[2].isdigit()}
         for res in self.dlm.resources.values():
             for req in res.queue:
+                waiters = self.waiting.get((res.lockspace, res.name, req.node), set())
+                if not {k for _t, k in waiters} & {"syscall", "prefault"}:
+                    continue
                 for node, mode in res.granted.items():
                     if node == req.node or compatible(req.mode, mode):
                         continue
-                    if self.blocked.get((res.lockspace, res.name, node), set()) & waiting:
-                        return True
-        return False
+                    stuck = self.blocked.get((res.lockspace, res.name, node), set()) & waiting
+                    if stuck:
+                        return (
+                            f"{req.node}'s {req.mode} request for {res.lockspace}:{res.name} "
+                            f"(waited for by {sorted(waiters)})"
+                            f" needs {node}'s {mode} demoted, which tasks {sorted(stuck)} hold up"
+                        )
+        return ""
 
     async def _rendezvous(self, sess: Session, msg: dict[str, Any]) -> None:
         name = str(msg.get("name", "forced"))
@@ -261,9 +292,11 @@ class LockServer:
                 rv.held.append(who)
                 rv.poke()
                 while not rv.broken and len(rv.held) < rv.parties:
-                    if len(rv.entered) >= rv.parties and self._futile(rv):
+                    why = self._futile(rv) if len(rv.entered) >= rv.parties else ""
+                    if why:
                         rv.broken = True
                         rv.futile = True
+                        rv.why = why
                         rv.poke()
                         break
                     await rv.changed.wait()

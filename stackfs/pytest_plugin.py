@@ -266,12 +266,15 @@ class Watcher:
         self,
         *commands: Sequence[str | os.PathLike[str]] | Any,
         timeout: float = 20.0,
-        threshold: float = 1.0,
+        threshold: float | None = None,
         ok_status: tuple[int, ...] = (0,),
         mounts: Sequence[str | os.PathLike[str]] | None = None,
     ) -> Outcome:
-        """Start ``commands`` together, watch until a verdict, recover after a finding."""
-        from stackfs.repro.observe import observe, recover_run
+        """Start ``commands`` together, watch until a verdict, recover after a finding.
+
+        ``threshold`` (hung-task) and ``timeout`` default to 1 s and 20 s times
+        ``$STACKFS_TIMEOUT_FACTOR``; an explicit ``threshold`` is used as given."""
+        from stackfs.repro.observe import machine_threshold, machine_timeout, observe, recover_run
         from stackfs.repro.scenario import Proc, error
 
         specs = [c if isinstance(c, Proc) else Proc(list(c), ok_status=ok_status) for c in commands]
@@ -280,8 +283,8 @@ class Watcher:
             mounts or self.ctx.mountpoints(),
             specs,
             out_dir=out / "workload",
-            threshold=threshold,
-            timeout=timeout,
+            threshold=machine_threshold(threshold),
+            timeout=machine_timeout(timeout),
         )
         recover_run(
             obs,

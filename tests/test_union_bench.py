@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stackfs import mountinfo
+from stackfs.service import timeout_factor
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench" / "union_bench.py"
@@ -44,7 +45,7 @@ def test_quick_bench_runs(tmp_path: Path) -> None:
     argv = [sys.executable, str(BENCH), "--quick", "--reps", "1", "--inner", "1", "--no-setup"]
     argv += ["--only", ",".join(peers), "--json", str(out), "--dir", str(tmp_path)]
     argv += ["--timeout", "120"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=280)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=280 * timeout_factor())
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(out.read_text())
     keys = [m["key"] for m in doc["measures"]]

@@ -59,12 +59,17 @@ class Request:
 
 
 class InflightTable:
-    """Requests in flight by id."""
+    """Requests in flight by id.
 
-    __slots__ = ("_reqs", "_next")
+    A request is kept as a tuple ``(op, ino, name, task, since, fh)`` (a :class:`Request` is
+    made only when someone looks: :meth:`get`, :meth:`snapshot`), and the worker threads in
+    their own dict: :meth:`begin` and :meth:`end` run on every FUSE request."""
+
+    __slots__ = ("_reqs", "_workers", "_next")
 
     def __init__(self) -> None:
-        self._reqs: dict[int, Request] = {}
+        self._reqs: dict[int, tuple[Any, ...]] = {}
+        self._workers: dict[int, int] = {}
         self._next = itertools.count(1).__next__
 
     def begin(
@@ -73,26 +78,32 @@ class InflightTable:
         ino: int | None,
         name: bytes | str | None,
         task: Task | int | None,
-        *,
         fh: int | None = None,
     ) -> int:
         """Record a request; returns its id. ``task``: a Task, or the caller's pid (ctx.pid)."""
         rid = self._next()
-        self._reqs[rid] = Request(rid, op, ino, name, task, time.time(), fh)
+        self._reqs[rid] = (op, ino, name, task, time.time(), fh)
         return rid
 
     def end(self, rid: int) -> None:
         """The request is answered (unknown ids are ignored)."""
         self._reqs.pop(rid, None)
+        if self._workers:
+            self._workers.pop(rid, None)
 
     def set_worker(self, rid: int, tid: int | None = None) -> None:
         """Record the worker thread serving request ``rid`` (default: the calling thread)."""
-        req = self._reqs.get(rid)
-        if req is not None:
-            req.worker = tid if tid is not None else threading.get_native_id()
+        if rid in self._reqs:
+            self._workers[rid] = tid if tid is not None else threading.get_native_id()
 
     def get(self, rid: int) -> Request | None:
-        return self._reqs.get(rid)
+        rec = self._reqs.get(rid)
+        if rec is None:
+            return None
+        op, ino, name, task, since, fh = rec
+        req = Request(rid, op, ino, name, task, since, fh)
+        req.worker = self._workers.get(rid)
+        return req
 
     def __len__(self) -> int:
         return len(self._reqs)
@@ -100,4 +111,7 @@ class InflightTable:
     def snapshot(self, now: float | None = None) -> list[dict[str, Any]]:
         """The ``inflight`` list of the state snapshot, oldest first."""
         now = time.time() if now is None else now
-        return [r.to_json(now) for r in list(self._reqs.values())]
+        for rid in [r for r in self._workers if r not in self._reqs]:
+            self._workers.pop(rid, None)  # a worker recorded just as its request ended
+        reqs = (self.get(rid) for rid in list(self._reqs))
+        return [r.to_json(now) for r in reqs if r is not None]

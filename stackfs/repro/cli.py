@@ -494,7 +494,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         metavar="S",
-        help="seconds before a blocked task counts as hung (default: scenario's)",
+        help="seconds before a blocked task counts as hung (default: the scenario's, "
+        "times $STACKFS_TIMEOUT_FACTOR)",
     )
     r.add_argument("--seed", type=int, help="random seed of natural mode's timing")
     r.add_argument(
@@ -533,6 +534,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threshold",
         type=float,
         metavar="S",
-        help="seconds before a blocked task counts as hung (default 1)",
+        help="seconds before a blocked task counts as hung (default: each scenario's, "
+        "times $STACKFS_TIMEOUT_FACTOR)",
     )
     d.set_defaults(func=cmd_demo)

@@ -207,8 +207,10 @@ class StackContext:
     def sh(
         self, argv: Sequence[PathLike], timeout: float = 10.0, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run a prepare step as a real process; a hang or a failure is a set-up error."""
+        """Run a prepare step as a real process; a hang or a failure is a set-up error.
+        ``timeout`` is multiplied by ``$STACKFS_TIMEOUT_FACTOR`` (a slow machine)."""
         cmd = [os.fspath(a) for a in argv]
+        timeout *= service_mod.timeout_factor()
         try:
             res = subprocess.run(
                 cmd,

@@ -68,6 +68,25 @@ class Observation:
         return self.t_verdict - self.workload.started if self.t_verdict else None
 
 
+def machine_threshold(threshold: float | None, default: float = 1.0) -> float:
+    """The hung-task threshold of a run: an explicit ``threshold`` (``--threshold``) as given,
+    else ``default`` (the scenario's) times :func:`stackfs.service.timeout_factor`, so a task
+    that a slow machine (a TCG guest: 5) keeps waiting on a daemon that is still working is
+    not taken for hung. Buggy variants block for good, so their verdicts do not change."""
+    if threshold is not None:
+        return threshold
+    from stackfs.service import timeout_factor
+
+    return default * timeout_factor()
+
+
+def machine_timeout(seconds: float) -> float:
+    """A workload's time limit on this machine (``seconds`` times the timeout factor)."""
+    from stackfs.service import timeout_factor
+
+    return seconds * timeout_factor()
+
+
 def observe(
     mounts: Sequence[str | os.PathLike[str]],
     specs: Sequence[Proc],

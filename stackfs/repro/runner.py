@@ -45,6 +45,8 @@ from stackfs.repro.observe import (
     INSTRUMENTATION,
     Observation,
     TimedAction,
+    machine_threshold,
+    machine_timeout,
     observe,
     recover_run,
 )
@@ -280,12 +282,14 @@ def _observe(scen: Scenario, run: Run, out: Path, threshold: float | None) -> Ob
         for ch in scen.concurrent(run):
             off = run.rng.uniform(-scen.natural_window, scen.natural_window)
             timed.append((off, _server_action(run, ch)))
+    hung = machine_threshold(threshold, scen.threshold)
+    run.notes.append(f"hung-task threshold {hung:g} s")
     obs = observe(
         run.mountpoints(),
         scen.workload(run),
         out_dir=out / "workload",
-        threshold=threshold if threshold is not None else scen.threshold,
-        timeout=scen.timeout,
+        threshold=hung,
+        timeout=machine_timeout(scen.timeout),
         timed=timed,
         expected_errors=error_names(run.variant.expect_for(run.case.name)),
     )

@@ -65,8 +65,33 @@ _counter = itertools.count()
 _SKIP_XATTRS = ("trusted.stackfs.", "trusted.overlay.", "user.overlay.")
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy ``size`` bytes, skipping holes (SEEK_DATA/SEEK_HOLE), in the kernel."""
+def _copy_range(src_fd: int, dst_fd: int, pos: int, end: int) -> int:
+    """Copy bytes [pos, end) in the kernel; returns where it stopped (short: the source
+    shrank under us)."""
+    while pos < end:
+        n = min(end - pos, CHUNK)
+        try:
+            done = os.copy_file_range(src_fd, dst_fd, n, pos, pos)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            os.lseek(dst_fd, pos, os.SEEK_SET)
+            done = os.sendfile(dst_fd, src_fd, pos, n)
+        if done <= 0:
+            break
+        pos += done
+    return pos
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int, blocks: int | None = None) -> None:
+    """Copy ``size`` bytes, skipping holes (SEEK_DATA/SEEK_HOLE), in the kernel. ``blocks``
+    (the source's st_blocks): when they cover ``size`` there is (almost surely) no hole and
+    the two seeks per extent are skipped, so a small file is one ``copy_file_range`` (a hole
+    hidden by blocks allocated past EOF is then copied as zeros: same content, not sparse)."""
+    if blocks is not None and blocks * 512 >= size:
+        if _copy_range(src_fd, dst_fd, 0, size) != size:
+            os.ftruncate(dst_fd, size)  # the source shrank
+        return
     off = 0
     copied_to = 0
     while off < size:
@@ -80,20 +105,9 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
             hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
         except OSError:
             hole = size
-        pos = data
-        while pos < hole:
-            n = min(hole - pos, CHUNK)
-            try:
-                done = os.copy_file_range(src_fd, dst_fd, n, pos, pos)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                os.lseek(dst_fd, pos, os.SEEK_SET)
-                done = os.sendfile(dst_fd, src_fd, pos, n)
-            if done <= 0:
-                hole = pos  # the source shrank under us
-                break
-            pos += done
+        pos = _copy_range(src_fd, dst_fd, data, hole)
+        if pos < hole:
+            hole = pos  # the source shrank under us
         copied_to = pos
         off = max(hole, off + 1)
     if copied_to != size:
@@ -154,6 +168,8 @@ class CopyUp:
         self.src_fd = -1
         self.tmp: Path = (TMP_DIR, f"cu.{uino}.{os.getpid()}.{next(_counter)}".encode())
         self.tmp_made = False
+        #: the temporary copy's fstat once its data and attributes are in (regular files)
+        self.tmp_st: os.stat_result | None = None
         self.committed = False
         self.target: bytes | None = None
 
@@ -221,12 +237,13 @@ class CopyUp:
             fd = w.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self.tmp_made = True
             try:
-                copy_data(self.src_fd, fd, st.st_size)
+                copy_data(self.src_fd, fd, st.st_size, st.st_blocks)
                 if (st.st_uid, st.st_gid) != w.new_owner:
                     os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, stat_mod.S_IMODE(mode))
                 copy_xattrs_fd(self.src_fd, fd)
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                self.tmp_st = os.fstat(fd)  # what commit() returns (saves a path lookup)
             finally:
                 os.close(fd)
             return
@@ -262,7 +279,7 @@ class CopyUp:
 
     def commit(self) -> os.stat_result:
         w = self.work
-        tst = w.stat(self.tmp)
+        tst = self.tmp_st if self.tmp_st is not None else w.stat(self.tmp)
         # xino first: whatever a lookup can see after the rename has its old number
         self.xino.set_override(tst.st_ino, self.uino)
         st = self.st

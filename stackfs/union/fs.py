@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import stat as stat_mod
@@ -386,7 +387,12 @@ class UnionFS(TestbedOperations):
                 Node(p.uino, p.parent, p.name, p.mode, p.layers, p.redirect, p.plink, p.resolved)
             )
         whiteout.check_name(name)
-        f = await self._lookup(parent, name)
+        if parent.resolved and self.blocking_max < parent.layers[0]:
+            # the common case, without the coroutine of _lookup: plain directories, inline
+            self.stats["lookup"] += 1
+            f = lookup_child(self.branches, parent, name)
+        else:
+            f = await self._lookup(parent, name)
         if f is None:
             return negative_entry(self.negative_timeout)
         node = self.nodes.add(self._node_from_found(parent, name, f))
@@ -622,11 +628,14 @@ class UnionFS(TestbedOperations):
         if stat_mod.S_ISDIR(f.st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
         uino = self.xino.uino(f.layers[0], f.st.st_ino)
-        await self.copy_up_dir(parent)
+        if not (parent.resolved and parent.layers[0] == 0):
+            await self.copy_up_dir(parent)
         ppath = parent.path(0)
         top = f.layers[0]
         # hiding one lower name of a hard link: the pseudo-link counts the names left
-        counted = await self.cu.hide_lower_name(self._node_from_found(parent, name, f), f.st)
+        counted = top != 0 and await self.cu.hide_lower_name(
+            self._node_from_found(parent, name, f), f.st
+        )
         await self._pin_open_data(uino, top)
 
         def do() -> None:
@@ -650,7 +659,10 @@ class UnionFS(TestbedOperations):
         node = self.nodes.get(uino)
         if node is not None:
             await self._name_removed(node, parent, name)
-            self._inval_attrs(node)  # st_nlink and st_ctime of the other names moved
+            if not node.unlinked:
+                # st_nlink and st_ctime of the other names moved (the last name gone: the
+                # kernel's fuse_unlink drops the inode's nlink and its cached attributes itself)
+                self._inval_attrs(node)
         self._changed(parent)
         self._name_gone(parent, name)
 
@@ -852,7 +864,7 @@ class UnionFS(TestbedOperations):
     def _add_handle(self, fd: int, node: Node, blocking: bool, writable: bool = False) -> None:
         self.handles[fd] = BranchFile(fd, node, blocking, writable)
         node.opened += 1
-        node.fds.add(fd)
+        node.add_fd(fd)
 
     @fuse_errors
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> pyfuse3.FileInfo:
@@ -919,7 +931,7 @@ class UnionFS(TestbedOperations):
             self._close_inode_handle(h)
         h = self.handles[fh] = BranchFile(fd, node, br.blocking, writable, loc)
         node.opened += 1
-        node.fds.add(fd)
+        node.add_fd(fd)
         self._inode_files[fh] = None
         if len(self._inode_files) > fastpath.MAX_INODE_FILES:
             self._close_oldest_inode_files()
@@ -929,11 +941,13 @@ class UnionFS(TestbedOperations):
         """Keep the fds of by-inode files bounded: close the oldest (they are opened again at
         the next read or write), but not those of unlinked files (their data is only there)
         nor those over a FUSE branch (a worker thread may be in a read on it)."""
-        for fh in list(self._inode_files)[: fastpath.MAX_INODE_FILES // 4]:
+        for fh in list(itertools.islice(self._inode_files, fastpath.MAX_INODE_FILES // 4)):
+            # every one leaves the order, so the next call does not walk them again: those
+            # kept open are closed at FORGET (_drop_inode_handles), as before
+            del self._inode_files[fh]
             h = self.handles.get(fh)
             if h is not None and not h.node.unlinked and not h.blocking:
                 del self.handles[fh]
-                del self._inode_files[fh]
                 self._close_inode_handle(h)
                 self.nodes.closed(h.node)
 
@@ -947,7 +961,7 @@ class UnionFS(TestbedOperations):
 
     def _close_inode_handle(self, h: BranchFile) -> None:
         h.node.opened -= 1
-        h.node.fds.discard(h.fd)
+        h.node.discard_fd(h.fd)
         os.close(h.fd)
 
     def _drop_inode_handles(self, node: Node) -> None:
@@ -971,7 +985,7 @@ class UnionFS(TestbedOperations):
         if h is None:
             return
         h.node.opened -= 1
-        h.node.fds.discard(fh)
+        h.node.discard_fd(fh)
         if h.writable:
             self._attrs_changed(h.node)
         self.nodes.closed(h.node)
@@ -1031,7 +1045,7 @@ class UnionFS(TestbedOperations):
             node,
             entries,
             uino_of=self.xino.uino,
-            plink_stat=self._plink_stat,
+            plink_stat=self._plink_stat if self.plinks else None,
             attr=self._attr,
         )
 

@@ -18,10 +18,13 @@ drops a node at FORGET once nothing refers to it.
 from __future__ import annotations
 
 import stat as stat_mod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stackfs.union.branches import Path
 from stackfs.union.xino import ROOT
+
+#: the fds of a node never opened (shared: a node gets its own set at its first fd)
+NO_FDS: frozenset[int] = frozenset()
 
 
 @dataclass(eq=False, slots=True)
@@ -40,11 +43,23 @@ class Node:
     resolved: bool = True
     nlookup: int = 0
     opened: int = 0
-    #: open fds (for fstat after unlink)
-    fds: set[int] = field(default_factory=set)
+    #: open fds (for fstat after unlink); a shared empty frozenset until the first one
+    #: (:meth:`add_fd`): a node is made per looked-up name, most are never opened
+    fds: set[int] | frozenset[int] = NO_FDS
     unlinked: bool = False
     #: the other names of a hard-linked object, (parent, name), besides ``parent``/``name``
-    aliases: list[tuple[Node, bytes]] = field(default_factory=list)
+    #: (an empty tuple until there is one: every change assigns a new list)
+    aliases: list[tuple[Node, bytes]] | tuple[()] = ()
+
+    def add_fd(self, fd: int) -> None:
+        if self.fds:
+            self.fds.add(fd)  # type: ignore[union-attr]
+        else:
+            self.fds = {fd}
+
+    def discard_fd(self, fd: int) -> None:
+        if fd in self.fds:
+            self.fds.discard(fd)  # type: ignore[union-attr]
 
     def add_name(self, parent: Node | None, name: bytes) -> None:
         """The kernel got (or used) the dentry ``parent/name`` for this object: reach the
@@ -52,10 +67,11 @@ class Node:
         if self.parent is parent and self.name == name:
             return
         if self.parent is not None and not self.is_dir:
-            self.aliases = [(p, n) for p, n in self.aliases if not (p is parent and n == name)]
-            self.aliases.append((self.parent, self.name))
+            aliases = [(p, n) for p, n in self.aliases if not (p is parent and n == name)]
+            aliases.append((self.parent, self.name))
+            self.aliases = aliases
         else:
-            self.aliases = []
+            self.aliases = ()
         self.parent, self.name = parent, name
 
     def has_name(self, parent: Node, name: bytes) -> bool:

@@ -75,13 +75,14 @@ def make_replies(
     entries: list[Entry],
     *,
     uino_of: Callable[[int, int], int],
-    plink_stat: Callable[[int], os.stat_result | None],
+    plink_stat: Callable[[int], os.stat_result | None] | None,
     attr: Callable[[os.stat_result, int, int], pyfuse3.EntryAttributes],
 ) -> list[Reply | None]:
     """stat ``entries`` of directory ``node`` (relative to one directory fd per layer) and
     build their readdirplus replies; None for an entry gone since the listing was made.
     ``uino_of(branch, st_ino)`` numbers them, ``plink_stat(uino)`` is the pseudo-link's stat of
-    a pseudo-linked inode (None otherwise), ``attr(st, uino, layers)`` makes the attributes."""
+    a pseudo-linked inode (None otherwise; ``plink_stat`` None: there is no pseudo-link),
+    ``attr(st, uino, layers)`` makes the attributes."""
     out: list[Reply | None] = []
     last = len(branches) - 1
     dfds: dict[int, int] = {}
@@ -104,7 +105,7 @@ def make_replies(
                 continue
             uino = uino_of(b, st.st_ino)
             plink = False
-            if b != 0:
+            if b != 0 and plink_stat is not None:
                 pst = plink_stat(uino)
                 if pst is not None:
                     st, plink = pst, True

@@ -2,7 +2,8 @@
 
 A testbed mount names its daemon in its fsname (:attr:`MountEntry.daemon_pid`); the daemon of a
 foreign FUSE mount is the process holding ``/dev/fuse`` open with ``fuse_connection: N`` in its
-fdinfo (Linux 6.x shows it), found by :func:`fuse_daemons`. A testbed daemon answers ``state``
+fdinfo (newer kernels show it: 6.18 does, Debian 12's 6.1 does not, and there the daemon of a
+foreign mount stays unknown), found by :func:`fuse_daemons`. A testbed daemon answers ``state``
 over its control socket even while its mount is wedged (:func:`query_daemons`).
 
 Helper daemons that serve no mount of their own (an automounter, a lock manager) are found here

@@ -20,7 +20,8 @@ read. Which connection it waits on is found, in this order:
 4. the only watched connection whose ``waiting`` count is not zero.
 
 The daemon of a foreign FUSE mount is the process holding ``/dev/fuse`` open with
-``fuse_connection: N`` in its fdinfo (Linux 6.x shows it), found by :func:`fuse_daemons`.
+``fuse_connection: N`` in its fdinfo (newer kernels show it: 6.18 does, Debian 12's 6.1 does not,
+and there the daemon of a foreign mount stays unknown), found by :func:`fuse_daemons`.
 
 Reading ``/proc/PID/mem`` takes the target's mmap lock; a task blocked in a page fault on a
 FUSE file holds it, so the path of a task whose process has a task in a fault is not read.

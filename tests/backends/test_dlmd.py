@@ -76,3 +76,52 @@ def test_cleanup_reaps_a_service_left_behind(dlm):
     assert proc is not None and proc.wait(timeout=5) == -9
     assert not psutil.pid_exists(svc.pid)
     assert rundir.read_info(svc.pid) is None
+
+
+def _until(svc, pred) -> dict:
+    """The lock manager's state once ``pred(state)`` holds (pytest-timeout bounds the wait)."""
+    while True:
+        state = svc.control({"op": "state"})["dlm"]
+        if pred(state):
+            return state
+
+
+@pytest.mark.timeout(20)
+def test_rendezvous_is_futile_only_when_a_writer_waits_on_its_way_to_its_glocks(dlm):
+    """Forced mode (seed 004): node2's writer holds B EX and waits at the barrier; node1's
+    queued PR on B that only a page-in waits for (readahead served late on a slow machine)
+    does not break the barrier; once node1's writer itself (kind syscall) waits for that
+    request, the barrier can never fill: futile, node2's writer goes on."""
+    svc, _run_id = dlm
+    path = str(svc.run_dir / "dlm.sock")
+    n1, n2 = Node(path, "node1"), Node(path, "node2")
+    rv = {"op": "rendezvous", "name": "w", "parties": 2, "wait": 60}
+    n2.send({"op": "lock", "res": "2/b", "mode": "EX", "rid": 1, "waiters": [[222, "syscall"]]})
+    assert n2.recv()["op"] == "grant"
+    n2.send({**rv, "step": "enter", "tid": 222, "rid": 2})
+    _until(svc, lambda s: s["rendezvous"] and s["rendezvous"][0]["entered"] == ["node2/222"])
+    n1.send({**rv, "step": "enter", "tid": 111, "rid": 3})
+    assert n2.recv() == {"op": "rendezvous", "rid": 2, "passed": True}  # the first goes
+    n1.send({"op": "lock", "res": "2/b", "mode": "PR", "rid": 4, "waiters": [[111, "fault"]]})
+    assert n2.recv() == {"op": "bast", "res": "2/b", "mode": "PR"}
+    n2.send({"op": "blocked", "res": "2/b", "tids": [222]})  # its writer's holder is in the way
+    n2.send({**rv, "step": "held", "tid": 222, "rid": 5})
+    state = _until(svc, lambda s: s["rendezvous"][0]["held"] == ["node2/222"])
+    assert n1.recv() == {"op": "rendezvous", "rid": 3, "passed": True}  # node1's turn now
+    state = svc.control({"op": "state"})["dlm"]
+    assert not state["rendezvous"][0]["broken"], "a page-in's request broke the barrier"
+    n1.send({"op": "waiting", "res": "2/b", "waiters": [[111, "syscall"]]})
+    assert n2.recv() == {"op": "rendezvous", "rid": 5, "passed": True}
+    (r,) = svc.control({"op": "state"})["dlm"]["rendezvous"]
+    assert r["futile"] and "(111, 'syscall')" in r["why"] and "[222]" in r["why"], r
+    n1.sock.close()
+    n2.sock.close()
+
+
+def test_a_glock_is_named_after_the_store_inode_not_the_node_local_one():
+    """Each node allocates FUSE inode numbers in its own lookup order where the store's cannot
+    be used (an overlayfs root in a VM): the DLM resource must be the same on every node."""
+    from backends.glock import Glock
+
+    node1, node2 = Glock((1 << 56) + 1, "/A", number=0x2A), Glock(1 << 56, "/A", number=0x2A)
+    assert node1.name == node2.name == "2/2a"

@@ -13,6 +13,7 @@ import pytest
 from backends.intent import Intent
 from backends.lustre import LustreFS
 from backends.mdt import MdtLog, Request
+from stackfs.service import timeout_factor
 
 F, NEW1, NEW2 = "f", "f.new", "f.2"
 FILES = {F: b"v1\n", NEW1: b"v2\n", NEW2: b"v3\n"}
@@ -94,8 +95,8 @@ def _race(opener: list, movers: str) -> tuple[subprocess.CompletedProcess, int]:
         opener, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}
     )
     mv = subprocess.Popen(["sh", "-c", movers])
-    out, err = p.communicate(timeout=20)
-    assert mv.wait(timeout=20) == 0
+    out, err = p.communicate(timeout=20 * timeout_factor())
+    assert mv.wait(timeout=20 * timeout_factor()) == 0
     return subprocess.CompletedProcess(opener, p.returncode, out, err), p.pid
 
 

@@ -21,8 +21,12 @@ from pathlib import Path
 import pytest
 
 from stackfs import control, lifecycle
+from stackfs.service import timeout_factor
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
+#: a forcing barrier's bound (an opener that never comes), on this machine
+BOUND = 5 * timeout_factor()
+FORCED = f"inject=nfs_atomic_open=barrier:3:{BOUND:g}"
 
 #: a long-lived opener: named by argv[1] (its comm), opens each path read from stdin
 OPENER = r"""
@@ -111,7 +115,7 @@ def _is_seed_oops(event: dict, openers: Openers) -> bool:
 
 
 def test_buggy_oopses_on_every_forced_attempt(mount_backend, reaper):
-    m = mount_backend("nfs", "--variant", "buggy", "-o", "inject=nfs_atomic_open=barrier:3:5")
+    m = mount_backend("nfs", "--variant", "buggy", "-o", FORCED)
     openers = Openers(m.mountpoint, reaper)
     for i in range(5):
         path = _stale_negative_dentry(m, i)
@@ -136,7 +140,7 @@ def test_buggy_oopses_on_every_forced_attempt(mount_backend, reaper):
         cats = [subprocess.Popen(["cat", path], cwd=m.mountpoint, stderr=subprocess.PIPE,
                                  text=True) for _ in range(3)]
         reaper.extend(cats)
-        errs = [c.communicate(timeout=20)[1] for c in cats]
+        errs = [c.communicate(timeout=20 * timeout_factor())[1] for c in cats]
         assert all("Input/output error" in e for e in errs), errs
         oopses = _events(m, "oops")[before:]
         assert {e["tasks"][0]["pid"] for e in oopses} == {c.pid for c in cats}
@@ -145,7 +149,7 @@ def test_buggy_oopses_on_every_forced_attempt(mount_backend, reaper):
 
 @pytest.mark.parametrize("variant", ["fixed", "parallel-lookup"])
 def test_fixed_variants_never_oops_over_100_forced_attempts(mount_backend, reaper, variant):
-    m = mount_backend("nfs", "--variant", variant, "-o", "inject=nfs_atomic_open=barrier:3:5")
+    m = mount_backend("nfs", "--variant", variant, "-o", FORCED)
     openers = Openers(m.mountpoint, reaper)
     for i in range(100):
         path = _stale_negative_dentry(m, i)
@@ -170,7 +174,7 @@ def test_fixed_races_when_the_lookup_window_is_forced(mount_backend, reaper):
     path = _stale_negative_dentry(m, 0)
     for point in ("nfs_atomic_open", "nfs_lookup"):
         control.query(m.mountpoint, {"op": "inject", "point": point,
-                                     "action": "barrier:2:5"})
+                                     "action": f"barrier:2:{BOUND:g}"})
     assert sorted(openers.open_all(path)) == ["EIO", "ok"]
     [oops] = _events(m, "oops")
     assert _is_seed_oops(oops, openers)
@@ -232,7 +236,7 @@ def test_estale_reaches_the_process_when_the_retry_cannot_help(mount_backend, re
     try:
         for round_ in (1, 2):
             # wait until the OPEN (round 2: the VFS's retry) waits at nfs_open, then replace
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 10 * timeout_factor()
             while True:
                 [point] = [p for p in _state(m)["inject"] if p["point"] == "nfs_open"]
                 if point["hits"] == base + round_ and point["waiting"]:
@@ -241,7 +245,7 @@ def test_estale_reaches_the_process_when_the_retry_cannot_help(mount_backend, re
                 time.sleep(0.01)
             _server(m, "write", f"g{round_}", f"v{round_}")
             _server(m, "rename", f"g{round_}", "f")
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=20 * timeout_factor())
     finally:
         if proc.poll() is None:
             proc.kill()

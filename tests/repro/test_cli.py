@@ -13,6 +13,7 @@ from stackfs.cli import main
 from stackfs.repro import registry
 from stackfs.repro.scenario import DEADLOCK, Variant
 from stackfs.repro.scenarios.aufs_afs_copyup import AufsAfsCopyup
+from stackfs.service import timeout_factor
 
 
 def stackfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -88,7 +89,7 @@ def test_run_exits_1_when_the_observation_differs(tmp_path, capsys):
 def test_demo_shows_every_scenario_and_variant_and_leaves_nothing_mounted(tmp_path):
     before = {e.mountpoint for e in mountinfo.testbed_mounts()}
     res = stackfs("demo", "--report-dir", str(tmp_path / "demo"), "--junit",
-                  str(tmp_path / "demo.xml"), timeout=230)
+                  str(tmp_path / "demo.xml"), timeout=230 * timeout_factor())
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     total = sum(len(s.variants) * len(s.cases) for s in registry.scenarios())

@@ -185,3 +185,15 @@ def test_errno_seen_by_a_real_process_is_the_observed_outcome():
     # the bug's errno did not happen: the process completed
     r = _judged(error("ENOENT"), "", 0)
     assert r.observed == COMPLETES and not r.reproduced and not r.matched
+
+
+def test_hung_task_threshold_follows_the_machine(monkeypatch):
+    """The scenario's threshold times STACKFS_TIMEOUT_FACTOR (a TCG guest: 5); --threshold wins."""
+    from stackfs.repro.observe import machine_threshold, machine_timeout
+
+    monkeypatch.delenv("STACKFS_TIMEOUT_FACTOR", raising=False)
+    assert machine_threshold(None, 2.5) == 2.5 and machine_timeout(20) == 20
+    monkeypatch.setenv("STACKFS_TIMEOUT_FACTOR", "5")
+    assert machine_threshold(None, 2.5) == 12.5 and machine_threshold(None) == 5.0
+    assert machine_threshold(0.5, 2.5) == 0.5  # explicit: as given
+    assert machine_timeout(20) == 100

@@ -89,3 +89,27 @@ def test_fastpath_off_copies_up_at_open(union):
     assert not any(v for k, v in _fast(u).items() if k != "pyfuse3_patched")
     os.close(os.open(u.m("f"), os.O_WRONLY))
     assert (u.upper / "f").read_bytes() == b"lower"  # aufs: copy-up at open
+
+
+@pytest.mark.timeout(60)
+def test_writeback_cache_keeps_copy_up_append_and_mtime(union):
+    """``writeback_cache=on``: the kernel caches writes and writes them back at close at the
+    latest (``fuse_flush``), positions appends itself, and reads through write-only files."""
+    u = union
+    write(u.l2 / "f", "lower")
+    u.mount("timeout=60", "writeback_cache=on")
+    assert _fast(u)["writeback_cache"]
+    before = os.stat(u.m("f")).st_mtime_ns
+    fd = os.open(u.m("f"), os.O_WRONLY | os.O_APPEND)
+    for _ in range(3):
+        os.write(fd, b"+" * 1000)  # small writes: cached, written back in one go
+    os.close(fd)
+    want = b"lower" + b"+" * 3000
+    assert (u.upper / "f").read_bytes() == want  # copied up, then appended at the end
+    assert (u.l2 / "f").read_bytes() == b"lower"
+    assert u.m("f").read_bytes() == want
+    assert os.stat(u.m("f")).st_mtime_ns > before
+    with open(u.m("new"), "wb") as f:  # a new file, written back at close
+        f.write(b"n" * 5000)
+    assert (u.upper / "new").read_bytes() == b"n" * 5000
+    assert os.stat(u.m("new")).st_size == 5000

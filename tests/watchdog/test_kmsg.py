@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from stackfs import lifecycle
+from stackfs.service import timeout_factor
 from stackfs.watchdog import kernfmt, kmsg
 
 #: fstests common/rc _check_dmesg (grep -E), plus the hung-task expression harnesses add
@@ -175,7 +176,7 @@ def test_repro_run_kmsg_puts_hung_task_and_lockdep_in_dmesg(tmp_path):
             ),
             capture_output=True,
             text=True,
-            timeout=110,
+            timeout=110 * timeout_factor(),
         )
         assert res.returncode == 0, res.stdout + res.stderr
         lines = [r.text for r in reader.read() if r.text.startswith("stackfs")]
@@ -217,7 +218,7 @@ def test_watch_kmsg_writes_the_hung_task_block(testfs, workload):
         try:
             assert "watching 1 FUSE mount" in w.stderr.readline()
             stat = workload(["stat", str(m.mountpoint / "hang-kmsg")])
-            w.communicate(timeout=25)
+            w.communicate(timeout=25 * timeout_factor())
         finally:
             if w.poll() is None:
                 w.kill()

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from stackfs import lifecycle
+from stackfs.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
@@ -38,7 +39,7 @@ def test_recursive_lock_in_buggy_afs(stack, tmp_path, nothing_left, workload):
     wd = Watchdog([mp], threshold=1.0, abort=True, report_dir=tmp_path / "report")
     proc = workload([sys.executable, "-c", LOCK_THEN_OPEN], cwd=mp)
     assert proc.stdout.readline().strip() == b"locked"
-    report = wd.run(timeout=15)
+    report = wd.run(timeout=15 * timeout_factor())
     (tmp_path / "report.txt").write_text(report.text())
     assert report.verdict == "deadlock", report.text()
     cycle = report.cycle

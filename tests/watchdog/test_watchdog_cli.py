@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from stackfs.service import timeout_factor
+
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
 
 
@@ -31,7 +33,7 @@ def test_watch_reports_and_recovers_a_hang(testfs, workload, tmp_path, nothing_l
     try:
         _wait_watching(w)
         stat = workload(["stat", str(m.mountpoint / "hang-cli")])
-        stdout, stderr = w.communicate(timeout=25)
+        stdout, stderr = w.communicate(timeout=25 * timeout_factor())
     finally:
         if w.poll() is None:
             w.kill()
@@ -87,6 +89,17 @@ def test_watch_once_and_bad_mountpoint(testfs, tmp_path):
     assert res.returncode == 1 and "not a FUSE mount point" in res.stderr
 
 
+def _fdinfo_names_fuse_connection(pid: int) -> bool:
+    """Whether the kernel shows ``fuse_connection:`` in the fdinfo of ``pid``'s /dev/fuse fd."""
+    import os
+
+    fds = [fd for fd in os.listdir(f"/proc/{pid}/fd")
+           if os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse"]
+    assert fds, f"pid {pid} holds no /dev/fuse"
+    with open(f"/proc/{pid}/fdinfo/{fds[0]}") as f:
+        return "fuse_connection:" in f.read()
+
+
 def test_watch_a_foreign_fuse_filesystem(workload, tmp_path):
     """Not a testbed mount: the connection comes from the syscall's path, the daemon from the
     process holding /dev/fuse for that connection (fdinfo), and --abort still recovers."""
@@ -120,10 +133,14 @@ def test_watch_a_foreign_fuse_filesystem(workload, tmp_path):
         [hang] = data["hangs"]
         assert hang["task"]["tid"] == stat.pid and hang["task"]["conn"] == entry.conn
         assert hang["task"]["conn_how"] == "syscall path"
-        assert hang["daemon"]["pid"] == daemon.pid and not hang["daemon"]["testbed"]
+        # The daemon is the process whose /dev/fuse fd names the connection in its fdinfo, which
+        # only newer kernels do (6.18 here; Debian 12's 6.1 does not): there it stays unknown.
+        known = _fdinfo_names_fuse_connection(daemon.pid)
+        assert hang["daemon"]["pid"] == (daemon.pid if known else None)
+        assert not hang["daemon"]["testbed"]
         assert f"FUSE connection {entry.conn} at {mp} (foreignfs)" in stdout
         assert data["recovery"]["ok"] and data["recovery"]["aborted"] == [entry.conn]
-        assert data["recovery"]["foreign_daemons"] == [daemon.pid]
+        assert data["recovery"]["foreign_daemons"] == ([daemon.pid] if known else [])
         assert stat.wait() != 0
         assert mountinfo.find(mp) is None
     finally:

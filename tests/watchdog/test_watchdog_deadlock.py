@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from stackfs.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
@@ -24,7 +25,7 @@ def test_lookup_mkdir_deadlock_detected_explained_recovered(
     m = testfs("lookup-mkdir")
     wd = Watchdog([m.mountpoint], threshold=1.0, abort=True, report_dir=tmp_path / "report")
     stat = workload(["stat", str(m.mountpoint / "trigger")])
-    report = wd.run(timeout=15)
+    report = wd.run(timeout=15 * timeout_factor())
 
     # detected: a deadlock, with a cycle through the FUSE request and the directory's i_rwsem
     assert report.verdict == "deadlock", report.text()
@@ -89,7 +90,7 @@ def test_recover_later_through_the_api(testfs, workload, nothing_left):
     m = testfs("lookup-mkdir")
     wd = Watchdog([m.mountpoint], threshold=0.5)
     stat = workload(["stat", str(m.mountpoint / "trigger")])
-    report = wd.run(timeout=15)
+    report = wd.run(timeout=15 * timeout_factor())
     assert report.verdict == "deadlock" and report.recovery is None
     assert m.is_mounted() and m.daemon_alive()  # nothing was touched
     rec = wd.recover(report)

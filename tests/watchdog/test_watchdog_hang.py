@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stackfs.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
@@ -14,7 +15,7 @@ def test_unanswered_lookup_is_a_hang_without_cycle(testfs, workload, tmp_path, n
     m = testfs("hang")
     wd = Watchdog([m.mountpoint], threshold=1.0, report_dir=tmp_path / "r")
     stat = workload(["stat", str(m.mountpoint / "hang1")])
-    report = wd.run(timeout=15)
+    report = wd.run(timeout=15 * timeout_factor())
 
     assert report.verdict == "hang", report.text()
     assert report.cycle is None and report.cycles == []
@@ -71,7 +72,7 @@ async def test_run_async_from_trio(testfs, workload, nothing_left):
 
     async with trio.open_nursery() as n:
         n.start_soon(tick)
-        report = await wd.run_async(timeout=10)
+        report = await wd.run_async(timeout=10 * timeout_factor())
         n.cancel_scope.cancel()
     assert report.verdict == "hang" and report.recovery.ok
     assert ticks >= 5  # the event loop kept running while the watchdog watched

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from stackfs import lifecycle
+from stackfs.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
@@ -24,7 +25,7 @@ def test_chain_through_the_union_into_a_hanging_lower_layer(stack, tmp_path, wor
                                             str(u)), u)
     wd = Watchdog([u], threshold=1.0, abort=True)
     stat = workload(["stat", str(u / "hang-low")])
-    report = wd.run(timeout=15)
+    report = wd.run(timeout=15 * timeout_factor())
 
     assert report.verdict == "hang" and report.cycle is None, report.text()
     g = report.graph

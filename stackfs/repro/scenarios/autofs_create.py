@@ -19,6 +19,7 @@ from stackfs.repro.context import Run
 from stackfs.repro.registry import register
 from stackfs.repro.scenario import COMPLETES, DEADLOCK, Proc, Scenario, Variant
 from stackfs.repro.workload import ProcResult
+from stackfs.service import timeout_factor
 
 KEY = "proj"
 README = b"the project volume, bind-mounted by the automount daemon\n"
@@ -75,7 +76,9 @@ class AutofsCreate(Scenario):
     timeout = 20.0
 
     def mount(self, run: Run) -> None:
-        inject = ["autofs4_notify_daemon=barrier:3:5"] if run.forced else []
+        # the barrier's bound (a party that never comes) follows the machine's speed
+        barrier = f"autofs4_notify_daemon=barrier:3:{5 * timeout_factor():g}"
+        inject = [barrier] if run.forced else []
         run.backend(
             "autofs",
             variant=run.params["autofs"],

@@ -22,12 +22,15 @@ from stackfs.repro.context import Layer, Run
 from stackfs.repro.registry import register
 from stackfs.repro.scenario import COMPLETES, DEADLOCK, Case, Proc, Scenario, Variant
 from stackfs.repro.workload import ProcResult
+from stackfs.service import timeout_factor
 
 #: bytes each writer copies: four 1 MiB direct-I/O chunks, so faults come between chunks
 COUNT = 4 << 20
 #: each file: [0, COUNT) is written by one node, [COUNT, 2*COUNT) is the other's source
 A_SRC, B_SRC = b"A" * COUNT, b"B" * COUNT
 A_OLD, B_OLD = b"a" * COUNT, b"b" * COUNT
+#: forced mode: seconds a writer waits at the rendezvous for the other (times the timeout factor)
+RENDEZVOUS_WAIT = 1.5
 
 
 @register
@@ -92,7 +95,7 @@ class GfsMmapAbba(Scenario):
             "mounts): the same writes",
         ),
     )
-    #: forced mode's rendezvous waits 1.5 s at most (only if a writer never comes)
+    #: forced mode's rendezvous waits RENDEZVOUS_WAIT s at most (only if a writer never comes)
     threshold = 2.5
     timeout = 30.0
 
@@ -111,7 +114,8 @@ class GfsMmapAbba(Scenario):
             f"node={role.split('-')[0]}",
         ]
         if run.forced:
-            opts += ["rendezvous=2", "rendezvous_wait=1.5"]
+            # the wait bounds a writer that never comes, so it follows the machine's speed
+            opts += ["rendezvous=2", f"rendezvous_wait={RENDEZVOUS_WAIT * timeout_factor():g}"]
         return run.backend(
             "gfs2", role=role, variant=run.params["gfs2"], files=files, options=opts, store_of=share
         )
@@ -138,7 +142,7 @@ class GfsMmapAbba(Scenario):
                 "forced: -o rendezvous=2: at their first chunk the writers meet at the lock "
                 "manager (both have faulted their first chunk in), take their glocks one "
                 "after the other, then both copy on (the first goes on at once if the second "
-                "is stuck behind it; 1.5 s at most)"
+                "is stuck behind it; the rendezvous wait at most)"
             )
 
     def _paths(self, run: Run, node: str, name: str):
@@ -195,6 +199,7 @@ class GfsMmapAbba(Scenario):
                 "both held their glocks at once"
                 if not rv["broken"]
                 else "the second writer was stuck behind the first: the first went on"
+                + (f" ({rv['why']})" if rv.get("why") else "")
                 if rv.get("futile")
                 else "timed out: a writer did not come in time"
             )

@@ -20,6 +20,7 @@ from stackfs.repro.context import Run
 from stackfs.repro.registry import register
 from stackfs.repro.scenario import COMPLETES, Case, Proc, Scenario, Variant, error
 from stackfs.repro.workload import ProcResult
+from stackfs.service import timeout_factor
 
 FILE = "job/out.dat"
 NEW = ("job/out.dat.tmp1", "job/out.dat.tmp2")
@@ -102,8 +103,11 @@ class LustreOpenRename(Scenario):
         common = [f"mdt={mdt}"]
         files = {FILE: DATA[0], NEW[0]: DATA[1], NEW[1]: DATA[2]}
         if run.forced:
-            a_opts = [f"open_waits_rename={FORCED_WAIT}"]
-            b_opts = [f"rename_waits_open={FORCED_WAIT}"]
+            # the waits end on what the MDT saw; the bound (a client that never comes) follows
+            # the machine's speed
+            wait = FORCED_WAIT * timeout_factor()
+            a_opts = [f"open_waits_rename={wait:g}"]
+            b_opts = [f"rename_waits_open={wait:g}"]
             inject: list[str] = []
         else:
             a_opts, b_opts = [], []
