@@ -32,31 +32,16 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stackfs import mountinfo  # noqa: E402
+from stackfs.fuseattr import entry_attributes  # noqa: E402
 
 TIMEOUT = 5.0  # the union's default entry/attr timeout
-EntryAttributes = pyfuse3.EntryAttributes
 FUSEError = pyfuse3.FUSEError
 readdir_reply = pyfuse3.readdir_reply
 _lstat = os.lstat
 
 
 def _attr(st: os.stat_result, ino: int) -> pyfuse3.EntryAttributes:
-    a = EntryAttributes()
-    a.st_ino = ino
-    a.st_mode = st.st_mode
-    a.st_nlink = st.st_nlink
-    a.st_uid = st.st_uid
-    a.st_gid = st.st_gid
-    a.st_rdev = st.st_rdev
-    a.st_size = st.st_size
-    a.st_blksize = st.st_blksize
-    a.st_blocks = st.st_blocks
-    a.st_atime_ns = st.st_atime_ns
-    a.st_mtime_ns = st.st_mtime_ns
-    a.st_ctime_ns = st.st_ctime_ns
-    a.entry_timeout = TIMEOUT
-    a.attr_timeout = TIMEOUT
-    return a
+    return entry_attributes(st, ino, TIMEOUT, TIMEOUT)
 
 
 class Floor(pyfuse3.Operations):
