@@ -128,8 +128,6 @@ def _tracked(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     key = _OPCODE.get(op, op.upper())
     requests.setdefault(key, 0)
     counts = requests
-    task_cache = _task_cache
-    monotonic = time.monotonic
 
     @functools.wraps(fn)
     async def wrapper(self: TestbedOperations, *args: Any) -> Any:
@@ -145,19 +143,12 @@ def _tracked(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         inflight = self.kernel.inflight
         rid = inflight.begin(op, ino if inode_op else None, name, pid, ino if fh_op else None)
         token = set_request(rid)
-        if pid is None:
-            try:
-                return await fn(self, *args)
-            finally:
-                reset_request(token)
-                inflight.end(rid)
-        hit = task_cache.get(pid)  # _task(pid), its cache hit inline
-        task = hit[1] if hit is not None and monotonic() - hit[0] < _TASK_TTL else _task(pid)
-        task_token = set_task(task)
+        task_token = set_task(_task(pid)) if pid is not None else None
         try:
             return await fn(self, *args)
         finally:
-            reset_task(task_token)
+            if task_token is not None:
+                reset_task(task_token)
             reset_request(token)
             inflight.end(rid)
 

@@ -60,6 +60,15 @@ def error(*names: str) -> str:
     return ERROR_PREFIX + ",".join(sorted(set(names)))
 
 
+def forced_barrier(point: str, n: int, bound: float = 5.0) -> str:
+    """``POINT=barrier:N:BOUND``, the injection that forces N requests into the race window
+    together. ``bound`` only ends a round whose N-th party never comes, so it follows the
+    machine's speed (times ``$STACKFS_TIMEOUT_FACTOR``: a TCG guest is five times slower)."""
+    from stackfs.service import timeout_factor
+
+    return f"{point}=barrier:{n}:{bound * timeout_factor():g}"
+
+
 def error_names(outcome: str) -> frozenset[str]:
     """The errno names of an ``error:...`` outcome (empty for any other outcome)."""
     if not outcome.startswith(ERROR_PREFIX):

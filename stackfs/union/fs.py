@@ -387,12 +387,7 @@ class UnionFS(TestbedOperations):
                 Node(p.uino, p.parent, p.name, p.mode, p.layers, p.redirect, p.plink, p.resolved)
             )
         whiteout.check_name(name)
-        if parent.resolved and self.blocking_max < parent.layers[0]:
-            # the common case, without the coroutine of _lookup: plain directories, inline
-            self.stats["lookup"] += 1
-            f = lookup_child(self.branches, parent, name)
-        else:
-            f = await self._lookup(parent, name)
+        f = await self._lookup(parent, name)
         if f is None:
             return negative_entry(self.negative_timeout)
         node = self.nodes.add(self._node_from_found(parent, name, f))
@@ -628,14 +623,11 @@ class UnionFS(TestbedOperations):
         if stat_mod.S_ISDIR(f.st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
         uino = self.xino.uino(f.layers[0], f.st.st_ino)
-        if not (parent.resolved and parent.layers[0] == 0):
-            await self.copy_up_dir(parent)
+        await self.copy_up_dir(parent)
         ppath = parent.path(0)
         top = f.layers[0]
         # hiding one lower name of a hard link: the pseudo-link counts the names left
-        counted = top != 0 and await self.cu.hide_lower_name(
-            self._node_from_found(parent, name, f), f.st
-        )
+        counted = await self.cu.hide_lower_name(self._node_from_found(parent, name, f), f.st)
         await self._pin_open_data(uino, top)
 
         def do() -> None:

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 
 from stackfs import control, lifecycle
+from stackfs.repro.scenario import forced_barrier
 from stackfs.service import timeout_factor
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 #: a forcing barrier's bound (an opener that never comes), on this machine
 BOUND = 5 * timeout_factor()
-FORCED = f"inject=nfs_atomic_open=barrier:3:{BOUND:g}"
+FORCED = "inject=" + forced_barrier("nfs_atomic_open", 3)
 
 #: a long-lived opener: named by argv[1] (its comm), opens each path read from stdin
 OPENER = r"""

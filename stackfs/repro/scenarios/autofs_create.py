@@ -17,9 +17,8 @@ from typing import Any
 from stackfs.repro import evidence
 from stackfs.repro.context import Run
 from stackfs.repro.registry import register
-from stackfs.repro.scenario import COMPLETES, DEADLOCK, Proc, Scenario, Variant
+from stackfs.repro.scenario import COMPLETES, DEADLOCK, Proc, Scenario, Variant, forced_barrier
 from stackfs.repro.workload import ProcResult
-from stackfs.service import timeout_factor
 
 KEY = "proj"
 README = b"the project volume, bind-mounted by the automount daemon\n"
@@ -76,9 +75,7 @@ class AutofsCreate(Scenario):
     timeout = 20.0
 
     def mount(self, run: Run) -> None:
-        # the barrier's bound (a party that never comes) follows the machine's speed
-        barrier = f"autofs4_notify_daemon=barrier:3:{5 * timeout_factor():g}"
-        inject = [barrier] if run.forced else []
+        inject = [forced_barrier("autofs4_notify_daemon", 3)] if run.forced else []
         run.backend(
             "autofs",
             variant=run.params["autofs"],

@@ -18,9 +18,16 @@ from stackfs import control
 from stackfs.repro import evidence
 from stackfs.repro.context import Run, SetupError
 from stackfs.repro.registry import register
-from stackfs.repro.scenario import COMPLETES, Proc, Scenario, ServerAction, Variant, error
+from stackfs.repro.scenario import (
+    COMPLETES,
+    Proc,
+    Scenario,
+    ServerAction,
+    Variant,
+    error,
+    forced_barrier,
+)
 from stackfs.repro.workload import ProcResult
-from stackfs.service import timeout_factor
 
 KEY = "proj"
 README = "README"
@@ -80,7 +87,7 @@ class AutofsExpire(Scenario):
         # forced: the expire's completion waits for a lookup; natural: it only takes 10 ms
         # (the daemon's bookkeeping after the rmdir), as a window a lookup may or may not hit
         inject = [
-            f"autofs4_expire_ready=barrier:2:{5 * timeout_factor():g}"
+            forced_barrier("autofs4_expire_ready", 2)
             if run.forced
             else "autofs4_expire_ready=delay:0.01"
         ]

@@ -13,9 +13,8 @@ from __future__ import annotations
 from stackfs.repro import evidence
 from stackfs.repro.context import Run
 from stackfs.repro.registry import register
-from stackfs.repro.scenario import COMPLETES, OOPS, Case, Proc, Scenario, Variant
+from stackfs.repro.scenario import COMPLETES, OOPS, Case, Proc, Scenario, Variant, forced_barrier
 from stackfs.repro.workload import ProcResult
-from stackfs.service import timeout_factor
 
 NAME = "export/build"
 #: the chain of seed 003's crash dump, outermost first
@@ -72,7 +71,7 @@ class NfsAtomicOpen(Scenario):
 
     def mount(self, run: Run) -> None:
         if run.forced:
-            inject = [f"nfs_atomic_open=barrier:{OPENERS}:{5 * timeout_factor():g}"]
+            inject = [forced_barrier("nfs_atomic_open", OPENERS)]
         else:
             inject = ["nfs_open_context=delay:0.005"]
         files = {NAME: b"build log v1\n"} if run.case.name == "union" else {"export/README": b""}
