@@ -96,9 +96,12 @@ class Syscall:
         return self.nr in WRITE_SYSCALLS
 
 
-def current_syscall(tid: int) -> Syscall | None:
-    """The I/O syscall task ``tid`` is blocked in (None: another one, none, or running)."""
-    return current_syscall_of(proc.syscall_text(tid))
+def current_syscall(tid: int, *, sync: bool = False) -> Syscall | None:
+    """The I/O syscall task ``tid`` is blocked in (None: another one, none, or running).
+    ``sync``: ``tid`` sent a synchronous request (a direct-I/O READ or WRITE) and is on its way
+    to sleep for the answer: wait for it (:func:`stackfs.linux.proc.settled_syscall_text`)."""
+    text = proc.settled_syscall_text(tid) if sync else proc.syscall_text(tid)
+    return current_syscall_of(text)
 
 
 def left_syscall(tid: int, sc: Syscall) -> bool:
@@ -321,7 +324,7 @@ class Gfs2FS(StoreFS):
 
     def _syscall_of(self, tid: int, handle: Handle) -> Syscall | None:
         """The I/O syscall of ``tid`` on ``handle``'s file, if that is what it is in."""
-        sc = current_syscall(tid)
+        sc = current_syscall(tid, sync=handle.direct_io)
         if sc is None:
             return None
         f = fd_file(tid, sc.fd)
@@ -446,7 +449,7 @@ class Gfs2FS(StoreFS):
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         tid = self._task_tid()
         handle = self.handle(fh)
-        sc = current_syscall(tid) if tid else None
+        sc = current_syscall(tid, sync=handle.direct_io) if tid else None
         mine = (
             sc is not None and (f := fd_file(tid, sc.fd)) is not None and f[1] == handle.inode.ino
         )

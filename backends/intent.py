@@ -5,7 +5,9 @@ in its system call while the daemon answers, so ``/proc/TID/syscall`` (number an
 ``/proc/TID/mem`` (the pathname argument) tell what it is: an ``open(2)`` whose last component is
 being looked up (the kernel's ``lookup_open``, where NFS's ``->atomic_open`` runs), or a plain
 path walk (``stat(2)``, an intermediate component, ...). The daemon runs as root, which may read
-both. Anything unreadable counts as a plain lookup.
+both. The task may not be asleep yet when the daemon reads the request (slow machines): the
+read waits for it (:func:`stackfs.linux.proc.settled_syscall_text`). Anything unreadable counts
+as a plain lookup.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Intent:
 
 def syscall_intent(tid: int, name: bytes) -> Intent:
     """What task ``tid`` (blocked in a LOOKUP of ``name``) is doing."""
-    raw = proc.syscall_text(tid)
+    raw = proc.settled_syscall_text(tid)
     if not raw:
         return Intent("", "")
     call = proc.parse_syscall(raw)

@@ -184,7 +184,7 @@ class LustreFS(StoreFS):
         if time.monotonic() - mark[1] > _PARK_SECONDS:
             del self.reval[tid]
             return False
-        return mark[0] == proc.syscall_text(tid)
+        return mark[0] == proc.settled_syscall_text(tid)
 
     def ll_revalidate_dentry(self, intent: Intent, reval: bool) -> bool:
         """Whether the cached dentry is trusted (1) or refused (0), per variant."""
@@ -300,7 +300,7 @@ class LustreFS(StoreFS):
                 err = self.ll_open_error(flags | syscall_intent(tid, name).flags)
                 self.count("open_" + errno.errorcode[err].lower())
                 if err == errno.ESTALE:
-                    self.reval[tid] = (proc.syscall_text(tid), time.monotonic())
+                    self.reval[tid] = (proc.settled_syscall_text(tid), time.monotonic())
                 self.mdt_log(task, "OPEN", name, fid=fid, how="by-fid", result=errno.errorcode[err])
                 raise OSError(err, f"open by FID {fid}: the MDT has no such object")
             fd = await super().open_inode(inode, flags, ctx)

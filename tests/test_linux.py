@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -66,6 +67,52 @@ def test_syscall_of_a_blocked_task() -> None:
         child.wait()
     assert proc.parse_syscall("running") is None
     assert proc.parse_syscall("-1 0x7ffd 0x7f00") is None
+
+
+_SPIN_THEN_READ = """
+import os, sys
+go = int(sys.argv[1])
+os.set_blocking(go, False)
+os.write(1, b"spinning\\n")
+while True:
+    try:
+        if os.read(go, 1):
+            break
+    except BlockingIOError:
+        pass
+os.read(0, 1)
+"""
+
+
+def test_settled_syscall_text_waits_for_the_task_to_sleep() -> None:
+    """A task that is not asleep shows ``running`` (the kernel's task_current_syscall): the
+    settled read waits until it sleeps in its next syscall, as a FUSE requester does on its way
+    into request_wait_answer (seen on a slow guest: LOOKUP read as a plain walk)."""
+    go_r, go_w = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SPIN_THEN_READ, str(go_r)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        pass_fds=(go_r,),
+    )
+    os.close(go_r)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"spinning\n"
+        assert proc.syscall_text(child.pid) == "running"
+        assert proc.settled_syscall_text(child.pid, bound=0) == "running"
+        result: list[str] = []
+        reader = threading.Thread(
+            target=lambda: result.append(proc.settled_syscall_text(child.pid, bound=60))
+        )
+        reader.start()
+        os.write(go_w, b"g")  # the child leaves its loop and sleeps in read(0)
+        reader.join(timeout=90)
+        call = proc.parse_syscall(result[0])
+        assert call is not None and syscalls.name_of(call[0]) == "read", result
+    finally:
+        os.close(go_w)
+        child.kill()
+        child.wait()
 
 
 def test_renameat2_flags(tmp_path) -> None:

@@ -105,6 +105,24 @@ def syscall_text(tid: int) -> str:
     return (read(f"/proc/{tid}/syscall", 512) or b"").decode("ascii", "replace").strip()
 
 
+def settled_syscall_text(tid: int, bound: float = 0.25) -> str:
+    """``/proc/TID/syscall`` of a task that has just sent this process a FUSE request and is
+    going to sleep for its answer.
+
+    The kernel's ``task_current_syscall`` answers ``running`` for a task that is not asleep,
+    and the requester queues the request (``queue_request_and_unlock``) before it sleeps in
+    ``request_wait_answer``: on a slow machine (software emulation, the daemon on the other
+    CPU) the daemon can read the request first. Read again until the task is asleep, for at
+    most ``bound`` seconds; then the last text read (still ``running``: the caller's "unknown").
+    Only for synchronous requests (LOOKUP, OPEN), whose sender is certain to go to sleep."""
+    deadline = time.monotonic() + bound
+    while True:
+        text = syscall_text(tid)
+        if not text.startswith("running") or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.0005)
+
+
 def parse_syscall(text: str) -> tuple[int, list[int]] | None:
     """(number, the six arguments) from a ``/proc/TID/syscall`` line; None when the task is
     running (``running``) or in no syscall (``-1 ...``)."""

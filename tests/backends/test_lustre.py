@@ -71,8 +71,12 @@ def test_mdt_log_roundtrip(tmp_path: Path):
 
 
 def _pair(stack, variant: str, wait: float = 1.5):
-    """Client A and client B over one store, ordered by what the MDT saw (forced waits)."""
+    """Client A and client B over one store, ordered by what the MDT saw (forced waits).
+
+    Each wait ends as soon as the other client's request is in the MDT's log; ``wait`` only
+    bounds a client that never comes, so it follows the machine's speed as the scenario's does."""
     mdt = stack.dir("mdt")
+    wait *= timeout_factor()
     a = stack.backend(
         "lustre",
         variant=variant,
@@ -100,6 +104,16 @@ def _race(opener: list, movers: str) -> tuple[subprocess.CompletedProcess, int]:
     return subprocess.CompletedProcess(opener, p.returncode, out, err), p.pid
 
 
+def _timeline(log: MdtLog) -> str:
+    """The MDT's log, times from its first request: what to read when an assertion fails."""
+    reqs = log.read()
+    t0 = reqs[0].t if reqs else 0.0
+    return "\n".join(
+        f"{r.t - t0:8.3f} {r.client} {r.comm}[{r.tid}] {r.describe()} open_intent={r.open_intent}"
+        for r in reqs
+    )
+
+
 def _requests(log: MdtLog, pid: int, op: str) -> list[Request]:
     return [r for r in log if r.tid == pid and r.op == op and r.name == F]
 
@@ -124,7 +138,7 @@ def test_vfs_retries_estale_once_and_second_estale_reaches_process(stackfs_stack
         ["dd", "if=/dev/null", f"of={a.mnt / F}", "conv=notrunc", "status=none"],
         f"mv {b.mnt / NEW1} {b.mnt / F} && mv {b.mnt / NEW2} {b.mnt / F}",
     )
-    assert res.returncode == 1 and b"Stale file handle" in res.stderr, res
+    assert res.returncode == 1 and b"Stale file handle" in res.stderr, (res, _timeline(log))
     opens = _requests(log, pid, "OPEN")
     assert [(o.how, o.result) for o in opens] == [("by-fid", "ESTALE")] * 2
     lookups = _requests(log, pid, "LOOKUP")
@@ -143,7 +157,7 @@ def test_lu14949_cat_retries_by_name(stackfs_stack):
     (the intent open of the REVAL LOOKUP) and cat prints the new file."""
     a, b, log = _pair(stackfs_stack, "lu-14949")
     res, pid = _race(["cat", a.mnt / F], f"mv {b.mnt / NEW1} {b.mnt / F}")
-    assert res.returncode == 0 and res.stdout == b"v2\n", res
+    assert res.returncode == 0 and res.stdout == b"v2\n", (res, _timeline(log))
     opens = _requests(log, pid, "OPEN")
     assert [(o.how, o.result) for o in opens] == [("by-fid", "ESTALE"), ("intent", "ok")]
 
@@ -154,5 +168,8 @@ def test_buggy_cat_gets_enoent(stackfs_stack):
     """The 2016 client passes the MDT's ENOENT up: no retry (one OPEN), cat fails."""
     a, b, log = _pair(stackfs_stack, "buggy")
     res, pid = _race(["cat", a.mnt / F], f"mv {b.mnt / NEW1} {b.mnt / F}")
-    assert res.returncode == 1 and b"No such file or directory" in res.stderr, res
+    assert res.returncode == 1 and b"No such file or directory" in res.stderr, (
+        res,
+        _timeline(log),
+    )
     assert [o.result for o in _requests(log, pid, "OPEN")] == ["ENOENT"]
