@@ -297,10 +297,11 @@ class LustreFS(StoreFS):
             self.count("open_by_fid")
             if self.object_gone(inode):
                 # FUSE_OPEN's flags lack O_CREAT (the kernel strips it): the syscall has it
-                err = self.ll_open_error(flags | syscall_intent(tid, name).flags)
+                intent = syscall_intent(tid, name)
+                err = self.ll_open_error(flags | intent.flags)
                 self.count("open_" + errno.errorcode[err].lower())
                 if err == errno.ESTALE:
-                    self.reval[tid] = (proc.settled_syscall_text(tid), time.monotonic())
+                    self.reval[tid] = (intent.raw, time.monotonic())
                 self.mdt_log(task, "OPEN", name, fid=fid, how="by-fid", result=errno.errorcode[err])
                 raise OSError(err, f"open by FID {fid}: the MDT has no such object")
             fd = await super().open_inode(inode, flags, ctx)

@@ -114,7 +114,8 @@ def settled_syscall_text(tid: int, bound: float = 0.25) -> str:
     ``request_wait_answer``: on a slow machine (software emulation, the daemon on the other
     CPU) the daemon can read the request first. Read again until the task is asleep, for at
     most ``bound`` seconds; then the last text read (still ``running``: the caller's "unknown").
-    Only for synchronous requests (LOOKUP, OPEN), whose sender is certain to go to sleep."""
+    Only for synchronous requests (LOOKUP, OPEN, a direct-I/O READ or WRITE), whose sender is
+    certain to go to sleep."""
     deadline = time.monotonic() + bound
     while True:
         text = syscall_text(tid)
