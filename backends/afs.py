@@ -5,7 +5,9 @@ OpenAFS keeps, per file (``struct vcache``), the data version the fileserver rep
 data lives in the cache manager's cache (a ``dcache`` chunk; here an anonymous memfd per file),
 reads and writes go to the cache, and writes go back to the fileserver on close and fsync
 (``afs_StoreAllSegments``). Another client changing the fileserver (``stackfs server ...``)
-breaks the callback, so the next open fetches the new status and data.
+breaks the callback, so the next open, GETATTR or READ fetches the new status, and the data
+again when its version is not the status' DataVersion: what a client reports of a file, size and
+data, is always one version's (``afs_linux_getattr``, ``afs_GenericRead -> afs_GetDCache``).
 
 ``afs_linux_open -> afs_open``: when ``DataVersion > mapDV`` the kernel's pages are stale and
 ``osi_FlushPages -> osi_VM_FlushPages`` drops them, for real here (``pyfuse3.invalidate_inode``;
@@ -233,6 +235,19 @@ class AFSFS(StoreFS):
 
     # -- data ------------------------------------------------------------------------------------
 
+    async def read_hook(self, handle: Handle) -> None:
+        """``afs_linux_read_iter -> afs_GenericRead``: verify the status (``afs_VerifyVCache``),
+        then fetch the data again if the cache's version is not the status' DataVersion
+        (``afs_GetDCache``, ``afs_IsDCacheFresh``). A callback break between the open and the
+        read thus gives the new version's data with the new version's size, never the cache
+        filled at open padded to the new size. The handle reads the cache file itself (a dup
+        of it), so a refetch is what it reads."""
+        inode = handle.inode
+        if stat.S_ISREG(inode.kind):
+            vc = self.vcache(inode)
+            self.afs_verify_vcache(inode, vc)
+            self.afs_get_dcache(inode, vc)
+
     def wrote(self, handle: Handle, off: int, size: int) -> None:
         handle.dirty = True
         if stat.S_ISREG(handle.inode.kind):
@@ -273,9 +288,15 @@ class AFSFS(StoreFS):
         return True
 
     def overlay_stat(self, inode: Inode, st: os.stat_result) -> Any:
-        """Attributes with the cache's size and mtime while it holds unstored writes."""
+        """The status this client reports is the vcache's (``afs_linux_getattr ->
+        afs_linux_revalidate -> afs_getattr``): without a callback, FetchStatus first
+        (``afs_VerifyVCache``), so the size and the DataVersion the read path checks its cache
+        against move together; while the cache holds unstored writes, its size and mtime."""
         vc = inode.extra.get("vcache")
-        if vc is None or not vc.dirty or vc.cache_fd is None:
+        if vc is None:
+            return st
+        self.afs_verify_vcache(inode, vc)
+        if not vc.dirty or vc.cache_fd is None:
             return st
         cst = os.fstat(vc.cache_fd)
         mtime = vc.mtime_ns if vc.mtime_ns is not None else st.st_mtime_ns

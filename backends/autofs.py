@@ -136,9 +136,11 @@ class AutofsFS(StoreFS):
         super().__init__(*args, **kw)
         self.expire_timeout = float(self.opts["timeout"])
         self.map_dir = Path(self.opts["map"] or self.store / MAP_DIR).resolve()
-        self.map_dir.mkdir(parents=True, exist_ok=True)
+        # 0755 made explicit: the daemon runs with umask(0) (backends/cli.py), and a map others
+        # could write would have root's automounter bind-mount whatever they put there
+        self.map_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.trigger_dir = self.store / TRIGGER_DIR
-        self.trigger_dir.mkdir(exist_ok=True)
+        self.trigger_dir.mkdir(mode=0o755, exist_ok=True)
         self.dc = self.kernel.dcache("autofs")
         self.info: dict[bytes, AutofsInfo] = {}
         #: pending wait queues by name (autofs4_find_wait matches the name only)
@@ -464,7 +466,7 @@ class AutofsFS(StoreFS):
                 inode.nlookup += 1
                 return self.entry(inode, st)
         trigger = self.trigger_dir / os.fsdecode(key)
-        trigger.mkdir(exist_ok=True)
+        trigger.mkdir(mode=0o755, exist_ok=True)
         fd = os.open(trigger, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         st = os.fstat(fd)
         inode = self.remember(fd, st, None, key)

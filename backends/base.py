@@ -656,10 +656,15 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         """Hook: ``size`` bytes were written at ``off`` (AFS: the cache is dirty)."""
         handle.dirty = True
 
+    async def read_hook(self, handle: Handle) -> None:
+        """Hook: a READ is about to be served from ``handle.fd`` (AFS: revalidate the cache
+        against the status, as ``afs_linux_read_iter -> afs_GenericRead`` does)."""
+
     @fuse_op
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         handle = self.handle(fh)
         self.check_handle(handle, "read")
+        await self.read_hook(handle)
         return os.pread(handle.fd, size, off)
 
     @fuse_op

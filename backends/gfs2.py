@@ -216,6 +216,15 @@ class Gfs2FS(StoreFS):
         "fixed-prefault": "GFS1: fault the buffer in before taking the glock",
         "fixed-nofault": "GFS2 5.16: copy without faults, allow demote, fault in, retry",
     }
+    injection_points = {
+        "gfs2_glock_nq": "before a syscall's holder asks for a glock (gfs2_file_write_iter, "
+        "gfs2_file_read_iter; for fixed-prefault: after the prefault, before the glock)",
+        "gfs2_fault": "before a page-in asks for its file's glock (filemap_fault -> gfs2_fault; "
+        "a prefault's too), when it holds other glocks or its glock is not cached "
+        "in a mode it may take",
+        "do_xmote": "a demote: after the page-cache invalidation (inode_go_inval), before "
+        "the lock manager is asked to convert down",
+    }
     extra_options = (
         Option(
             "dlm",
@@ -268,7 +277,7 @@ class Gfs2FS(StoreFS):
             raise SystemExit(
                 f"stackfs gfs2: no lock manager at {self.opts['dlm']}: {exc.strerror or exc}"
             ) from None
-        self.glocks = GlockTable(self.dlm, self._inode_go_inval, self._reap)
+        self.glocks = GlockTable(self.dlm, self._inode_go_inval, self._reap, self.kernel.inject.hit)
         state = self.kernel
         if isinstance(state, Gfs2KernelState):
             state.glocks, state.scope, state.node = self.glocks, f"dlm:{self.lockspace}", self.node
@@ -291,10 +300,20 @@ class Gfs2FS(StoreFS):
 
     # -- holders -----------------------------------------------------------------------------
 
-    async def _nq(self, gl: Glock, h: Holder, *, may_demote_outer: bool = False) -> Holder:
+    async def _nq(
+        self,
+        gl: Glock,
+        h: Holder,
+        *,
+        may_demote_outer: bool = False,
+        point: str | None = "gfs2_glock_nq",
+    ) -> Holder:
         """``gfs2_glock_nq`` with lockdep's view: a glock taken while the task's other glocks
-        may be demoted under it (HIF_MAY_DEMOTE) adds no dependency on them."""
+        may be demoted under it (HIF_MAY_DEMOTE) adds no dependency on them. ``point``: the
+        injection point hit first (None: none)."""
         assert self.glocks is not None
+        if point is not None:
+            await self.kernel.inject.hit(point)
         self.kernel.lockdep.lock_acquire(
             h.task, self._ident(gl), h.mode, h.chain, trylock=may_demote_outer
         )
@@ -506,7 +525,12 @@ class Gfs2FS(StoreFS):
         try:
             chain = ("filemap_fault", "gfs2_fault", "gfs2_glock_nq")
             kind = fault_kind(tid) if tid else "fault"
-            h = await self._nq(gl, Holder(task, "PR", chain, kind), may_demote_outer=bool(allow))
+            holder = Holder(task, "PR", chain, kind)
+            assert self.glocks is not None
+            # a page-in that holds nothing else and finds its glock cached in a mode it may
+            # take orders nothing across the cluster: not a scheduled decision
+            point = "gfs2_fault" if nested or not self.glocks.may_grant(gl, holder) else None
+            h = await self._nq(gl, holder, may_demote_outer=bool(allow), point=point)
             try:
                 return os.pread(handle.fd, size, off)
             finally:

@@ -233,8 +233,11 @@ class GlockTable:
         dlm: DLMClient,
         invalidate: Callable[[int], Awaitable[None]],
         reap: Callable[[Glock], None],
+        hit: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.dlm = dlm
+        #: the node's injection points (``do_xmote``: a demote, after its invalidation)
+        self._hit = hit
         self.glocks: dict[int, Glock] = {}
         self._invalidate = invalidate
         #: drops holders whose task has left its syscall (called while someone waits)
@@ -252,6 +255,10 @@ class GlockTable:
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
+
+    def may_grant(self, gl: Glock, h: Holder) -> bool:
+        """May ``h`` be granted on this node now, without the lock manager?"""
+        return self._local_ok(gl, h)
 
     def _local_ok(self, gl: Glock, h: Holder) -> bool:
         """May ``h`` be granted on this node now (``may_grant``)?"""
@@ -348,6 +355,10 @@ class GlockTable:
         gl.xmote = True
         try:
             await self._invalidate(gl.ino)  # inode_go_sync + inode_go_inval
+            if self._hit is not None:
+                # the pages are gone, the lock manager not yet asked: the window in which the
+                # other node's request waits for this conversion (do_xmote -> lm_lock)
+                await self._hit("do_xmote")
             for h in list(gl.holders):  # HIF_MAY_DEMOTE holders lose the glock
                 if not compatible(target, h.mode) or stronger(h.mode, target):
                     gl.holders.remove(h)

@@ -34,11 +34,15 @@ Variants
     with EISDIR reach ``d_splice_alias`` with the dentry still hashed: ``BUG_ON(!d_unhashed)``
     (seed 003's oops, chain nfs_lookup <- nfs_atomic_open <- lookup_open <- path_openat <-
     do_filp_open, naming the real processes).
-    ``fixed`` (4.7-rc3): ``d_drop`` on every open_context error. Each opener unhashes the
-    dentry before its own lookup splices it. (Seed 003 is Oleg Drokin's report that this still
-    races when two openers both d_drop before either splices; here nfs_lookup's round trip
-    does not yield unless the ``nfs_lookup`` injection point is set, so only forcing that
-    window shows it.)
+    ``fixed`` (4.7-rc3): ``d_drop`` on every open_context error (Al Viro, "Re: NFS/d_splice_alias
+    breakage", LKML, 3 June 2016). Each opener unhashes the dentry before its own lookup splices
+    it, which *narrows* the window without closing it: 4.7's ``do_last`` takes the directory's
+    i_rwsem shared for an open without O_CREAT and ``lookup_open`` passes a revalidated hashed
+    negative dentry (not an in-lookup one) to ``atomic_open``, so two openers can both hold it,
+    both d_drop it and both reach ``nfs_lookup``; the second ``d_splice_alias`` then finds it
+    hashed. That is seed 003, Oleg Drokin's report against this very code. The window is
+    nfs_lookup's round trip (the ``nfs_lookup`` injection point): natural mode widens it,
+    ``stackfs explore`` schedules it.
     ``parallel-lookup`` (4.7, commit c94c0953 "nfs_atomic_open(): prevent parallel
     nfs_lookup() on a negative hashed"): a hashed negative dentry is dropped and replaced by an
     in-lookup one from ``d_alloc_parallel``, so one task per name does open_context and the
@@ -88,7 +92,8 @@ class NFSFS(StoreFS):
     variants = {
         "buggy": "nfs_atomic_open d_drops only on ENOENT: failed openers d_splice_alias a "
         "hashed dentry (BUG, seed 003)",
-        "fixed": "d_drop on every open_context error (Linux 4.7-rc3)",
+        "fixed": "d_drop on every open_context error (Linux 4.7-rc3): narrows the window, "
+        "two openers that both d_drop before either splices still BUG (seed 003)",
         "parallel-lookup": "d_alloc_parallel in nfs_atomic_open: one lookup per name at a "
         "time (Linux 4.7)",
     }

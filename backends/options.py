@@ -6,8 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stackfs.optvalue import integer, seconds
+
 if TYPE_CHECKING:
     from backends.base import StoreFS
+
+
+#: the largest count an integer option takes (``rendezvous``: writers met at the lock manager)
+MAX_COUNT = 65535
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,8 @@ class Option:
     help: str
 
     def parse(self, text: str | None) -> Any:
+        """The value ``-o NAME=TEXT`` gives (numbers through :mod:`stackfs.optvalue`: no
+        ``inf``, ``nan``, exponent or sign); a ``ValueError`` names the option."""
         if self.kind is bool:
             if text is None or text.lower() in ("1", "yes", "true", "on"):
                 return True
@@ -28,15 +36,11 @@ class Option:
             raise ValueError(f"option {self.name}: expected a boolean, got {text!r}")
         if text is None:
             raise ValueError(f"option {self.name} needs a value ({self.name}=...)")
-        try:
-            value = self.kind(text)
-        except ValueError:
-            raise ValueError(
-                f"option {self.name}: expected {self.kind.__name__}, got {text!r}"
-            ) from None
-        if self.kind in (float, int) and value < 0:
-            raise ValueError(f"option {self.name}: must not be negative")
-        return value
+        if self.kind is float:  # every float option of a backend is a number of seconds
+            return seconds(self.name, text)
+        if self.kind is int:
+            return integer(self.name, text, 0, MAX_COUNT)
+        return self.kind(text)
 
 
 BASE_OPTIONS = (

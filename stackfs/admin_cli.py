@@ -59,12 +59,17 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    actions = lifecycle.cleanup(run_id=args.run_id)
+    from stackfs.rundir import RunDirError
+
+    try:
+        actions = lifecycle.cleanup(run_id=args.run_id)
+    except RunDirError as exc:
+        raise CLIError(str(exc)) from None
     for a in actions:
         print(f"{a.what}: {a.mountpoint or '-'} (daemon {a.pid or '?'})")
     if not actions and not args.quiet:
         print("nothing to clean up")
-    return 0
+    return 1 if any(a.refused for a in actions) else 0
 
 
 def cmd_testfs(args: argparse.Namespace) -> int:
@@ -121,7 +126,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "cleanup",
         help="remove testbed mounts and daemons left behind (e.g. after SIGKILL)",
         description="Abort, detach and kill every testbed mount (fsname stackfs:...) and its "
-        "daemon, and nothing else. With --run-id, only those of that run.",
+        "daemon, and nothing else. With --run-id, only those of that run. A process is "
+        "signalled only once it proved to be the daemon (it holds the mount's FUSE connection; "
+        "a service, its control socket); one that does not is reported and left alone, and "
+        "the exit status is 1.",
     )
     p.add_argument("--run-id", help="only mounts started with STACKFS_RUN_ID=RUN_ID")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "stackfs.admin_cli",
     "stackfs.watchdog.cli",
     "stackfs.repro.cli",
+    "stackfs.repro.explore",
     "stackfs.vm.cli",
     "stackfs.cluster_cli",
     "stackfs.automountd",

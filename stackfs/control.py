@@ -140,6 +140,11 @@ def query_path(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dic
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlError(f"no daemon answers at {path}: {exc.strerror}", exc.errno) from exc
+        except PermissionError as exc:  # RUN_DIR/PID is root's 0700 (see stackfs.rundir)
+            raise ControlError(
+                f"{path}: permission denied (a daemon's control socket is root's: run as root)",
+                exc.errno,
+            ) from exc
         s.sendall(json.dumps(request).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):

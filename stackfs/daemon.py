@@ -317,7 +317,11 @@ def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
         "argv": cfg.argv,
         "started": time.time(),
     }
-    run = rundir.write_info(pid, info)
+    try:
+        run = rundir.write_info(pid, info)
+    except rundir.RunDirError as exc:
+        print(f"stackfs: {exc}", file=sys.stderr)
+        return 1
     try:
         pyfuse3.init(ops, str(mp), fuse_options(cfg) | set(ops.fuse_options_extra))
     except RuntimeError as exc:

@@ -22,6 +22,15 @@ line each way:
     ``held`` waits until all ``K`` reported ``held``. Either waits ``S`` seconds at most and
     answers ``{"op": "rendezvous", "rid": I, "passed": bool}``.
 
+Injection points (``stackfs inject --pid PID POINT ACTION``, the control socket's ``inject``
+op; ``stackfs explore`` puts them under the run's scheduler): ``queue_cast`` before a completion
+AST (a grant) goes to its node, ``queue_bast`` before a blocking AST does. While a point is off
+the ASTs go out in order from the request's own session; under an action each goes from a task
+of its own, as fs/dlm delivers its callbacks from a workqueue (``dlm_add_cb`` ->
+``dlm_callback_work``), so a held AST holds nothing else. The task at the point is the one the
+AST is for: the task whose request is granted, or whose request made the blocking AST (from the
+``waiters`` of ``lock``), else the node's daemon (a demote's conversion).
+
 A closed connection (the node's daemon died or was killed) purges the node's locks and
 requests, as DLM recovery does for a fenced node. ``stackfs state --pid PID`` (the control
 socket) shows every resource: granted modes per node, queued requests, blocking ASTs sent.
@@ -41,9 +50,16 @@ import trio
 
 from stackfs import rundir, service
 from stackfs.kernel.dlm import DLM, Action, compatible
+from stackfs.kernel.inject import OFF, InjectionPoints
+from stackfs.kernel.task import Task, running_as
 
 KIND = "dlm"
 SOCKET = "dlm.sock"
+#: the lock manager's injection points (see the module docstring)
+POINTS = {
+    "queue_cast": "before a completion AST (a grant) is sent to its node",
+    "queue_bast": "before a blocking AST is sent to a node holding an incompatible mode",
+}
 
 
 def socket_path(pid: int) -> str:
@@ -110,6 +126,11 @@ class LockServer:
         #: queued request (the ``waiters`` of ``lock``, then ``waiting``): the rendezvous's view
         self.waiting: dict[tuple[str, str, str], set[tuple[int, str]]] = {}
         self.log: list[dict[str, Any]] = []
+        self.inject = InjectionPoints()
+        for name, description in POINTS.items():
+            self.inject.declare(name, description)
+        #: where ASTs under an injection action are sent from (set once serving)
+        self.nursery: trio.Nursery | None = None
 
     def _node_info(self, lockspace: str) -> dict[str, dict[str, Any]]:
         return {
@@ -136,24 +157,54 @@ class LockServer:
                 "resources": resources,
                 "rendezvous": [r.to_json() for r in self.rendezvous.values()],
                 "log": self.log[-50:],
-            }
+            },
+            "inject": self.inject.snapshot(),
         }
 
     def _record(self, what: str, **kw: Any) -> None:
         self.log.append({"t": time.time(), "what": what, **kw})
         del self.log[:-200]
 
-    async def _deliver(self, actions: list[Action]) -> None:
+    async def _deliver(self, actions: list[Action], *, points: bool = True) -> None:
+        """Send the ASTs; through their injection point unless ``points`` is False
+        (recovery's purge)."""
         for a in actions:
             s = self.sessions.get((a.lockspace, a.node))
             self._record(a.kind, node=a.node, lockspace=a.lockspace, res=a.name, mode=a.mode)
             if s is None:
                 continue
+            point = "queue_cast" if a.kind == "grant" else "queue_bast"
+            task = self._ast_task(a)
             if a.kind == "grant":
                 self.waiting.pop((a.lockspace, a.name, a.node), None)
-                await s.send({"op": "grant", "res": a.name, "mode": a.mode, "rid": a.rid})
+                msg = {"op": "grant", "res": a.name, "mode": a.mode, "rid": a.rid}
             else:
-                await s.send({"op": "bast", "res": a.name, "mode": a.mode})
+                msg = {"op": "bast", "res": a.name, "mode": a.mode}
+            if points and self.nursery is not None and self.inject[point].action.kind != OFF:
+                self.nursery.start_soon(self._cast, point, task, s, msg)
+            else:
+                await s.send(msg)
+
+    async def _cast(self, point: str, task: Task, s: Session, msg: dict[str, Any]) -> None:
+        """One AST from a task of its own, through its injection point (``dlm_callback_work``)."""
+        with running_as(task):
+            await self.inject.hit(point)
+        await s.send(msg)
+
+    def _ast_task(self, a: Action) -> Task:
+        """The task an AST is for (see the module docstring)."""
+        node = a.node
+        if a.kind == "bast":
+            res = self.dlm.resources.get((a.lockspace, a.name))
+            if res is not None and res.queue:
+                node = res.queue[0].node
+        tids = sorted(t for t, _k in self.waiting.get((a.lockspace, a.name, node), set()))
+        if tids:
+            return Task.from_pid(tids[0])
+        sess = self.sessions.get((a.lockspace, node))
+        return (
+            Task.from_pid(sess.pid) if sess is not None and sess.pid else Task.from_pid(os.getpid())
+        )
 
     async def session(self, stream: trio.SocketStream) -> None:
         sess: Session | None = None
@@ -183,7 +234,9 @@ class LockServer:
                             )
                             old = self.sessions.get((sess.lockspace, sess.node))
                             if old is not None:  # a restarted node: the old one is gone
-                                await self._deliver(self.dlm.purge_node(sess.node, sess.lockspace))
+                                await self._deliver(
+                                    self.dlm.purge_node(sess.node, sess.lockspace), points=False
+                                )
                             self.sessions[(sess.lockspace, sess.node)] = sess
                             self._record(
                                 "join", node=sess.node, lockspace=sess.lockspace, pid=sess.pid
@@ -201,7 +254,9 @@ class LockServer:
                 for key in [k for k in self.waiting if (k[0], k[2]) == (sess.lockspace, sess.node)]:
                     del self.waiting[key]
                 with trio.CancelScope(shield=True):
-                    await self._deliver(self.dlm.purge_node(sess.node, sess.lockspace))
+                    await self._deliver(
+                        self.dlm.purge_node(sess.node, sess.lockspace), points=False
+                    )
 
     async def _handle(self, sess: Session, msg: dict[str, Any], nursery: trio.Nursery) -> None:
         op = msg.get("op")
@@ -328,11 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     path = socket_path(os.getpid())
 
     async def run(nursery: trio.Nursery, info: dict[str, Any]) -> None:
+        server.nursery = nursery
         await nursery.start(_serve_sessions, server, path)
         service.ready()
         await trio.sleep_forever()
 
-    return service.serve(KIND, {}, run, describe=server.describe, extra={"socket": path})
+    async def inject(req: dict[str, Any]) -> dict[str, Any]:
+        point, action = req.get("point"), req.get("action")
+        if not point or not action:
+            raise ValueError("inject needs 'point' and 'action'")
+        server.inject.configure(f"{point}={action}")
+        return {"inject": server.inject.snapshot()}
+
+    return service.serve(
+        KIND, {"inject": inject}, run, describe=server.describe, extra={"socket": path}
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
-
-from stackfs import fusectl, mountinfo, rundir
+from stackfs import daemonid, fusectl, mountinfo, rundir
 from stackfs.linux import libc
 from stackfs.linux.proc import alive, terminate
 from stackfs.service import Service, spawn_ready, timeout_factor
@@ -136,7 +134,9 @@ def start_daemon(
     ``timeout`` is multiplied by ``$STACKFS_TIMEOUT_FACTOR`` (a slow machine: a VM under software
     emulation starts a Python daemon several times slower; the wait still ends on "ready").
     """
-    mp = Path(os.path.abspath(mountpoint))
+    # resolved as the kernel resolves it when the daemon mounts there: a symlinked mount point
+    # shows up in mountinfo under its target (nothing is mounted there yet to walk into)
+    mp = Path(os.path.realpath(mountpoint))
     proc, log, msg = spawn_ready(argv, "stackfs-daemon-", env=env, log=log, timeout=timeout)
     timeout *= timeout_factor()
     if not msg.startswith(b"ready"):
@@ -353,13 +353,20 @@ class CleanupAction:
     mountpoint: str | None
     pid: int | None
     what: str
+    #: a process was left alone: it did not prove to be the daemon (see :mod:`stackfs.daemonid`)
+    refused: bool = False
 
 
 def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupAction]:
     """Remove testbed mounts (fsname ``stackfs:...``) and their daemons; nothing else.
 
-    With ``run_id``, only those whose daemon recorded that run id.
+    With ``run_id``, only those whose daemon recorded that run id. A process is signalled only
+    once it proved to be the daemon (:mod:`stackfs.daemonid`: it holds the mount's FUSE
+    connection; a service, its control socket), never on a file's word: one that does not is
+    left alone and reported (``refused``). :class:`~stackfs.rundir.RunDirError` when the run
+    directory cannot be trusted.
     """
+    rundir.check_root()
     actions: list[CleanupAction] = []
     infos = rundir.all_infos()
     for entry in reversed(mountinfo.testbed_mounts()):
@@ -368,27 +375,50 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
         if run_id is not None and (info is None or info.get("run_id") != run_id):
             continue
         m = Mount(Path(entry.mountpoint), pid or 0, entry.conn, entry.source, entry.kind or "?")
-        if pid is not None and not is_testbed_daemon(pid):
-            m.pid = 0
+        proof = daemonid.of_mount(pid, entry.conn, info) if pid and alive(pid) else None
+        if proof is None or not proof.ok:
+            m.pid = 0  # gone, or not the daemon of this mount: abort and detach, signal nobody
         rep = unmount(m, timeout=timeout) if m.pid else _unmount_orphan(m, timeout)
         how = "unmounted" if rep.clean else "aborted and detached" if rep.aborted else "detached"
-        actions.append(CleanupAction(entry.mountpoint, pid, how))
+        refused = proof is not None and not proof.ok and not proof.stale
+        if refused and proof is not None:
+            how += f"; process {pid} not signalled ({proof.why})"
+        actions.append(CleanupAction(entry.mountpoint, pid, how, refused))
     for pid, info in infos.items():
         if run_id is not None and info.get("run_id") != run_id:
             continue
-        if not psutil.pid_exists(pid) or not is_testbed_daemon(pid):
+        if not alive(pid):
             rundir.remove(pid)
         elif not _mounted_by(Path(info.get("mountpoint") or ""), pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            what = (
-                "killed daemon"
-                if info.get("mountpoint") is not None
-                else f"killed {info.get('kind', '?')} service"
-            )
-            actions.append(CleanupAction(info.get("mountpoint"), pid, what))
+            what = "daemon" if info.get("mountpoint") is not None else f"{info.get('kind')} service"
+            proof = _kill_proven(pid, info)
+            if proof.ok:
+                actions.append(CleanupAction(info.get("mountpoint"), pid, f"killed {what}"))
+            elif not proof.stale:
+                why = f"{what} not killed ({proof.why})"
+                actions.append(CleanupAction(info.get("mountpoint"), pid, why, True))
+                continue
             rundir.remove(pid)
+    for pid in rundir.dead_without_info():  # died while starting: belongs to no run
+        rundir.remove(pid)
     return actions
+
+
+def _kill_proven(pid: int, info: dict[str, Any]) -> daemonid.Proof:
+    """SIGKILL ``pid`` if it proves to be the daemon ``info`` describes. Through a pidfd opened
+    before the check: the process checked is the process signalled, even if the pid is reused."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return daemonid.Proof(False, "is gone", stale=True)
+    try:
+        proof = daemonid.of_info(pid, info)
+        if proof.ok:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return proof
+    finally:
+        os.close(pidfd)
 
 
 def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
@@ -401,16 +431,12 @@ def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
 
 
 def is_testbed_daemon(pid: int, mountpoint: str | None = None) -> bool:
-    """Guard against pid reuse before signalling ``pid``: it must be the daemon that wrote its
-    run directory (started no later than it says, serving ``mountpoint`` if given), or at least
-    a stackfs process when no run directory survived."""
+    """Before signalling ``pid``: is it the daemon of the mount at ``mountpoint`` (it holds that
+    mount's FUSE connection), or, without one, the daemon its run directory describes? See
+    :mod:`stackfs.daemonid`; a file alone is never enough."""
     info = rundir.read_info(pid)
-    try:
-        proc = psutil.Process(pid)
-        if info is not None:
-            return proc.create_time() <= float(info.get("started", 0)) + 1.0 and (
-                mountpoint is None or info.get("mountpoint") == str(mountpoint)
-            )
-        return "stackfs" in " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
+    if mountpoint is None:
+        return info is not None and daemonid.of_info(pid, info).ok
+    entry = mountinfo.find(mountpoint)
+    conn = entry.conn if entry is not None else (info or {}).get("conn")
+    return daemonid.of_mount(pid, conn, info).ok

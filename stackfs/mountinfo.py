@@ -45,6 +45,9 @@ class MountEntry:
     fstype: str
     source: str
     options: str
+    #: the per-mount options (field 6: ``rw,nosuid,nodev,noexec,relatime``); ``options`` are
+    #: the superblock's
+    mount_options: str = ""
 
     @property
     def is_fuse(self) -> bool:
@@ -104,11 +107,13 @@ def parse_line(line: str) -> MountEntry:
         fstype=fields[sep + 1],
         source=_unescape(fields[sep + 2]),
         options=fields[sep + 3] if len(fields) > sep + 3 else "",
+        mount_options=fields[5],
     )
 
 
 def mounts(path: str | Path = "/proc/self/mountinfo") -> list[MountEntry]:
-    with open(path) as f:
+    # a mount point is bytes: one that is not UTF-8 is kept as os.fsdecode keeps it
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return [parse_line(line) for line in f if line.strip()]
 
 

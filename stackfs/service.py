@@ -77,7 +77,11 @@ def serve(
         "started": time.time(),
         **(extra or {}),
     }
-    run = rundir.write_info(pid, info)
+    try:
+        run = rundir.write_info(pid, info)
+    except rundir.RunDirError as exc:
+        print(f"stackfs {kind}: {exc}", file=sys.stderr)
+        return 1
 
     async def state(_req: dict[str, Any]) -> dict[str, Any]:
         return {

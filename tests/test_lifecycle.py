@@ -58,6 +58,21 @@ def test_mount_and_clean_unmount(tmp_path):
     assert m.proc is not None and m.proc.returncode == 0
 
 
+def test_mount_through_a_symlinked_mount_point(tmp_path):
+    """The kernel mounts on a symlink's target, and mountinfo names the target: the daemon is
+    found there (it was "said ready but no mount is there")."""
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to("real")
+    m = lifecycle.start_daemon(hangfs_argv("hang", link), link)
+    try:
+        assert m.mountpoint == tmp_path / "real"
+        assert mountinfo.find(tmp_path / "real") is not None
+    finally:
+        rep = lifecycle.unmount(m)
+    assert rep.clean and mountinfo.find(tmp_path / "real") is None
+
+
 def test_mount_failure_reports_daemon_error(tmp_path):
     with pytest.raises(lifecycle.MountError) as err:
         lifecycle.start_daemon(hangfs_argv("hang", tmp_path / "missing"), tmp_path / "missing")

@@ -21,6 +21,11 @@ socket (``stackfs inject MOUNTPOINT POINT ACTION``):
     round, so repeated forced attempts work.
 ``error:ERRNAME``
     raise ``OSError(errno.ERRNAME)`` (e.g. ``error:EIO``, ``error:EISDIR``).
+``sched:SOCKET``
+    hold the task until the run's scheduler, listening on the unix socket SOCKET, says "go"
+    (:mod:`stackfs.kernel.schedpoint`, :mod:`stackfs.kernel.sched`): ``stackfs explore`` and
+    ``stackfs repro run --schedule`` put every point of a run under it. A scheduler that is gone
+    lets the task through.
 
 Hits are counted (also while off) and the tasks waiting at a point are visible in the
 ``inject`` part of the state snapshot. Setting a new action releases any round waiting at the
@@ -44,10 +49,11 @@ OFF = "off"
 DELAY = "delay"
 BARRIER = "barrier"
 ERROR = "error"
+SCHED = "sched"
 
 DEFAULT_BARRIER_TIMEOUT = 10.0
 
-_ACTION_HELP = "expected off, delay:SECONDS, barrier:N[:TIMEOUT] or error:ERRNAME"
+_ACTION_HELP = "expected off, delay:SECONDS, barrier:N[:TIMEOUT], error:ERRNAME or sched:SOCKET"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,7 @@ class Action:
     n: int = 0  # barrier
     timeout: float = DEFAULT_BARRIER_TIMEOUT  # barrier
     errno: int = 0  # error
+    path: str = ""  # sched: the scheduler's socket
 
     def __str__(self) -> str:
         if self.kind == DELAY:
@@ -67,6 +74,8 @@ class Action:
             return f"barrier:{self.n}:{self.timeout:g}"
         if self.kind == ERROR:
             return f"error:{errno_mod.errorcode.get(self.errno, self.errno)}"
+        if self.kind == SCHED:
+            return f"sched:{self.path}"
         return OFF
 
 
@@ -84,7 +93,8 @@ def _seconds(text: str, what: str, spec: str) -> float:
 
 
 def parse_action(spec: str) -> Action:
-    """Parse ``off``, ``delay:S``, ``barrier:N[:T]`` or ``error:ERRNAME``; ValueError if bad."""
+    """Parse ``off``, ``delay:S``, ``barrier:N[:T]``, ``error:ERRNAME`` or ``sched:SOCKET``;
+    ValueError if bad."""
     kind, _, rest = spec.strip().partition(":")
     if kind == OFF and not rest:
         return ACTION_OFF
@@ -110,6 +120,10 @@ def parse_action(spec: str) -> Action:
         if not isinstance(code, int):
             raise ValueError(f"unknown errno name {rest!r} in injection action {spec!r}")
         return Action(ERROR, errno=code)
+    if kind == SCHED and rest:
+        if not rest.startswith("/"):
+            raise ValueError(f"sched needs an absolute socket path in injection action {spec!r}")
+        return Action(SCHED, path=rest)
     raise ValueError(f"bad injection action {spec!r}: {_ACTION_HELP}")
 
 
@@ -251,6 +265,9 @@ class InjectionPoints:
             finally:
                 del point.waiting[key]
             return
+        if kind == SCHED:
+            await self._sched_wait(point, action.path)
+            return
         barrier = point._barrier
         assert barrier is not None
         await self._barrier_wait(point, barrier)
@@ -289,6 +306,17 @@ class InjectionPoints:
                 if rnd.count == 0 and barrier.round is rnd:
                     barrier.round = None
             raise
+        finally:
+            del point.waiting[key]
+
+    async def _sched_wait(self, point: InjectionPoint, path: str) -> None:
+        from stackfs.kernel.schedpoint import wait_for_go
+
+        key = object()
+        task = get_current_task()
+        point.waiting[key] = task
+        try:
+            await wait_for_go(path, point.name, task, current_chain())
         finally:
             del point.waiting[key]
 

@@ -5,8 +5,9 @@ knows), as libfuse's passthrough_ll does. ``os`` cannot operate on such a descri
 some calls (``fchown``/``futimens`` refuse O_PATH descriptors), nor pass the kernel's rename
 flags; these wrappers call ``renameat2``, ``fchownat``, ``utimensat`` and ``linkat`` with
 ``AT_EMPTY_PATH``. The union's branches call ``renameat2`` for RENAME_NOREPLACE /
-RENAME_EXCHANGE; the lifecycle detaches with ``umount2(MNT_DETACH)``; a daemon names its worker
-threads with ``prctl(PR_SET_NAME)``. Every wrapper raises :class:`OSError` with the errno.
+RENAME_EXCHANGE and ``openat2`` (RESOLVE_BENEATH) for paths read from metadata; the lifecycle
+detaches with ``umount2(MNT_DETACH)``; a daemon names its worker threads with
+``prctl(PR_SET_NAME)``. Every wrapper raises :class:`OSError` with the errno.
 """
 
 from __future__ import annotations
@@ -121,6 +122,36 @@ def umount2(target: bytes, flags: int) -> None:
 def set_thread_name(name: bytes) -> None:
     """``prctl(PR_SET_NAME)``: the calling thread's comm (15 bytes kept)."""
     _check(_libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0), "prctl")
+
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+#: the openat2 syscall number (the generic table's: the same on x86_64 and aarch64)
+SYS_OPENAT2 = 437
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    """``openat2(2)`` (glibc has no wrapper): open ``path`` relative to ``dirfd`` under the
+    ``RESOLVE_*`` restrictions (``RESOLVE_BENEATH``: ``..`` or an absolute path or symlink
+    never leaves ``dirfd`` (EXDEV); ``RESOLVE_NO_SYMLINKS``: no symlink is followed (ELOOP),
+    a trailing one is opened itself with ``O_PATH|O_NOFOLLOW``). Returns the new fd."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    fd = _libc.syscall(
+        ctypes.c_long(SYS_OPENAT2),
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2: {os.strerror(err)}", os.fsdecode(path))
+    return int(fd)
 
 
 MS_BIND = 4096

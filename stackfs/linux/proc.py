@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -45,6 +46,37 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.Error:
         return False
+
+
+def stat_start_ticks(data: bytes | None) -> int | None:
+    """``starttime`` (field 22) of a ``/proc/PID/stat`` line: clock ticks from boot to the
+    task's start (``do_task_stat``). Unlike a wall-clock start time it never moves with the
+    clock, so two reads of one process give the same number and a reused pid a larger one."""
+    rest = data[data.rfind(b")") + 2 :].split() if data else []
+    return int(rest[19]) if len(rest) > 19 else None
+
+
+def start_ticks(pid: int) -> int | None:
+    """Process ``pid``'s ``starttime`` (:func:`stat_start_ticks`), or None if it is gone."""
+    return stat_start_ticks(read(f"/proc/{pid}/stat", 1024))
+
+
+def fuse_connections(pid: int) -> list[int | None]:
+    """The FUSE connections process ``pid`` serves: one entry per ``/dev/fuse`` fd it holds,
+    the ``fuse_connection:`` of its fdinfo (``fuse_dev_show_fdinfo``, 6.18 shows it), None
+    where the kernel does not say (Debian 12's 6.1). Empty when it holds no ``/dev/fuse``."""
+    out: list[int | None] = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        if readlink(f"/proc/{pid}/fd/{fd}") != "/dev/fuse":
+            continue
+        info = read(f"/proc/{pid}/fdinfo/{fd}", 4096) or b""
+        m = re.search(rb"^fuse_connection:\s*(\d+)", info, re.M)
+        out.append(int(m.group(1)) if m else None)
+    return out
 
 
 def comm_of(pid: int) -> str | None:
@@ -98,6 +130,30 @@ def read_mem(pid: int, addr: int, size: int) -> bytes | None:
     finally:
         os.close(fd)
     return data if len(data) == size else None
+
+
+def thread_states(pid: int) -> dict[int, str]:
+    """The scheduler state letter (``R``, ``S``, ``D``, ``Z``, ...) of every thread of process
+    ``pid`` (``/proc/PID/task/TID/stat`` field 3); empty when the process is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    out = {}
+    for t in tids:
+        data = read(f"/proc/{pid}/task/{t}/stat", 512)
+        if data and b")" in data:
+            rest = data[data.rfind(b")") + 2 :]
+            out[int(t)] = rest[:1].decode()
+    return out
+
+
+def tgid_of(tid: int) -> int | None:
+    """The process (thread group) of thread ``tid`` (``Tgid:`` of ``/proc/TID/status``)."""
+    for line in (read(f"/proc/{tid}/status", 1024) or b"").splitlines():
+        if line.startswith(b"Tgid:"):
+            return int(line.split()[1])
+    return None
 
 
 def syscall_text(tid: int) -> str:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from stackfs.cli import CLIError
+from stackfs.kernel.sched import Schedule, ScheduleError
 from stackfs.repro import harness, registry
 from stackfs.repro.present import ProgressBar, Style, seconds, table, wrap
 from stackfs.repro.runner import SETUP_ERROR, RunResult, plan, run_plan
-from stackfs.repro.stats import Summary, median, summarize
+from stackfs.repro.scenario import SCHEDULED
+from stackfs.repro.stats import OK, Summary, classify, median, summarize
 
 DEFAULT_REPORTS = "reports"
 
@@ -45,8 +47,9 @@ def _report_root(arg: str | None, prefix: str) -> Path:
 
 
 def _status(results: list[RunResult], summaries: list[Summary] | None = None) -> int:
-    """2 on a set-up error; 1 when a run did not match, or (natural mode) a buggy variant never
-    reproduced (:attr:`Summary.failure`); else 0."""
+    """2 on a set-up error; 1 when a run did not match, or a batch failed its variant
+    (:attr:`Summary.failure`: in natural mode a buggy variant that never reproduced, or a run
+    that neither reproduced the bug nor completed correctly); else 0."""
     if any(r.observed == SETUP_ERROR for r in results):
         return 2
     if not results or not all(r.matched for r in results):
@@ -86,9 +89,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         width = max(len(v.name) for v in s.variants)
         for v in s.variants:
             exp = (
-                ", ".join(f"{c.name}: {v.expect_for(c.name)}" for c in s.cases)
+                ", ".join(f"{c.name}: {v.expect_text(c.name)}" for c in s.cases)
                 if v.per_case
-                else v.expect
+                else v.expect_text(s.cases[0].name)
             )
             print(f"    variant {v.name:<{width}}  -> {exp:<9}  {v.summary}")
         if args.verbose:
@@ -103,13 +106,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _line(r: RunResult, st: Style) -> str:
     mark = st.green("ok") if r.matched else st.red("MISMATCH")
     t = f"  in {seconds(r.time_to_verdict)}" if r.reproduced else ""
-    if r.mode == "natural" and r.expected != "completes" and not r.reproduced:
+    if r.mode == "natural" and r.expected != "completes" and classify(r) == OK:
         t = "  (the bug did not happen this time)"
+    if r.in_window:
+        t = "  (in the window the fix leaves)"
     again = f"  (repeated {len(r.disturbed)}x: disturbed from outside)" if r.disturbed else ""
     return (
         f"{r.row} / {r.variant} [{r.mode} #{r.iteration}]: expected {r.expected}, "
         f"observed {r.observed}{t}  {mark}{again}"
     )
+
+
+def _summary_headers(natural: bool) -> list[str]:
+    headers = ["scenario", "variant", "expected"]
+    if natural:  # a natural batch: N = reproduced + completed + other
+        headers += ["runs", "reproduced", "completed", "other", "rate", "per min"]
+    else:
+        headers += ["observed", "matched"]
+    return headers + ["time to reproduce", "detection latency", "recovered"]
 
 
 def _summary_rows(summaries: list[Summary], st: Style, natural: bool) -> list[list[str]]:
@@ -118,9 +132,23 @@ def _summary_rows(summaries: list[Summary], st: Style, natural: bool) -> list[li
         mark = st.green("✓") if s.failure is None else st.red("✗")
         rate = f"{s.rate:.0f}/100" if s.is_bug and s.rate is not None else "-"
         per_min = f"{s.per_minute:.1f}" if s.is_bug and s.per_minute is not None else "-"
-        row = [s.row, s.variant, s.expected, f"{s.observed_text()} {mark}", f"{s.matched}/{s.runs}"]
+        row = [s.row, s.variant, s.expected]
         if natural:
-            row += [rate, per_min]
+            other = str(s.other) + (f" ({s.others_text()})" if s.other else "")
+            shown = str(s.reproduced) if s.is_bug else "-"
+            if s.window:  # a fix that narrows the window: its runs in the window, their rate
+                shown = f"{s.in_window} in the window ({s.window})"
+                rate = f"{s.window_rate:.0f}/100" if s.window_rate is not None else "-"
+            row += [
+                f"{s.runs} {mark}",
+                shown,
+                str(s.completed),
+                other,
+                rate,
+                per_min,
+            ]
+        else:
+            row += [f"{s.observed_text()} {mark}", f"{s.matched}/{s.runs}"]
         row += [
             seconds(median(s.time_to_reproduce)) if s.is_bug else "-",
             seconds(median(s.detection_latency)),
@@ -128,6 +156,26 @@ def _summary_rows(summaries: list[Summary], st: Style, natural: bool) -> list[li
         ]
         rows.append(row)
     return rows
+
+
+def _schedule_arg(args: argparse.Namespace, scenario, p) -> Schedule | None:
+    """``--schedule FILE``: the schedule to replay (one variant and case, not natural)."""
+    if not args.schedule:
+        return None
+    if args.natural:
+        raise CLIError("--schedule and --natural exclude each other", status=2)
+    if len(p.variants) != 1 or len(p.cases) != 1:
+        raise CLIError(
+            "--schedule replays one variant in one case: give --variant"
+            + (" and --case" if len(scenario.cases) > 1 else ""),
+            status=2,
+        )
+    try:
+        sched = Schedule.read(Path(args.schedule))
+    except ScheduleError as exc:
+        raise CLIError(str(exc), status=2) from None
+    p.mode = SCHEDULED
+    return sched
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -138,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc).strip("'\""), status=2) from None
     if args.iterations < 1:
         raise CLIError("--iterations must be at least 1", status=2)
+    schedule = _schedule_arg(args, scenario, p)
     why = scenario.unsupported()
     if why is not None:  # kselftest's skip: exit 4 with the reason
         print(f"{scenario.name}: SKIP: cannot run here: {why}")
@@ -168,6 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             for prob in r.problems or [r.error or r.summary]:
                 print(f"    {prob}")
             print(f"    report: {r.report_dir}")
+        if r.schedule is not None:
+            print(f"    schedule ({r.files.get('schedule')}):")
+            for line in Schedule.from_json(r.schedule).render():
+                print(f"      {line}")
 
     print(
         f"{scenario.name} (seed {scenario.seed}): {p.total} run"
@@ -176,27 +229,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     bar.show(0, "mounting...")
     try:
-        results = run_plan(p, root, progress, seed=args.seed, threshold=args.threshold)
+        results = run_plan(
+            p, root, progress, seed=args.seed, threshold=args.threshold, schedule=schedule
+        )
     finally:
         bar.clear()
     summaries = summarize(results)
-    headers = ["scenario", "variant", "expected", "observed", "matched"]
-    if args.natural:
-        headers += ["rate", "per min"]
-    headers += ["time to reproduce", "detection latency", "recovered"]
     print()
-    print(table(headers, _summary_rows(summaries, st, args.natural)))
+    print(table(_summary_headers(args.natural), _summary_rows(summaries, st, args.natural)))
     print()
     status = _status(results, summaries)
-    failing = [s for s in summaries if s.failure]
-    for s in failing:
-        print(f"{st.red('✗')} {s.row} / {s.variant}: {s.failure}")
+    for s in summaries:
+        if s.failure is not None:
+            print(f"{st.red('✗')} {s.row} / {s.variant}: {s.verdict()}")
+        elif args.natural:  # every natural batch says its counts and rate
+            print(f"{st.green('✓')} {s.row} / {s.variant}: {s.verdict()}")
     verdict = {
-        0: "every run matched its expectation",
+        0: (
+            "every natural batch matched its variant's expectation"
+            if args.natural
+            else "every run matched its expectation"
+        ),
         1: (
-            "some runs did NOT match their expectation"
-            if any(not r.matched for r in results)
-            else "a buggy variant never reproduced"
+            "a natural batch did NOT match its variant's expectation"
+            if args.natural
+            else "some runs did NOT match their expectation"
         ),
         2: "set-up error",
     }[status]
@@ -215,7 +272,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _write_json(Path(args.json), payload)
     if args.junit:
         harness.write_junit(
-            args.junit, f"stackfs repro run {scenario.name}", results, seconds=time.monotonic() - t0
+            args.junit,
+            f"stackfs repro run {scenario.name}",
+            results,
+            seconds=time.monotonic() - t0,
+            batches=summaries if args.natural else (),
         )
     return status
 
@@ -433,6 +494,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "summary": [s.to_json() for s in summaries],
         "runs": [r.to_json() for r in results],
         "leftover_mounts": left,
+        # every run of this demo has a run id that starts so (what it owns, for whoever checks)
+        "run_id_prefix": f"repro-{os.getpid()}-",
     }
     _write_json(root / "demo.json", payload)
     if args.json:
@@ -465,9 +528,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run a scenario",
         description="Run scenario NAME (every variant and case unless narrowed). Forced mode "
         "(the default) sets injection points so that the race happens on the first try; "
-        "--natural forces nothing and measures how often it happens (there, a run of a buggy "
-        "variant in which the bug did not happen matches if it completed correctly). Exit "
-        "status: 0 when every run matched its variant's expectation, 1 when not, 2 on a "
+        "--natural forces nothing and measures how often it happens: each variant and case "
+        "reports N runs = R that reproduced the bug + C that completed correctly + O other "
+        "(each other outcome named and counted); a buggy variant's batch matches when R >= 1 "
+        "and O = 0, a fixed variant's when every run completed correctly. Exit "
+        "status: 0 when every run (natural: every batch) matched its variant's expectation, "
+        "1 when not, 2 on a "
         "set-up error, 4 when the scenario cannot run here (a kernel feature or tool is "
         "missing: kselftest's skip; the reason is printed).",
     )
@@ -498,6 +564,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "times $STACKFS_TIMEOUT_FACTOR)",
     )
     r.add_argument("--seed", type=int, help="random seed of natural mode's timing")
+    r.add_argument(
+        "--schedule",
+        metavar="FILE",
+        help="replay a schedule (schedule.json of a scheduled run, from stackfs explore, or "
+        "written by hand): no forcing, every injection point under the scheduler, which "
+        "releases the held tasks in the file's order (one --variant and --case)",
+    )
     r.add_argument(
         "--junit",
         metavar="FILE",

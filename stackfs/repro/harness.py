@@ -7,7 +7,10 @@
   (``classname`` = ``stackfs.SCENARIO.CASE``, ``name`` = ``VARIANT #ITERATION``), the run's
   report text as ``<system-out>``, a ``<failure>`` when the observed outcome did not match the
   variant's expectation, an ``<error>`` on a set-up error, ``<skipped>`` when the scenario cannot
-  run on this machine;
+  run on this machine; a natural batch adds one ``<testcase>`` per variant and case (``name`` =
+  ``VARIANT natural batch``) with its counts (N runs: R reproduced, C completed, O other, each
+  other outcome named) as ``<properties>`` and ``<system-out>``, and a ``<failure>`` when the
+  batch fails its variant (:attr:`stackfs.repro.stats.Summary.failure`);
 * :data:`EXIT_SKIP` (4, kselftest's KSFT_SKIP) when a scenario cannot run here.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stackfs.repro.runner import SETUP_ERROR, Plan, RunResult
+from stackfs.repro.stats import Summary
 
 #: kselftest's exit status for "skipped" (tools/testing/selftests/kselftest.h KSFT_SKIP)
 EXIT_SKIP = 4
@@ -96,6 +100,34 @@ def _case(r: RunResult) -> ET.Element:
     return tc
 
 
+def batch_case(s: Summary) -> ET.Element:
+    """A natural batch's test case: its counts, and a ``<failure>`` when it fails its variant."""
+    tc = ET.Element(
+        "testcase",
+        classname=f"stackfs.{s.scenario}.{s.case}",
+        name=f"{s.variant} {s.mode} batch",
+        time=f"{s.wall:.3f}",
+    )
+    props = ET.SubElement(tc, "properties")
+    counts = {
+        "runs": s.runs,
+        "reproduced": s.reproduced,
+        "completed": s.completed,
+        **({"in_window": s.in_window} if s.window else {}),
+        "other": s.other,
+        **{f"other:{what}": n for what, n in sorted(s.others.items())},
+    }
+    for name, n in counts.items():
+        ET.SubElement(props, "property", name=name, value=str(n))
+    if s.failure is not None:
+        el = ET.SubElement(tc, "failure", message=xml_text(s.failure), type="batch")
+        el.text = xml_text("\n".join(s.problems or [s.verdict()]))
+    ET.SubElement(tc, "system-out").text = xml_text(
+        f"seed {s.seed}, {s.mode} mode, expected {s.expected}: {s.verdict()}"
+    )
+    return tc
+
+
 def skipped_case(scenario: str, case: str, variant: str, iteration: int, reason: str) -> ET.Element:
     tc = ET.Element(
         "testcase", classname=f"stackfs.{scenario}.{case}", name=f"{variant} #{iteration}", time="0"
@@ -110,10 +142,13 @@ def write_junit(
     results: Sequence[RunResult],
     skipped: Sequence[ET.Element] = (),
     seconds: float | None = None,
+    batches: Sequence[Summary] = (),
 ) -> None:
-    """One ``<testsuite>`` in a ``<testsuites>``: every run, then the skipped ones."""
-    cases = [_case(r) for r in results] + list(skipped)
+    """One ``<testsuite>`` in a ``<testsuites>``: every run, the batches' verdicts (natural
+    mode), then the skipped ones."""
+    cases = [_case(r) for r in results] + [batch_case(s) for s in batches] + list(skipped)
     failures = sum(1 for r in results if not r.matched and r.observed != SETUP_ERROR)
+    failures += sum(1 for s in batches if s.failure is not None)
     errors = sum(1 for r in results if r.observed == SETUP_ERROR)
     total = seconds if seconds is not None else sum(r.total_seconds for r in results)
     attrs: dict[str, Any] = {

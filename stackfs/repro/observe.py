@@ -97,12 +97,17 @@ def observe(
     timed: Sequence[TimedAction] = (),
     env: dict[str, str] | None = None,
     expected_errors: Iterable[str] = (),
+    on_start: Callable[[Workload], None] | None = None,
+    gated: bool = False,
 ) -> Observation:
     """Start ``specs`` and watch ``mounts`` until a verdict (see the module docstring).
 
     ``expected_errors``: errno names (``"ENOENT"``) that the variant's bug makes a process see
     (an ``error:ENAME`` outcome): a process failing with one of them is not reported to the
-    watchdog as an unexpected error; the runner judges it."""
+    watchdog as an unexpected error; the runner judges it. ``on_start`` is called once every
+    process has started (a scheduled run learns the workload's pids); ``gated``: the
+    processes wait to exec until ``on_start``'s caller opens their gates
+    (:meth:`Workload.start`)."""
     from stackfs.watchdog import Watchdog
 
     wd = Watchdog(mounts=[os.fspath(m) for m in mounts], threshold=threshold)
@@ -112,7 +117,9 @@ def observe(
     for off, act in (a for a in actions if a[0] < 0):
         notes.append(f"{-off * 1000:.1f} ms before the workload: {act()}")
         time.sleep(-off)
-    work.start(list(specs), env=env)
+    work.start(list(specs), env=env, gated=gated)
+    if on_start is not None:
+        on_start(work)
     elapsed = 0.0
     for off, act in (a for a in actions if a[0] >= 0):
         time.sleep(max(0.0, off - elapsed))

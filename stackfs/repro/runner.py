@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackfs import lifecycle, mountinfo
+from stackfs import control, lifecycle, mountinfo, rundir
 from stackfs.daemon import EXIT_CONNECTION_ABORTED
+from stackfs.kernel.sched import Schedule, Strategy
 from stackfs.linux.proc import alive
 from stackfs.repro.context import Run, SetupError
 from stackfs.repro.observe import (
@@ -54,6 +55,7 @@ from stackfs.repro.scenario import (
     COMPLETES,
     FORCED,
     NATURAL,
+    SCHEDULED,
     Case,
     Scenario,
     ServerAction,
@@ -61,6 +63,7 @@ from stackfs.repro.scenario import (
     error,
     error_names,
 )
+from stackfs.repro.schedserver import RunScheduler
 from stackfs.repro.workload import ProcResult, Workload
 
 SETUP_ERROR = "setup-error"
@@ -115,6 +118,15 @@ class RunResult:
     unmounts: list[dict[str, Any]] = field(default_factory=list)
     #: mount points whose FUSE connection this run aborted itself (recovery, unmount)
     aborted_by_run: list[str] = field(default_factory=list)
+    #: a scheduled run's schedule (``schedule.json`` in the report directory)
+    schedule: dict[str, Any] | None = None
+    #: a schedule that could not be followed (a replayed decision whose task never waited)
+    schedule_error: str | None = None
+    #: the buggy outcome a fix that narrows the window still allows here
+    #: (:meth:`Variant.window_for`; None: the fix closes it)
+    window: str | None = None
+    #: this run showed that outcome, with its evidence: it matches, counted apart
+    in_window: bool = False
 
     @property
     def row(self) -> str:
@@ -147,8 +159,13 @@ def run_once(
     rng: random.Random | None = None,
     threshold: float | None = None,
     keep_scratch: bool = False,
+    strategy: Strategy | None = None,
 ) -> RunResult:
-    """One run of ``scenario`` / ``variant`` / ``case`` (see the module docstring)."""
+    """One run of ``scenario`` / ``variant`` / ``case`` (see the module docstring). With a
+    ``strategy`` the run is scheduled (:data:`SCHEDULED`): natural mode's stack and workload,
+    every injection point of every layer under a :class:`RunScheduler` deciding by it."""
+    if strategy is not None:
+        mode = SCHEDULED
     t0 = time.monotonic()
     scen = scenario()
     v = scenario.variant(variant)
@@ -167,6 +184,7 @@ def run_once(
         index,
         v.expect_for(c.name),
         report_dir=str(out),
+        window=v.window_for(c.name),
     )
     scratch = Path(tempfile.mkdtemp(prefix=f"stackfs-{scenario.name}-"))
     run_id = f"repro-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -191,7 +209,7 @@ def run_once(
             t_rec = time.monotonic()
             if result.error is None:
                 result.setup_seconds = time.monotonic() - t0
-                obs = _observe(scen, run, out, threshold)
+                obs = _observe(scen, run, out, threshold, strategy, result)
                 report, work = obs.report, obs.workload
                 # the data is checked while the stack is up (only when nothing was found)
                 checked = _check(result, scen, run, obs)
@@ -215,7 +233,11 @@ def run_once(
                     )
         # the stack is down (top-down, hung layers aborted): check that nothing is left
         leftovers = _leftovers(mountpoints, daemons, work)
-        left = lifecycle.cleanup(run_id=run_id)
+        try:
+            left = lifecycle.cleanup(run_id=run_id)
+        except rundir.RunDirError as exc:  # an untrusted run root: say so, touch nothing
+            left = []
+            leftovers.append(f"cleanup refused: {exc}")
         if left:
             leftovers.append(
                 "cleanup had to remove: " + ", ".join(f"{a.what} {a.mountpoint}" for a in left)
@@ -275,8 +297,18 @@ def _leftovers(
     return out
 
 
-def _observe(scen: Scenario, run: Run, out: Path, threshold: float | None) -> Observation:
-    """Start the scenario's workload and watch until a verdict."""
+def _observe(
+    scen: Scenario,
+    run: Run,
+    out: Path,
+    threshold: float | None,
+    strategy: Strategy | None = None,
+    result: RunResult | None = None,
+) -> Observation:
+    """Start the scenario's workload and watch until a verdict (under the run's scheduler
+    when there is a ``strategy``: its schedule goes to ``result`` and ``schedule.json``)."""
+    if strategy is not None and result is not None:
+        return _observe_scheduled(scen, run, out, threshold, strategy, result)
     timed: list[TimedAction] = []
     if not run.forced:
         for ch in scen.concurrent(run):
@@ -284,17 +316,94 @@ def _observe(scen: Scenario, run: Run, out: Path, threshold: float | None) -> Ob
             timed.append((off, _server_action(run, ch)))
     hung = machine_threshold(threshold, scen.threshold)
     run.notes.append(f"hung-task threshold {hung:g} s")
-    obs = observe(
+    obs = _observe_workload(scen, run, out, hung, timed=timed)
+    run.notes.extend(obs.notes)
+    return obs
+
+
+def _observe_workload(scen: Scenario, run: Run, out: Path, hung: float, **kw: Any) -> Observation:
+    """:func:`observe` of the scenario's workload on the run's mounts, judged with the errors
+    the variant explains in this case; ``kw``: how the run is driven (timed actions, gates)."""
+    return observe(
         run.mountpoints(),
         scen.workload(run),
         out_dir=out / "workload",
         threshold=hung,
         timeout=machine_timeout(scen.timeout),
-        timed=timed,
-        expected_errors=error_names(run.variant.expect_for(run.case.name)),
+        expected_errors=_allowed_errors(run.variant, run.case.name),
+        **kw,
     )
+
+
+def _observe_scheduled(
+    scen: Scenario,
+    run: Run,
+    out: Path,
+    threshold: float | None,
+    strategy: Strategy,
+    result: RunResult,
+) -> Observation:
+    daemons = {la.mount.pid: la.role for la in run.layers.values()}
+    daemons.update({svc.pid: kind for kind, svc in run.services.items()})
+    hung = machine_threshold(threshold, scen.threshold)
+    run.notes.append(f"hung-task threshold {hung:g} s")
+    actions = scen.concurrent(run)
+    rs = RunScheduler(strategy, daemons)
+    with rs:
+        try:
+            points = rs.attach(run.mountpoints(), [svc.pid for svc in run.services.values()])
+        except (control.ControlError, OSError, KeyError) as exc:
+            raise SetupError(
+                f"could not put the injection points under the scheduler: {exc}"
+            ) from exc
+        run.notes.append(f"scheduled points: {', '.join(points) or 'none'}")
+
+        def started(work: Workload) -> None:
+            rs.set_workload([(r.pid, r.comm) for r in work.results])
+            for i, r in enumerate(work.results):
+                rs.actor(f"w{i}.{r.comm}", "start", _open_gate(work, i))
+            for i, ch in enumerate(actions):
+                rs.actor(f"s{i}.{ch.role}-{ch.action}", "server", _server_action(run, ch))
+
+        obs = _observe_workload(
+            scen,
+            run,
+            out,
+            hung,
+            on_start=started,
+            gated=True,
+        )
+        schedule = rs.close()
+    schedule.meta.update(
+        {
+            "scenario": scen.name,
+            "variant": run.variant.name,
+            "case": run.case.name,
+            "strategy": getattr(strategy, "name", type(strategy).__name__.lower()),
+            "settle": rs.sched.settle,
+        }
+    )
+    result.schedule = schedule.to_json()
+    schedule.write(out / "schedule.json")
+    result.files["schedule"] = str(out / "schedule.json")
+    if rs.sched.error is not None:
+        result.schedule_error = str(rs.sched.error)
+    run.notes.extend(rs.notes)
     run.notes.extend(obs.notes)
     return obs
+
+
+def _allowed_errors(v: Variant, case: str) -> frozenset[str]:
+    """The errno names the variant explains in ``case``: its expectation's and its window's."""
+    return error_names(v.expect_for(case)) | error_names(v.window_for(case) or "")
+
+
+def _open_gate(work: Workload, i: int):
+    def act() -> str:
+        work.open_gate(i)
+        return f"{work.results[i].label} starts"
+
+    return act
 
 
 def _server_action(run: Run, ch: ServerAction):
@@ -308,12 +417,13 @@ def _check(result: RunResult, scen: Scenario, run: Run, obs: Observation) -> boo
     """While the stack is up: the scenario's evidence checks for a finding of the expected
     kind, its data checks for a run in which every process exited and nothing was found."""
     if obs.finding:
-        if obs.verdict == result.expected:
+        if obs.verdict in (result.expected, result.window):
             result.problems.extend(scen.evidence(run, obs.report.to_json()))
         return True
     if not obs.workload.poll():
         return False
-    expected_errors = error_names(result.expected)  # the variant's, in this case
+    # the errno names the variant explains in this case: its expectation's and its window's
+    expected_errors = error_names(result.expected) | error_names(result.window or "")
     for r in obs.workload.results:
         if r.ok:
             continue
@@ -358,6 +468,8 @@ def _judge(result: RunResult, v: Variant, mode: str, obs: Observation, checked: 
             if not result.problems
             else "; ".join(result.problems)
         )
+    if result.schedule_error:
+        result.problems.append(f"schedule: {result.schedule_error}")
     expect = result.expected  # the variant's expectation in this case
     exact = result.observed == expect and not result.problems
     result.reproduced = expect != COMPLETES and result.observed == expect
@@ -367,6 +479,11 @@ def _judge(result: RunResult, v: Variant, mode: str, obs: Observation, checked: 
         result.matched = exact or (result.observed == COMPLETES and not result.problems)
     else:
         result.matched = exact
+    # a fix that narrows the window: the bug's outcome in an interleaving the fix left open
+    result.in_window = (
+        result.window is not None and result.observed == result.window and not result.problems
+    )
+    result.matched = result.matched or result.in_window
     if not result.recovered:
         result.matched = False
         result.problems.append(
@@ -382,8 +499,11 @@ def _write_result(result: RunResult, out: Path, scenario: type[Scenario], report
         f"{result.row}: variant {result.variant}, {result.mode} mode, run {result.iteration}",
         f"seed {scenario.seed}: {scenario.summary}",
         "",
-        f"expected: {result.expected}",
-        f"observed: {result.observed}" + (" (matches)" if result.matched else " (MISMATCH)"),
+        f"expected: {result.expected}"
+        + (f" (narrows the window: {result.window})" if result.window else ""),
+        f"observed: {result.observed}"
+        + (" (in the window the fix leaves)" if result.in_window else "")
+        + (" (matches)" if result.matched else " (MISMATCH)"),
         f"  {result.summary}",
     ]
     lines += [f"  problem: {p}" for p in result.problems]
@@ -393,6 +513,13 @@ def _write_result(result: RunResult, out: Path, scenario: type[Scenario], report
         lines += ["", "what was done:"] + [f"  - {n}" for n in result.notes]
     if result.processes:
         lines += ["", "workload:"] + [f"  {p.render()}" for p in result.processes]
+    if result.schedule is not None:
+        sched = Schedule.from_json(result.schedule)
+        lines += [
+            "",
+            f"schedule ({len(sched.decisions)} decisions, key {sched.key()}, schedule.json):",
+        ]
+        lines += [f"  {line}" for line in sched.render()]
     lines += ["", "timing:"]
     if result.time_to_verdict is not None:
         lines.append(f"  workload start to verdict: {result.time_to_verdict:.3f} s")
@@ -511,8 +638,12 @@ def run_plan(
     threshold: float | None = None,
     done_before: int = 0,
     total: int | None = None,
+    schedule: Schedule | None = None,
 ) -> list[RunResult]:
-    """Every run of ``p``, in order variant, case, iteration."""
+    """Every run of ``p``, in order variant, case, iteration; with ``schedule``, each a
+    scheduled run replaying it."""
+    from stackfs.kernel.sched import Replay
+
     rng = random.Random(seed)
     results = []
     n = done_before
@@ -528,6 +659,7 @@ def run_plan(
                     report_root=report_root,
                     rng=rng,
                     threshold=threshold,
+                    strategy=Replay(schedule) if schedule is not None else None,
                 )
                 results.append(r)
                 n += 1

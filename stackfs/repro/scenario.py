@@ -86,6 +86,10 @@ def valid_outcome(outcome: str) -> bool:
 #: window modes
 FORCED = "forced"
 NATURAL = "natural"
+#: natural mode's stack and workload with every injection point under the run's scheduler
+#: (``stackfs explore``, ``stackfs repro run --schedule``): another client's change is a
+#: scheduled task too, so the schedule decides where it lands
+SCHEDULED = "scheduled"
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,13 @@ class Variant:
     scenario reads them in :meth:`Scenario.mount`. ``per_case`` overrides ``expect`` for the
     cases named in it, where the outcome depends on the workload (e.g. seed 002's buggy Lustre
     client: ``cat`` sees ENOENT, ``open(O_CREAT)`` completes); :meth:`expect_for` reads it.
+
+    ``window`` is for a fix that *narrows the window* without closing it (the upstream fix
+    itself still had the race, e.g. seed 003's 4.7-rc3 ``d_drop`` on every error): the bug's
+    outcome (e.g. ``oops``) that some interleavings still show where the variant is expected to
+    complete. A run with that outcome and the scenario's evidence for it matches, counted apart
+    as *in the window* (``RunResult.in_window``; ``stackfs explore``, forced runs and natural
+    batches all judge it so), and the docs quote the measured rate. :meth:`window_for` reads it.
     """
 
     name: str
@@ -103,6 +114,7 @@ class Variant:
     summary: str
     params: Mapping[str, str] = field(default_factory=dict)
     per_case: Mapping[str, str] = field(default_factory=dict)
+    window: str | None = None
 
     def __post_init__(self) -> None:
         for outcome in (self.expect, *self.per_case.values()):
@@ -111,10 +123,25 @@ class Variant:
                     f"variant {self.name}: expect must be one of {EXPECTATIONS} "
                     f"or error('ENAME'), not {outcome!r}"
                 )
+        if self.window is not None and (self.window == COMPLETES or not valid_outcome(self.window)):
+            raise ValueError(
+                f"variant {self.name}: window must be a buggy outcome ({DEADLOCK}, {OOPS} "
+                f"or error('ENAME')), not {self.window!r}"
+            )
 
     def expect_for(self, case: str) -> str:
         """The outcome this variant must show in ``case``."""
         return self.per_case.get(case, self.expect)
+
+    def window_for(self, case: str) -> str | None:
+        """The buggy outcome the fix still allows in ``case`` (None: it closes the window)."""
+        return self.window if self.expect_for(case) == COMPLETES else None
+
+    def expect_text(self, case: str) -> str:
+        """The expectation as a person reads it: ``completes (narrows the window: oops)``."""
+        window = self.window_for(case)
+        expect = self.expect_for(case)
+        return f"{expect} (narrows the window: {window})" if window else expect
 
     def is_bug_in(self, case: str) -> bool:
         return self.expect_for(case) != COMPLETES

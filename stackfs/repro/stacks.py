@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from stackfs import lifecycle
+from stackfs.union.options import escape_path
 
 PathLike = str | os.PathLike[str]
 
@@ -49,8 +50,8 @@ def union_argv(
     options: Iterable[str] = (),
 ) -> list[str]:
     """``python -m stackfs mount -o br=UPPER=rw:LOWER=ro...[,copyup=MODE][,...] -f MNT``."""
-    branches = ([f"{os.fspath(upper)}=rw"] if upper is not None else []) + [
-        f"{os.fspath(lo)}=ro" for lo in lowers
+    branches = ([f"{escape_path(os.fspath(upper))}=rw"] if upper is not None else []) + [
+        f"{escape_path(os.fspath(lo))}=ro" for lo in lowers
     ]
     # fastpath=off: the reproducers keep the kernel paths of the seeds (OPEN, copy-up at open,
     # OPENDIR, write-through); issue 15's fast paths are for standalone use

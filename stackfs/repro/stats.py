@@ -1,4 +1,20 @@
-"""Aggregate runs per scenario/case/variant: how often, how fast, how well recovered."""
+"""Aggregate runs per scenario/case/variant: how often, how fast, how well recovered.
+
+Each run is one of three kinds (:func:`classify`): the variant's bug (``bug``: its buggy
+outcome, with the evidence that tells it from another bug), ``completes`` (every process exited
+as it should and the data is right) or ``other`` (anything else: a hang or an oops where none or
+another was expected, a wrong result, an errno the variant does not explain, a run still going
+at the end, a set-up error, an incomplete recovery). A fix that only narrows the window
+(``Variant.window``) has a fourth kind, ``window``: the bug's outcome it allows, with its
+evidence; such a run matches and is counted apart (W), its rate the window the fix leaves.
+``stackfs explore`` judges its schedules by the same kinds.
+
+A natural batch (one variant in one case, N runs) reports N = R reproduced + C completed + O
+other, each other outcome named and counted, and its verdict (:attr:`Summary.failure`): a buggy
+variant's batch matches when R >= 1 and O = 0 (the rate is R/N); a fixed variant's batch fails
+on any run that did not complete correctly (O > 0). A forced or scheduled batch matches when
+every run matched its expectation exactly.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +25,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackfs.repro.runner import SETUP_ERROR, RunResult
-from stackfs.repro.scenario import NATURAL
+from stackfs.repro.scenario import COMPLETES, NATURAL
+
+#: the kinds of a run (:func:`classify`)
+BUG = "bug"
+OK = COMPLETES
+OTHER = "other"
+#: a fix that narrows the window showed the bug's outcome (``Variant.window``): it matches
+WINDOW = "window"
+
+
+def classify(r: RunResult) -> str:
+    """``bug``, ``completes`` or ``other`` (see the module docstring).
+
+    Read off what the run observed and what is wrong with it (``problems``: missing evidence,
+    wrong data, unexpected errors, an incomplete recovery, a schedule that could not be
+    followed), never off ``matched``: a run is ``bug`` only when it showed the variant's buggy
+    outcome with nothing wrong, ``completes`` only when it completed with nothing wrong, and
+    ``window`` when a fix that only narrows the window showed the bug's outcome it allows
+    (``RunResult.in_window``: with the evidence, nothing wrong)."""
+    if r.in_window:
+        return WINDOW
+    if r.expected != COMPLETES and r.observed == r.expected and not r.problems:
+        return BUG
+    if r.observed == COMPLETES and not r.problems:
+        return OK
+    return OTHER
+
+
+def other_name(r: RunResult) -> str:
+    """How a batch names an ``other`` run: its observed outcome, and when that is the expected
+    one (or ``completes``) what made it other."""
+    if r.observed not in (r.expected, COMPLETES) or not r.problems:
+        return r.observed
+    if any(p.startswith("recovery incomplete") for p in r.problems):
+        return f"{r.observed}, recovery incomplete"
+    return f"{r.observed} with problems"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -22,9 +77,19 @@ class Summary:
     variant: str
     mode: str
     expected: str
+    #: the buggy outcome a fix that narrows the window still allows (``Variant.window``)
+    window: str | None = None
     runs: int = 0
     matched: int = 0
+    #: runs that showed the variant's bug with its evidence (kind ``bug``)
     reproduced: int = 0
+    #: runs that completed with the right data (kind ``completes``)
+    completed: int = 0
+    #: runs of a fix that narrows the window that showed the bug's outcome it allows (kind
+    #: ``window``): they match; their rate is the window the fix leaves
+    in_window: int = 0
+    #: the other runs, by outcome (:func:`other_name`)
+    others: Counter[str] = field(default_factory=Counter)
     setup_errors: int = 0
     recovered: int = 0
     observed: Counter[str] = field(default_factory=Counter)
@@ -51,30 +116,76 @@ class Summary:
         return self.runs > 0 and self.matched == self.runs
 
     @property
+    def other(self) -> int:
+        """Runs that neither reproduced the bug nor completed correctly."""
+        return sum(self.others.values())
+
+    def others_text(self) -> str:
+        return ", ".join(f"{what} ×{n}" for what, n in sorted(self.others.items()))
+
+    def counts_text(self) -> str:
+        """``N runs: R reproduced the bug (deadlock), C completed, O other (wrong-result ×1)``."""
+        text = f"{plural(self.runs, 'run')}: "
+        if self.is_bug:
+            text += f"{self.reproduced} reproduced the bug ({self.expected}), "
+        text += f"{self.completed} completed, "
+        if self.in_window:
+            text += f"{self.in_window} in the window the fix leaves ({self.window}), "
+        text += f"{self.other} other"
+        return text + (f" ({self.others_text()})" if self.other else "")
+
+    @property
     def failure(self) -> str | None:
         """Why these runs, taken together, fail their variant (None: they do not).
 
-        Each run must match. In natural mode a run of a buggy variant in which the bug did not
-        happen matches (natural mode measures a rate), but a buggy variant that never
-        reproduced in all its runs fails: a rate of 0/N shows nothing about the bug. (A fixed
-        variant that ever reproduced fails run by run.)
+        Forced and scheduled runs: each run must match its expectation. A natural batch: a run
+        of a buggy variant may show the bug or complete correctly (natural mode measures a
+        rate), but the batch fails when any run did something else (a wrong result, another
+        hang, an unexpected errno) or when the bug never reproduced (0/N shows nothing about
+        the bug); a fixed variant's batch fails on any run that did not complete correctly.
         """
         if self.runs == 0:
             return "no runs"
+        if self.mode != NATURAL:
+            if self.matched < self.runs:
+                return f"{self.runs - self.matched} of {self.runs} runs did not match"
+            return None
+        if self.other:
+            what = (
+                "neither reproduced the bug nor completed correctly"
+                if self.is_bug
+                else "did not complete correctly"
+            )
+            return f"{self.other} of {self.runs} runs {what}: {self.others_text()}"
         if self.matched < self.runs:
             return f"{self.runs - self.matched} of {self.runs} runs did not match"
-        if self.mode == NATURAL and self.is_bug and self.reproduced == 0:
+        if self.is_bug and self.reproduced == 0:
             return (
-                f"the bug never reproduced in {self.runs} natural run"
-                f"{'s' if self.runs != 1 else ''} (0/100): nothing shows the "
-                f"{self.variant} variant has it"
+                f"the bug never reproduced in {plural(self.runs, 'natural run')} (0/100): "
+                f"nothing shows the {self.variant} variant has it"
             )
         return None
+
+    def verdict(self) -> str:
+        """One line: the counts, then ``matches`` (with the rate) or ``DOES NOT MATCH: why``."""
+        if self.failure is not None:
+            return f"{self.counts_text()} -> DOES NOT MATCH: {self.failure}"
+        rate = ""
+        if self.mode == NATURAL and self.is_bug and self.rate is not None:
+            rate = f", rate {self.reproduced}/{self.runs} ({self.rate:.0f}/100)"
+        elif self.window and self.window_rate is not None:
+            rate = f", in the window {self.in_window}/{self.runs} ({self.window_rate:.0f}/100)"
+        return f"{self.counts_text()} -> matches{rate}"
 
     @property
     def rate(self) -> float | None:
         """Reproductions per 100 runs."""
         return 100.0 * self.reproduced / self.runs if self.runs else None
+
+    @property
+    def window_rate(self) -> float | None:
+        """Runs in the window a fix leaves (kind ``window``) per 100 runs."""
+        return 100.0 * self.in_window / self.runs if self.runs else None
 
     @property
     def per_minute(self) -> float | None:
@@ -98,7 +209,13 @@ class Summary:
             "runs": self.runs,
             "matched": self.matched,
             "reproduced": self.reproduced,
+            "completed": self.completed,
+            "window": self.window,
+            "in_window": self.in_window,
+            "other": self.other,
+            "others": dict(self.others),
             "failure": self.failure,
+            "verdict": self.verdict(),
             "setup_errors": self.setup_errors,
             "recovered": self.recovered,
             "observed": dict(self.observed),
@@ -141,11 +258,17 @@ def summarize(results: Iterable[RunResult]) -> list[Summary]:
             s = out[key] = Summary(r.scenario, r.seed, r.case, r.variant, r.mode, r.expected)
         s.runs += 1
         s.matched += r.matched
+        kind = classify(r)
+        s.completed += kind == OK
+        s.in_window += kind == WINDOW
+        s.window = s.window or r.window
+        if kind == OTHER:
+            s.others[other_name(r)] += 1
         s.observed[r.observed] += 1
         s.setup_errors += r.observed == SETUP_ERROR
         s.recovered += r.recovered
         s.wall += r.total_seconds
-        if r.reproduced:
+        if kind == BUG:
             s.reproduced += 1
             if r.time_to_verdict is not None:
                 s.time_to_reproduce.append(r.time_to_verdict)

@@ -121,21 +121,36 @@ class Workload:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     results: list[ProcResult] = field(default_factory=list)
     started: float = 0.0
+    #: gated start: the write end of each process's gate pipe (-1 once opened)
+    gates: list[int] = field(default_factory=list)
 
-    def start(self, specs: list[Proc], env: Mapping[str, str] | None = None) -> None:
-        """Start every process of ``specs`` (in its own session, in the C locale)."""
+    def start(
+        self, specs: list[Proc], env: Mapping[str, str] | None = None, gated: bool = False
+    ) -> None:
+        """Start every process of ``specs`` (in its own session, in the C locale).
+
+        ``gated`` (a scheduled run): each process starts as ``sh`` blocked reading a pipe, and
+        execs its command once :meth:`open_gate` writes to it (or the pipe closes): the
+        scheduler decides when each process really starts. Its pid is the command's from the
+        start; ``Proc.delay`` is ignored (the schedule decides)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         for i, spec in enumerate(specs):
-            if spec.delay > 0:
+            if spec.delay > 0 and not gated:
                 time.sleep(spec.delay)
             argv = spec.command()
+            cmd, stdin = argv, subprocess.DEVNULL
+            if gated:  # the gate is sh's stdin; the command gets /dev/null, as ungated
+                r, w = os.pipe()
+                self.gates.append(w)
+                cmd = ["/bin/sh", "-c", 'read _; exec "$@" </dev/null', "sh", *argv]
+                stdin = r
             out = open(self.out_dir / f"proc{i}.out", "wb")  # noqa: SIM115 - closed below
             err = open(self.out_dir / f"proc{i}.err", "wb")  # noqa: SIM115
             try:
                 p = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
+                    cmd,
+                    stdin=stdin,
                     stdout=out,
                     stderr=err,
                     cwd=os.fspath(spec.cwd) if spec.cwd else None,
@@ -145,6 +160,8 @@ class Workload:
             finally:
                 out.close()
                 err.close()
+                if stdin != subprocess.DEVNULL:
+                    os.close(stdin)
             self.procs.append(p)
             self.results.append(
                 ProcResult(
@@ -158,6 +175,18 @@ class Workload:
                     ok_status=spec.ok_status,
                 )
             )
+
+    def open_gate(self, i: int) -> None:
+        """Let gated process ``i`` exec its command (closing the pipe does it too)."""
+        w, self.gates[i] = self.gates[i], -1
+        if w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(w, b"go\n")
+            os.close(w)
+
+    def open_gates(self) -> None:
+        for i in range(len(self.gates)):
+            self.open_gate(i)
 
     def poll(self) -> bool:
         """Collect exits; True when every process has exited."""
@@ -191,6 +220,7 @@ class Workload:
     def reap(self, grace: float = 1.0) -> list[ProcResult]:
         """Wait ``grace`` for the processes to exit (after recovery they get ECONNABORTED),
         then SIGKILL the rest, by the pids we started. Returns those that had to be killed."""
+        self.open_gates()
         self.wait(grace)
         killed = []
         for i, p in enumerate(self.procs):

@@ -59,6 +59,9 @@ class Branch:
     #: the form of the whiteouts and opaque markers the union writes here: "aufs" (``.wh.*``
     #: files) or "overlay" (0/0 character devices, ``trusted.overlay.opaque``); both are read
     whiteout_style: str = "aufs"
+    #: overlayfs' ``userxattr``: the overlayfs metadata here is ``user.overlay.*`` (else
+    #: ``trusted.overlay.*``; :mod:`stackfs.union.whiteout` reads only the one namespace)
+    userxattr: bool = False
 
     @classmethod
     def open_branch(cls, index: int, path: str, writable: bool) -> Branch:
@@ -94,10 +97,11 @@ class Branch:
 
     # -- path resolution -------------------------------------------------------------------------
 
-    def at(self, path: Path) -> tuple[int, bytes, int]:
+    def at(self, path: Path, beneath: bool = False) -> tuple[int, bytes, int]:
         """``(dirfd, name, fd_to_close)`` for ``path``: the last part relative to a directory fd.
 
-        ``fd_to_close`` is -1 unless a deep path had to be walked with O_PATH fds.
+        ``fd_to_close`` is -1 unless a deep path had to be walked with O_PATH fds (``beneath``:
+        walked with :func:`_open_beneath`, no symlink followed).
         """
         if not path:
             return self.fd, b".", -1
@@ -115,10 +119,12 @@ class Branch:
             while j < len(path) - 1 and (j == start or size + len(path[j]) + 1 < SHORT // 2):
                 size += len(path[j]) + 1
                 j += 1
+            piece = b"/".join(path[start:j])
             try:
-                nfd = os.open(
-                    b"/".join(path[start:j]), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd
-                )
+                if beneath:
+                    nfd = _open_beneath(dfd, piece, os.O_PATH | os.O_DIRECTORY)
+                else:
+                    nfd = os.open(piece, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
             finally:
                 if close >= 0:
                     os.close(close)
@@ -162,6 +168,25 @@ class Branch:
         finally:
             if close >= 0:
                 os.close(close)
+
+    def lstat_beneath(self, path: Path) -> os.stat_result | None:
+        """:meth:`lstat` of a path read from metadata (a redirect), resolved beneath the branch
+        root: nothing on the way is a symlink, a magic link or ``..`` out of the branch
+        (overlayfs looks a redirect up one ``lookup_one`` at a time and follows no symlink).
+        None if there is nothing there; ELOOP when a symlink is on the way, EXDEV for an
+        escape. One ``openat2`` + ``fstat`` instead of one ``fstatat``: redirects only."""
+        dfd, name, close = self.at(path, beneath=True)
+        try:
+            fd = _open_beneath(dfd, name, os.O_PATH | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            if close >= 0:
+                os.close(close)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def stat(self, path: Path) -> os.stat_result:
         return self.call_at(os.stat, path, follow_symlinks=False)
@@ -266,6 +291,11 @@ class Branch:
 
     def statvfs(self) -> os.statvfs_result:
         return os.fstatvfs(self.fd)
+
+
+def _open_beneath(dirfd: int, path: bytes, flags: int) -> int:
+    """``openat2(dirfd, path, flags, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)``."""
+    return libc.openat2(dirfd, path, flags, libc.RESOLVE_BENEATH | libc.RESOLVE_NO_SYMLINKS)
 
 
 def open_branches(specs: list[tuple[str, bool]]) -> list[Branch]:

@@ -30,13 +30,23 @@ default 5 s; 0 shows changes made directly in a branch at once), copyup=plain|au
 2014; aufs-unlock: drop the lock around the open, the 2024 aufs fix), inject=POINT=ACTION
 (injection point copy_up), whiteout=aufs|overlay (the form of the whiteouts and opaque
 directories written in the upper: aufs .wh.NAME files, the default, or overlayfs' 0/0
-character devices and trusted.overlay.opaque; both forms are read in every branch), ro, debug.
+character devices and trusted.overlay.opaque; both forms are read in every branch), ro, debug,
+userxattr (overlayfs' option: the overlayfs metadata is user.overlay.*, and xattr redirects are
+not followed; without it only trusted.overlay.* is, and user.overlay.* is a user's own data).
+Numbers are plain decimals: timeouts 0 to 4294967295 s, max_tasks=N (1 to 65535, default 64).
+
+A ",", ":", "=" or "\\" in a branch path is written with a backslash before it ("a\\,b"), as
+overlayfs takes it. The generic mount flags (nosuid, suid, nodev, dev, noexec, exec, sync,
+async, dirsync, noatime, atime, relatime) go to the kernel mount; ro makes the union and the
+kernel mount read-only; flags a FUSE mount cannot have (strictatime, nodiratime, lazytime,
+nosymfollow, ...) are refused. Each branch option (br, lowerdir, upperdir, workdir) is given
+once; a mount point inside a branch or the workdir, or holding one, is refused.
 
 Kernel fast paths (fewer FUSE requests; need the patched pyfuse3 of provision.sh):
 no_open=on|off (default on: no OPEN/RELEASE, I/O by inode, copy-up at the first write
 instead of at open), no_opendir=on|off and cache_dir=on|off (default on: the kernel caches
-listings), read_ahead_kb=KIB (default 1024), writeback_cache=on|off (default off),
-fastpath=off (all of them off: the seeds' kernel paths, as the reproducers mount).
+listings), read_ahead_kb=KIB (0 to 1048576, default 1024), writeback_cache=on|off
+(default off), fastpath=off (all of them off: the seeds' kernel paths, as the reproducers mount).
 """
 
 
@@ -99,7 +109,9 @@ def run(o: uopts.UnionOptions, mountpoint: str, source: str | None = None) -> in
     except OSError as exc:
         print(f"stackfs: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    fuse_opts = [] if ops.upper is not None else ["ro"]
+    # the generic flags go to the kernel mount (libfuse's fuse_kern_mount); without an upper
+    # branch (none given, or ``ro``) the kernel mount is read-only too
+    fuse_opts = o.mount_flags() + ([] if ops.upper is not None else ["ro"])
     cfg = DaemonConfig(
         kind="union",
         mountpoint=Path(mountpoint),

@@ -10,6 +10,16 @@ and the type, mode, nlink, uid, gid, size and content of every name an operation
 ``check_every`` operations and at the end the whole trees are compared, including which names
 are hard links of one another (the partition by st_ino).
 
+Every ``meta_every`` operations one more operation comes from a second seeded stream (so the
+main sequence stays what the seed always gave): one aimed at the union's own metadata
+(docs/security.md). ``user.overlay.*`` xattrs, with values that are redirects out of the tree
+(``/../../..``), into it (``/d0``) and opaque markers, are a user's own data without
+``userxattr``: run on both sides and compared like any xattr (a union that followed them would
+show another listing). The union's metadata names (``trusted.overlay.*``, ``user.overlay.*``
+under ``userxattr``), a ``.wh.*`` name and a 0/0 character device (a whiteout) are not run on
+the plain directory (root could make them there); the union must answer what the plain
+directory's path gives (ENOENT, ENOTDIR, EEXIST), else EPERM, and show nothing of them.
+
 Differences that are the union's documented behaviour are not compared: directory st_nlink and
 st_size (a merged directory reports 1 and its upper's size, as aufs does), times. Names are
 drawn from a small vocabulary over a few directories, so most operations meet existing names
@@ -29,6 +39,8 @@ import stat as stat_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from stackfs.union import whiteout
+
 TREES = ("upper", "lower", "mixed")
 #: directories operations are aimed at (some exist in the tree, some are made by mkdir)
 DIRS = ("", "d0", "d1", "d1/e", "dA", "d0/dA", "dA/dB", "x1", "x2", "c0")
@@ -37,6 +49,16 @@ NAMES = ("f0", "f1", "f2", "f3", "f4", "f5", "h0", "h1", "n0", "n1", "dA", "dB",
 #: names the tree is built of (the rest of NAMES is made by the operations)
 FILE_NAMES = ("f0", "f1", "f2", "f3", "f4", "f5", "n0", "n1", "s0")
 XATTR_NAMES = ("user.a", "user.b")
+#: xattr names of the union's metadata in one mode or the other, and values that would mean
+#: something to it (docs/security.md)
+META_XATTR_NAMES = (
+    "trusted.overlay.opaque",
+    "trusted.overlay.redirect",
+    "user.overlay.opaque",
+    "user.overlay.redirect",
+    "user.overlay.origin",
+)
+META_VALUES = (b"y", b"/d0", b"d1", b"/../../../..", b"/x1/../../..")
 MODES = (0o644, 0o600, 0o755, 0o201, 0o4755, 0o1777, 0o000, 0o640)
 IDS = (0, 65534, 1000, 65533)
 #: relative, and never out of the tree (chmod and truncate follow symlinks)
@@ -87,6 +109,8 @@ class Report:
     ops: int = 0
     compared: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    #: operations aimed at the union's metadata (besides ``ops``)
+    meta: int = 0
 
 
 # -- the tree ----------------------------------------------------------------------------------
@@ -243,6 +267,51 @@ def generate(rnd: random.Random) -> Op:
     return Op(k, (_path(rnd),))
 
 
+def generate_meta(rnd: random.Random) -> Op:
+    """One operation aimed at the union's metadata (see the module docstring)."""
+    path = _path(rnd)
+    k = rnd.choice(("setxattr", "setxattr", "removexattr", "mknod", "create", "mkdir"))
+    if k == "setxattr":
+        # half of them on a directory of the tree (a redirect or opaque marker would bite)
+        if rnd.random() < 0.5:
+            path = rnd.choices(DIRS, DIR_WEIGHTS)[0] or "."
+        return Op(k, (path, rnd.choice(META_XATTR_NAMES), rnd.choice(META_VALUES)))
+    if k == "removexattr":
+        return Op(k, (path, rnd.choice(META_XATTR_NAMES)))
+    if k == "mknod":
+        return Op(k, (path, stat_mod.S_IFCHR | 0o644, 0))
+    d, n = os.path.split(path)
+    wh = os.path.join(d, ".wh." + n)
+    if k == "mkdir":
+        return Op(k, (wh, 0o755))
+    return Op("open", (wh, "O_WRONLY|O_CREAT|O_EXCL", b"wh", 0))
+
+
+def is_meta(op: Op, userxattr: bool) -> bool:
+    """Is ``op`` aimed at the union's own metadata (refused by the union, not run on the plain
+    directory)?"""
+    if op.name in ("setxattr", "removexattr"):
+        return op.args[1].startswith(whiteout.meta_xattrs(userxattr))
+    if op.name == "mknod":
+        return stat_mod.S_ISCHR(op.args[1]) and op.args[2] == 0
+    return op.name in ("open", "mkdir") and os.path.basename(op.args[0]).startswith(".wh.")
+
+
+def expected_meta(plain: str, op: Op) -> Result:
+    """What the union must answer to a metadata operation: the errno the plain directory's path
+    gives (the kernel's lookup comes first; xattr calls follow symlinks, the others work on the
+    parent), EEXIST for a device made over a name, else EPERM."""
+    path = os.path.join(plain, op.args[0])
+    probe = path if op.name in ("setxattr", "removexattr") else os.path.dirname(path) + "/"
+    try:
+        os.stat(probe)
+    except OSError as e:
+        return Result(e.errno or errno.EIO)
+    if op.name == "mknod" and os.path.lexists(path):
+        return Result(errno.EEXIST)
+    return Result(errno.EPERM)
+
+
 def _flags(label: str) -> int:
     return dict(OPEN_FLAGS)[label]
 
@@ -295,6 +364,10 @@ def apply(root: str, op: Op) -> Result:
                 os.close(fd)
         elif op.name == "setxattr":
             os.setxattr(p(a[0]), a[1], a[2])
+        elif op.name == "removexattr":
+            os.removexattr(p(a[0]), a[1])
+        elif op.name == "mknod":
+            os.mknod(p(a[0]), a[1], a[2])
         elif op.name == "getxattr":
             return Result(0, os.getxattr(p(a[0]), a[1]))
         elif op.name == "open_unlink":
@@ -386,8 +459,9 @@ def compare_trees(union: str, plain: str) -> list[str]:
 def _touched(op: Op) -> list[str]:
     out = []
     for a in op.args:
-        if isinstance(a, str) and ("/" in a or a in NAMES):
-            out.append(a)
+        if isinstance(a, str) and ("/" in a or a in NAMES or a.startswith(".wh.")):
+            if not os.path.basename(a).startswith(".wh."):  # (the union refuses to look it up)
+                out.append(a)
             d = os.path.dirname(a)
             out.append(d or ".")
     return out
@@ -404,46 +478,78 @@ def run(
     built: bool = False,
     on_step: Callable[[int, Op], None] | None = None,
     history: int = 30,
+    meta_every: int = 5,
+    userxattr: bool = False,
 ) -> Report:
     """Run ``ops`` generated operations on the union (mounted at ``union_root`` over
     ``layers.branches``) and on ``layers.plain``; raise :class:`Difference` at the first
     disagreement. ``built``: the tree is there already (else :func:`build_tree` is NOT called:
-    the branches must be filled before the union is mounted, so callers build first)."""
+    the branches must be filled before the union is mounted, so callers build first).
+    ``meta_every``: one metadata operation after every that many (0: none); ``userxattr``:
+    the union is mounted so (which names are its metadata)."""
     rnd = random.Random(seed)
+    mrnd = random.Random(seed * 104729 + 1)
     rep = Report(seed, tree)
     done: list[str] = []
     for step in range(ops):
-        op = generate(rnd)
-        if on_step is not None:
-            on_step(step, op)
-        ru = apply(union_root, op)
-        rp = apply(layers.plain, op)
-        done.append(f"{step}: {op} -> {errno.errorcode.get(rp.errno, 0) if rp.errno else 0}")
-        del done[:-history]
-        rep.ops += 1
-        if rp.errno:
-            name = errno.errorcode.get(rp.errno, str(rp.errno))
-            rep.errors[name] = rep.errors.get(name, 0) + 1
-
-        def fail(what: str, step: int = step) -> None:
-            raise Difference(
-                f"seed {seed} tree {tree} step {step}: {what}\nlast operations:\n  "
-                + "\n  ".join(done)
-            )
-
-        if (ru.errno, ru.data) != (rp.errno, rp.data):
-            fail(
-                f"{op}: union {errno.errorcode.get(ru.errno, 0)} {ru.data!r} "
-                f"plain {errno.errorcode.get(rp.errno, 0)} {rp.data!r}"
-            )
-        for rel in _touched(op):
-            a, b = describe(union_root, rel), describe(layers.plain, rel)
-            rep.compared += 1
-            if a != b:
-                fail(f"after {op}: {rel}: union {a!r} plain {b!r}")
+        _step(union_root, layers.plain, generate(rnd), step, rep, done, on_step, history, None)
+        if meta_every and (step + 1) % meta_every == 0:
+            meta = generate_meta(mrnd)
+            _step(union_root, layers.plain, meta, step, rep, done, on_step, history, userxattr)
         if check_every and (step + 1) % check_every == 0 or step == ops - 1:
             diffs = compare_trees(union_root, layers.plain)
             rep.compared += 1
             if diffs:
-                fail("trees differ after " + str(op) + ":\n  " + "\n  ".join(diffs[:20]))
+                _fail(rep, step, done, "trees differ:\n  " + "\n  ".join(diffs[:20]))
     return rep
+
+
+def _fail(rep: Report, step: int, done: list[str], what: str) -> None:
+    raise Difference(
+        f"seed {rep.seed} tree {rep.tree} step {step}: {what}\nlast operations:\n  "
+        + "\n  ".join(done)
+    )
+
+
+def _step(
+    union_root: str,
+    plain: str,
+    op: Op,
+    step: int,
+    rep: Report,
+    done: list[str],
+    on_step: Callable[[int, Op], None] | None,
+    history: int,
+    userxattr: bool | None,
+) -> None:
+    """Run one operation on both sides (one on the union's metadata on the union only, against
+    :func:`expected_meta`) and compare the results and every name it touched. ``userxattr``:
+    the union's mode, for an operation of the metadata stream; None for the main one."""
+    if on_step is not None:
+        on_step(step, op)
+    meta = userxattr is not None and is_meta(op, userxattr)
+    ru = apply(union_root, op)
+    rp = expected_meta(plain, op) if meta else apply(plain, op)
+    tag = "meta " if meta else ""
+    done.append(f"{step}: {tag}{op} -> {errno.errorcode.get(rp.errno, 0) if rp.errno else 0}")
+    del done[:-history]
+    if userxattr is not None:
+        rep.meta += 1
+    else:
+        rep.ops += 1
+        if rp.errno:
+            name = errno.errorcode.get(rp.errno, str(rp.errno))
+            rep.errors[name] = rep.errors.get(name, 0) + 1
+    if (ru.errno, ru.data) != (rp.errno, rp.data):
+        _fail(
+            rep,
+            step,
+            done,
+            f"{tag}{op}: union {errno.errorcode.get(ru.errno, 0)} {ru.data!r} "
+            f"{'expected' if meta else 'plain'} {errno.errorcode.get(rp.errno, 0)} {rp.data!r}",
+        )
+    for rel in _touched(op):
+        a, b = describe(union_root, rel), describe(plain, rel)
+        rep.compared += 1
+        if a != b:
+            _fail(rep, step, done, f"after {tag}{op}: {rel}: union {a!r} plain {b!r}")

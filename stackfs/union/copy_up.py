@@ -47,8 +47,10 @@ import trio
 from stackfs import crosslock
 from stackfs.daemon import in_worker
 from stackfs.kernel.task import calls
+from stackfs.union import whiteout
 from stackfs.union.branches import Branch, Path
 from stackfs.union.inode import Node
+from stackfs.union.renamegate import RenameGate
 from stackfs.union.xino import Xino
 
 if TYPE_CHECKING:
@@ -61,8 +63,6 @@ INLINE_MAX = 256 << 10
 TMP_DIR = b"tmp"
 PLINK_DIR = b"plink"
 _counter = itertools.count()
-#: xattrs that are the layers' own business, never copied
-_SKIP_XATTRS = ("trusted.stackfs.", "trusted.overlay.", "user.overlay.")
 
 
 def _copy_range(src_fd: int, dst_fd: int, pos: int, end: int) -> int:
@@ -114,7 +114,9 @@ def copy_data(src_fd: int, dst_fd: int, size: int, blocks: int | None = None) ->
         os.ftruncate(dst_fd, size)  # a hole at the end (or the source shrank)
 
 
-def copy_xattrs_fd(src_fd: int, dst_fd: int) -> None:
+def copy_xattrs_fd(src_fd: int, dst_fd: int, skip: tuple[str, ...]) -> None:
+    """Copy the xattrs but the ``skip`` namespaces (the layers' own business: the union's
+    metadata names, :func:`stackfs.union.whiteout.meta_xattrs`)."""
     try:
         names = os.listxattr(src_fd)
     except OSError as e:
@@ -122,7 +124,7 @@ def copy_xattrs_fd(src_fd: int, dst_fd: int) -> None:
             return
         raise
     for name in names:
-        if name.startswith(_SKIP_XATTRS):
+        if name.startswith(skip):
             continue
         try:
             os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
@@ -151,6 +153,7 @@ class CopyUp:
         restore_parent_times: bool = True,
     ) -> None:
         self.src, self.src_path = src, src_path
+        self.skip_xattrs = whiteout.meta_xattrs(src.userxattr)
         self.upper, self.dst_parent, self.name = upper, dst_parent, name
         self.work, self.xino, self.uino = work, xino, uino
         self.mode = mode
@@ -241,7 +244,7 @@ class CopyUp:
                 if (st.st_uid, st.st_gid) != w.new_owner:
                     os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, stat_mod.S_IMODE(mode))
-                copy_xattrs_fd(self.src_fd, fd)
+                copy_xattrs_fd(self.src_fd, fd, self.skip_xattrs)
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
                 self.tmp_st = os.fstat(fd)  # what commit() returns (saves a path lookup)
             finally:
@@ -256,7 +259,7 @@ class CopyUp:
                 os.fchmod(fd, stat_mod.S_IMODE(mode))
                 sfd = self.src.open(self.src_path, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    copy_xattrs_fd(sfd, fd)
+                    copy_xattrs_fd(sfd, fd, self.skip_xattrs)
                 finally:
                     os.close(sfd)
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -374,6 +377,8 @@ class CopyUpper:
         #: union inode numbers that have a pseudo-link
         self.plinks: set[int] = set()
         self._locks: dict[int, trio.Lock] = {}
+        #: copy-ups (shared) against renames (exclusive): the paths a copy-up uses stay put
+        self.gate = RenameGate()
         if fs.work is not None:
             for n in fs.work.listdir((PLINK_DIR,)):
                 if n.isdigit():
@@ -445,7 +450,7 @@ class CopyUpper:
         await fs._resolve(node)
         if node.layers[0] == 0:
             return
-        async with self._lock(node.uino):
+        async with self.gate.shared(), self._lock(node.uino):
             if node.layers[0] == 0:
                 return
             await self.copy_up_dir(node.parent)
@@ -486,7 +491,7 @@ class CopyUpper:
                     fast.run()
                 self._copied_up(node, fast)
                 return
-        async with self._lock(node.uino):
+        async with self.gate.shared(), self._lock(node.uino):
             if node.top == 0:
                 return
             if node.unlinked:

@@ -52,8 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _XATTR_CREATE, _XATTR_REPLACE = 1, 2
-#: xattrs that are the layers' own business: not listed through the union
-_HIDDEN_XATTRS = ("trusted.stackfs.", *whiteout.OVL_PREFIXES)
+_TRUSTED = "trusted."
 
 
 def fuse_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,6 +113,10 @@ class UnionFS(TestbedOperations):
             assert opts.workdir is not None
             self.work = self._setup_workdir(opts.workdir)
             self.upper.whiteout_style = self.work.whiteout_style = opts.whiteout
+        for br in self.branches if self.work is None else [*self.branches, self.work]:
+            br.userxattr = opts.userxattr
+        #: the union's own xattr names (docs/security.md): hidden, EPERM to set or remove
+        self.meta_xattrs = whiteout.meta_xattrs(opts.userxattr)
         #: copy-up and pseudo-links: everything the handlers need of them goes through here
         self.cu = cu.CopyUpper(self)
         st = self.branches[0].stat(())
@@ -256,6 +259,8 @@ class UnionFS(TestbedOperations):
                 return os.fstat(fd)
         br, path = self._data_loc(node)
         st = br.lstat(path)
+        if st is not None and not self._is_object(node, br, st):
+            st = None  # removed: another object took the name (the kernel still holds this one)
         if st is None:
             # the name went behind the union's back: another name of a hard link may do
             for p, name in reversed(node.aliases):
@@ -267,6 +272,18 @@ class UnionFS(TestbedOperations):
                 return os.fstat(fd)
             raise OSError(errno.ENOENT, "gone from its branch")
         return st
+
+    def _is_object(self, node: Node, br: Branch, st: os.stat_result) -> bool:
+        """Is ``st``, found at ``node``'s path in ``br``, ``node``'s object? A name removed
+        through the union is another object's by now, or a whiteout, possibly on the same
+        inode number (ext4 reuses a freed one at once): answering for it would hand the
+        kernel another object's attributes under this node id (a type change is
+        ``fuse_make_bad``: EIO for good)."""
+        if node.parent is None or br is not self.branches[node.top]:
+            return True  # the root; a pseudo-link
+        if node.unlinked or whiteout.is_ovl_whiteout(st):
+            return False
+        return self.xino.uino(node.top, st.st_ino) == node.uino
 
     def _orphan_fd(self, node: Node) -> int | None:
         """An open fd of ``node`` if it has no name left in the branches (unlinked while open,
@@ -419,6 +436,9 @@ class UnionFS(TestbedOperations):
         ctx: RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if node.unlinked and node.is_dir:
+            # removed: no name reaches it (a copy-up would make it again, under its whiteout)
+            raise OSError(errno.ENOENT, "removed")
         await self.copy_up(node)
         upper, path = self._data_loc(node)
         h = self.handles.get(fh) if fh is not None else None
@@ -432,6 +452,9 @@ class UnionFS(TestbedOperations):
             return await self._getattr_node(node)
 
         def apply() -> None:
+            st0 = upper.lstat(path)
+            if st0 is None or not self._is_object(node, upper, st0):
+                raise OSError(errno.ENOENT, "removed: its name is another object's")
             if fields.update_size:
                 if h is not None:
                     os.ftruncate(h.fd, attr.st_size)
@@ -524,7 +547,12 @@ class UnionFS(TestbedOperations):
 
         with calls("vfs_create", "aufs_create"):
             st, res = await self._sys(upper.blocking, do)
-        node = Node(self.xino.natural(0, st.st_ino), parent, name, st.st_mode, (0,))
+        uino = self.xino.natural(0, st.st_ino)
+        if self.nodes.get(uino) is not None:
+            # the upper reused the inode number of a removed object the kernel still holds
+            # under this node id (fuse_iget would take its dead inode): a number of its own
+            uino = self.xino.renumber(st.st_ino)
+        node = Node(uino, parent, name, st.st_mode, (0,))
         self._changed(parent)
         return node, st, res
 
@@ -532,6 +560,10 @@ class UnionFS(TestbedOperations):
     async def mknod(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if stat_mod.S_ISCHR(mode) and rdev == 0:
+            # a 0/0 character device is a whiteout in every branch: overlayfs' ovl_mknod
+            # refuses it to root too (EPERM); a plain filesystem lets anyone make one (5.8+)
+            raise OSError(errno.EPERM, "a 0/0 character device is a whiteout")
         parent = self._node(parent_inode)
         node, st, _ = await self._create(parent, name, ctx, lambda br, p: br.mknod(p, mode, rdev))
         node = self.nodes.add(node)
@@ -750,18 +782,21 @@ class UnionFS(TestbedOperations):
             raise OSError(errno.EINVAL, "bad rename flags")
         old_p = self._node(parent_inode_old)
         new_p = self._node(parent_inode_new)
-        fs = await self._lookup(old_p, name_old)
-        if fs is None:
-            raise OSError(errno.ENOENT, "no such entry")
-        fd_ = await self._lookup(new_p, name_new)
-        if fd_ is not None and not flags & RENAME_EXCHANGE:
-            await self._pin_open_data(self.xino.uino(fd_.layers[0], fd_.st.st_ino), fd_.layers[0])
-        src = self.nodes.add(self._node_from_found(old_p, name_old, fs))
-        try:
-            await self._rename(src, fs, old_p, name_old, new_p, name_new, fd_, flags, upper)
-        finally:
-            self.nodes.forget(src.uino, 1)
-            self._changed(old_p, new_p)
+        # no copy-up of another task runs while the branch paths move (renamegate)
+        async with self.cu.gate.exclusive():
+            fs = await self._lookup(old_p, name_old)
+            if fs is None:
+                raise OSError(errno.ENOENT, "no such entry")
+            fd_ = await self._lookup(new_p, name_new)
+            if fd_ is not None and not flags & RENAME_EXCHANGE:
+                uino = self.xino.uino(fd_.layers[0], fd_.st.st_ino)
+                await self._pin_open_data(uino, fd_.layers[0])
+            src = self.nodes.add(self._node_from_found(old_p, name_old, fs))
+            try:
+                await self._rename(src, fs, old_p, name_old, new_p, name_new, fd_, flags, upper)
+            finally:
+                self.nodes.forget(src.uino, 1)
+                self._changed(old_p, new_p)
 
     async def _rename(self, src, fs, old_p, name_old, new_p, name_new, fd_, flags, upper):
         exchange = bool(flags & RENAME_EXCHANGE)
@@ -797,7 +832,6 @@ class UnionFS(TestbedOperations):
                 dst_counted = await self.cu.hide_lower_name(dst, fd_.st)
             old_pp, new_pp = old_p.path(0), new_p.path(0)
             src_redirected = src.redirect is not None and src.redirect[0] == 0
-            dst_lower = fd_ is not None and any(b != 0 for b in fd_.layers)
 
             def do() -> None:
                 had_wh = whiteout.has_whiteout(upper, new_pp, name_new)
@@ -808,8 +842,11 @@ class UnionFS(TestbedOperations):
                 if exchange:
                     upper.rename(old_pp + (name_old,), upper, new_pp + (name_new,), RENAME_EXCHANGE)
                     return
-                if src_dir and not src_redirected and (had_wh or dst_lower):
-                    whiteout.make_opaque(upper, old_pp + (name_old,))
+                # the name below the upper, merged into the target or hidden by it (an opaque
+                # target: its layers do not show it), must stay hidden (ovl_rename's opaque)
+                if src_dir and not src_redirected:
+                    if had_wh or lookup_child(self.branches, new_p, name_new, 1) is not None:
+                        whiteout.make_opaque(upper, old_pp + (name_old,))
                 upper.rename(
                     old_pp + (name_old,), upper, new_pp + (name_new,), flags & RENAME_NOREPLACE
                 )
@@ -1150,6 +1187,8 @@ class UnionFS(TestbedOperations):
         node = self._node(inode)
         if crosslock.reserved(name):
             return await crosslock.serve_getxattr(lambda: self._i_rwsem(node), name, ctx.pid)
+        if os.fsdecode(name).startswith(self.meta_xattrs):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
             return await self._xattr(node, "getxattr", name)
         except OSError as e:
@@ -1161,7 +1200,11 @@ class UnionFS(TestbedOperations):
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[bytes]:
         node = self._node(inode)
         names = await self._xattr(node, "listxattr")
-        return [os.fsencode(n) for n in names if not n.startswith(_HIDDEN_XATTRS)]
+        # the union's own names never; trusted.* only to root: the daemon lists as root and
+        # FUSE passes the list through unfiltered (ext4's and overlayfs' ovl_can_list() hide
+        # trusted.* from a caller without CAP_SYS_ADMIN; FUSE tells the fsuid, not the caps)
+        hidden = self.meta_xattrs if ctx.uid == 0 else (*self.meta_xattrs, _TRUSTED)
+        return [os.fsencode(n) for n in names if not n.startswith(hidden)]
 
     @fuse_errors
     async def setxattr(
@@ -1171,6 +1214,7 @@ class UnionFS(TestbedOperations):
         if crosslock.reserved(name):
             await crosslock.serve_setxattr(lambda: self._i_rwsem(node), name, value, ctx.pid)
             return
+        self._check_meta_xattr(name)
         await self.copy_up(node)
         await self._xattr(node, "setxattr", name, value)
         self._attrs_changed(node)
@@ -1181,6 +1225,7 @@ class UnionFS(TestbedOperations):
         if crosslock.reserved(name):
             crosslock.serve_removexattr(lambda: self._i_rwsem(node), name, ctx.pid)
             return
+        self._check_meta_xattr(name)
         await self.copy_up(node)
         self._attrs_changed(node)
         try:
@@ -1189,6 +1234,13 @@ class UnionFS(TestbedOperations):
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
+
+    def _check_meta_xattr(self, name: bytes) -> None:
+        """Nobody sets or removes the union's own metadata through the union: EPERM, as
+        overlayfs answered for ``trusted.overlay.*`` before Linux 6.7 (``ovl_own_xattr_set``;
+        6.7 and later store it escaped instead, see docs/security.md)."""
+        if os.fsdecode(name).startswith(self.meta_xattrs):
+            raise OSError(errno.EPERM, "the union's own metadata")
 
     async def _xattr(self, node: Node, call: str, *args: Any) -> Any:
         """An xattr syscall (``getxattr``, ``listxattr``, ``setxattr``, ``removexattr``; they have

@@ -3,7 +3,9 @@
 The first branch that has the name wins. A whiteout ``.wh.NAME`` ends the search; a non-directory
 ends it (it hides everything below); directories found below a directory are merged until one is
 opaque (``.wh..wh..opq``). A directory that carries a redirect (``.wh..wh..redir``) is looked for
-at the redirected path in the branches below it (a renamed lower directory).
+at the redirected path in the branches below it (a renamed lower directory); that path comes
+from metadata, so it is resolved beneath each branch's root without following a symlink
+(:meth:`Branch.lstat_beneath`; overlayfs' ``ovl_lookup_layer`` stops at a non-directory too).
 
 Everything here is synchronous syscalls on the branches: the union runs a whole lookup in one
 worker thread when a branch it touches may block (a FUSE branch), or inline otherwise.
@@ -11,6 +13,7 @@ worker thread when a branch it touches may block (a FUSE branch), or inline othe
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 from dataclasses import dataclass
@@ -54,7 +57,15 @@ def lookup_child(branches: list[Branch], parent: Node, name: bytes, first: int =
             path = redirect[1]
             ppath = path[:-1]
         br = branches[bi]
-        st = br.lstat(path)
+        if redirect is None:
+            st = br.lstat(path)
+        else:
+            try:
+                st = br.lstat_beneath(path)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.EXDEV):
+                    raise
+                break  # a symlink on the redirect's way: not a directory, nothing merged below
         if st is None:
             if redirect is None and bi >= last:
                 break  # nothing below to hide: the whiteout would not change the answer

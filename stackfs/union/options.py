@@ -9,6 +9,20 @@ Two spellings of the branch set are accepted, as the issue asks:
   always on the upper's filesystem.
 * overlayfs: ``lowerdir=L1:L2,upperdir=U,workdir=W``.
 
+Each branch option is given once. A path may carry a ``,`` ``:`` ``=`` or ``\\`` escaped with a
+backslash (``\\,``), as overlayfs reads its options (``ovl_next_opt`` splits at unescaped commas,
+the lowerdir split at unescaped colons, ``ovl_unescape`` drops the backslashes) and
+fuse-overlayfs too. mount(8) (util-linux 2.38 here) hands such options to the helper unchanged,
+from fstab too; there an octal ``\\054`` is unmangled into a bare comma before the split.
+
+Generic mount flags (:data:`MOUNT_FLAGS`) go to the kernel mount: libfuse's ``fuse_kern_mount``
+turns them into mount(2) flags (verified here, libfuse 3.14 on 6.18: ``noexec`` shows in
+/proc/self/mountinfo and execve of a file in the union fails with EACCES; ``sync`` and
+``dirsync`` show in the superblock options). libfuse refuses the flags it cannot set
+(``strictatime``, ``nodiratime``, ``lazytime``, ``nosymfollow``, ...: "unknown option"), and so
+does the union, by name. ``ro`` is one thing: the union drops its upper branch (EROFS from the
+union) and the kernel mount is read-only (EROFS from the VFS, before any request).
+
 Validation happens before anything is mounted (``stackfs mount`` calls it in the parent, the
 daemon again): every error is one line that names the problem (:class:`OptionError`).
 """
@@ -16,14 +30,18 @@ daemon again): every error is one line that names the problem (:class:`OptionErr
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
+from stackfs.optvalue import OptionError, integer, seconds
 from stackfs.union import whiteout
 
 COPYUP_MODES = ("plain", "aufs", "aufs-unlock")
 #: the form of the whiteouts and opaque markers written in the upper branch (both are read)
 WHITEOUT_STYLES = ("aufs", "overlay")
-#: generic mount(8)/fstab options that mean nothing to the union (accepted and ignored).
+#: mount(8)/fstab options that userspace acts on, or that every union mount has already
+#: (``allow_other``, ``default_permissions``; ``silent``/``loud`` only quieten mount-time
+#: kernel messages): accepted, not passed on.
 IGNORED = {
     "defaults",
     "auto",
@@ -35,34 +53,55 @@ IGNORED = {
     "group",
     "nofail",
     "_netdev",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "async",
-    "sync",
-    "atime",
-    "noatime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nodiratime",
-    "diratime",
     "allow_other",
     "default_permissions",
     "silent",
     "loud",
-    "lazytime",
-    "nolazytime",
 }
+#: generic mount flags for the kernel mount: word -> (the setting it is part of, the word
+#: libfuse's ``mount_flags`` table knows for it, None when the mount is that way already: the
+#: kernel's default relatime and diratime); the last word given for a setting wins
+MOUNT_FLAGS: dict[str, tuple[str, str | None]] = {
+    "dev": ("dev", "dev"),
+    "nodev": ("dev", "nodev"),
+    "exec": ("exec", "exec"),
+    "noexec": ("exec", "noexec"),
+    "suid": ("suid", "suid"),
+    "nosuid": ("suid", "nosuid"),
+    "async": ("sync", "async"),
+    "sync": ("sync", "sync"),
+    "dirsync": ("dirsync", "dirsync"),
+    "atime": ("atime", "atime"),
+    "noatime": ("atime", "noatime"),
+    "relatime": ("atime", "atime"),
+    "nostrictatime": ("atime", "atime"),
+    "diratime": ("diratime", None),
+    "nolazytime": ("lazytime", None),
+    "symfollow": ("symfollow", None),
+}
+#: generic flags a FUSE mount cannot have through libfuse 3.14 (it answers "unknown option"):
+#: refused by name, never dropped
+UNSUPPORTED_FLAGS = {
+    "strictatime",
+    "norelatime",
+    "nodiratime",
+    "lazytime",
+    "nosymfollow",
+    "mand",
+    "nomand",
+    "iversion",
+    "noiversion",
+}
+#: ``max_tasks``: at least one request served at a time, at most as many as a FUSE_INIT
+#: reply's ``max_background`` (a u16) can let the kernel queue in the background
+MAX_TASKS = 65535
+#: ``read_ahead_kb``: the kernel's bdi takes any unsigned long, but a file's readahead state
+#: holds 32 bits of pages; 1 GiB per window is already far past any use
+MAX_READ_AHEAD_KB = 1 << 20
+#: the options that name a directory (their values may carry backslash escapes)
+PATH_OPTIONS = ("br", "dirs", "lowerdir", "upperdir", "workdir")
 #: how many branches the inode-number scheme (xino.SHIFT) can tell apart.
 MAX_BRANCHES = 30
-
-
-class OptionError(ValueError):
-    """A bad mount option or branch set; the message is one line."""
 
 
 @dataclass
@@ -71,6 +110,8 @@ class BranchSpec:
 
     path: str
     writable: bool
+    #: the option that named it (``br``, ``lowerdir``, ``upperdir``): errors name it
+    option: str = "br"
 
 
 @dataclass
@@ -87,6 +128,9 @@ class UnionOptions:
     copyup: str = "plain"
     #: ``whiteout=``: aufs (``.wh.NAME``) or overlay (0/0 character devices, xattrs)
     whiteout: str = "aufs"
+    #: overlayfs' ``userxattr``: ``user.overlay.*`` is the overlayfs metadata namespace (else
+    #: ``trusted.overlay.*``, and ``user.overlay.*`` is ordinary user data); see docs/security.md
+    userxattr: bool = False
     inject: list[str] = field(default_factory=list)
     read_only: bool = False
     debug: bool = False
@@ -105,28 +149,57 @@ class UnionOptions:
     #: the readahead of the union's own FUSE bdi (KiB; 0: the kernel's 128): sequential reads
     #: then come in READs of up to 1 MiB instead of 128 KiB
     read_ahead_kb: int = 1024
+    #: the generic mount flags given (:data:`MOUNT_FLAGS`): setting -> libfuse word
+    flags: dict[str, str | None] = field(default_factory=dict)
+
+    def mount_flags(self) -> list[str]:
+        """The generic flags for the kernel mount, as libfuse spells them; ``ro`` is not
+        among them: it follows whether the union has an upper branch (``stackfs.union.cli``)."""
+        return [w for w in self.flags.values() if w]
 
     @property
     def upper(self) -> BranchSpec | None:
         return self.branches[0] if self.branches and self.branches[0].writable else None
 
 
+def split_unescaped(text: str, sep: str) -> list[str]:
+    """Split ``text`` at every ``sep`` no backslash escapes, keeping the escapes (overlayfs'
+    ``ovl_next_opt`` for commas; its lowerdir split for colons)."""
+    parts: list[str] = []
+    start = i = 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == sep:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
 def split_commas(texts: list[str]) -> list[str]:
-    """Split ``-o`` strings at commas (every value we take is comma-free)."""
+    """Split ``-o`` strings at the commas no backslash escapes."""
     out: list[str] = []
     for t in texts:
-        out.extend(p.strip() for p in t.split(",") if p.strip())
+        out.extend(p.strip() for p in split_unescaped(t, ",") if p.strip())
     return out
 
 
-def _seconds(key: str, value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise OptionError(f"bad value for {key}: {value!r} (seconds expected)") from None
-    if v < 0 or v != v:
-        raise OptionError(f"bad value for {key}: {value!r} (seconds expected)")
-    return v
+def escape_path(path: str) -> str:
+    """``path`` as a branch option value: ``\\``, ``,``, ``:`` and ``=`` backslash-escaped
+    (the inverse of :func:`unescape_path`, as overlayfs' ``ovl_unescape`` reads them)."""
+    return re.sub(r"([\\,:=])", r"\\\1", path)
+
+
+def unescape_path(key: str, text: str) -> str:
+    """A directory as ``key`` gave it: every ``\\X`` is X (overlayfs' ``ovl_unescape``)."""
+    if not text:
+        raise OptionError(f"{key}: empty path")
+    if (len(text) - len(text.rstrip("\\"))) % 2:
+        raise OptionError(f"{key}: {text!r} ends in a lone backslash")
+    return re.sub(r"\\(.)", r"\1", text, flags=re.DOTALL)
 
 
 def _on_off(key: str, value: str) -> bool:
@@ -140,15 +213,16 @@ def _on_off(key: str, value: str) -> bool:
 def _parse_br(value: str) -> list[BranchSpec]:
     """aufs ``br=DIR[=PERM]:DIR[=PERM]...``"""
     out = []
-    for i, part in enumerate(p for p in value.split(":")):
+    for i, part in enumerate(split_unescaped(value, ":")):
         if not part:
-            raise OptionError(f"empty branch in br={value!r}")
-        path, _, perm = part.rpartition("=") if "=" in part else (part, "", "")
-        perm = perm or ("rw" if i == 0 else "ro")
+            raise OptionError(f"br: empty branch in {value!r}")
+        *dirs, perm = split_unescaped(part, "=")
+        path = unescape_path("br", "=".join(dirs) if dirs else perm)
+        perm = (perm if dirs else "") or ("rw" if i == 0 else "ro")
         base = perm.split("+")[0]
         if base not in ("rw", "ro", "rr"):
-            raise OptionError(f"bad branch permission {perm!r} for {path} (rw, ro or rr)")
-        out.append(BranchSpec(path, base == "rw"))
+            raise OptionError(f"br: bad branch permission {perm!r} for {path} (rw, ro or rr)")
+        out.append(BranchSpec(path, base == "rw", "br"))
     return out
 
 
@@ -158,32 +232,39 @@ def parse(texts: list[str]) -> UnionOptions:
     br: list[BranchSpec] | None = None
     lower: list[str] | None = None
     upper: str | None = None
+    #: the branch options given so far, and the option before this one
+    seen: set[str] = set()
+    prev = ""
     for item in split_commas(texts):
         key, eq, value = item.partition("=")
-        if key in ("br", "dirs") or item.startswith("br:"):
-            if item.startswith("br:"):
-                value = item[3:]
-            if br is not None:
-                raise OptionError("br given twice")
+        if item.startswith("br:"):
+            key, value = "br", item[3:]
+        if key in PATH_OPTIONS:
+            name = "br" if key == "dirs" else key
+            if name in seen:
+                raise OptionError(f"{key} given twice")
+            seen.add(name)
+        if key in ("br", "dirs"):
             br = _parse_br(value)
         elif key == "lowerdir":
             if not value:
                 raise OptionError("lowerdir is empty")
-            lower = value.split(":")
+            lower = split_unescaped(value, ":")
             if any(not p for p in lower):
-                raise OptionError(f"empty branch in lowerdir={value!r}")
+                raise OptionError(f"lowerdir: empty branch in {value!r}")
+            lower = [unescape_path(key, p) for p in lower]
         elif key == "upperdir":
-            upper = value or None
-            if upper is None:
+            if not value:
                 raise OptionError("upperdir is empty")
+            upper = unescape_path(key, value)
         elif key == "workdir":
             if not value:
                 raise OptionError("workdir is empty")
-            o.workdir = value
+            o.workdir = unescape_path(key, value)
         elif key in ("entry_timeout", "attr_timeout", "negative_timeout"):
-            setattr(o, key, _seconds(key, value))
+            setattr(o, key, seconds(key, value))
         elif key == "timeout":
-            o.entry_timeout = o.attr_timeout = _seconds(key, value)
+            o.entry_timeout = o.attr_timeout = seconds(key, value)
         elif key == "whiteout":
             if value not in WHITEOUT_STYLES:
                 raise OptionError(f"bad whiteout={value!r} (one of {', '.join(WHITEOUT_STYLES)})")
@@ -204,27 +285,31 @@ def parse(texts: list[str]) -> UnionOptions:
             if not on:
                 o.writeback_cache, o.read_ahead_kb = False, 0
         elif key == "read_ahead_kb":
-            try:
-                o.read_ahead_kb = int(value)
-            except ValueError:
-                raise OptionError(f"bad value for read_ahead_kb: {value!r} (KiB)") from None
-            if o.read_ahead_kb < 0:
-                raise OptionError(f"bad value for read_ahead_kb: {value!r} (KiB)")
+            o.read_ahead_kb = integer(key, value, 0, MAX_READ_AHEAD_KB, "KiB, ")
         elif key == "max_tasks":
-            try:
-                o.max_tasks = int(value)
-            except ValueError:
-                raise OptionError(f"bad value for max_tasks: {value!r}") from None
+            o.max_tasks = integer(key, value, 1, MAX_TASKS)
+        elif item in MOUNT_FLAGS:
+            setting, word = MOUNT_FLAGS[item]
+            o.flags[setting] = word  # the last word given for a setting wins
+        elif item in UNSUPPORTED_FLAGS:
+            raise OptionError(f"{item}: a FUSE mount cannot have it (libfuse 3 refuses it too)")
         elif item == "ro":
             o.read_only = True
         elif item == "rw":
             o.read_only = False
+        elif item == "userxattr":
+            o.userxattr = True
         elif item == "debug":
             o.debug = True
         elif item in IGNORED or key.startswith("x-") or key.startswith("comment"):
-            continue
+            pass
+        elif prev in PATH_OPTIONS and ("/" in item or not eq):
+            raise OptionError(
+                f"{prev}: unknown option {item!r} follows it (a comma in a path is written \\,)"
+            )
         else:
             raise OptionError(f"unknown option {item!r}")
+        prev = key
     if br is not None and (lower is not None or upper is not None):
         raise OptionError("give either br= (aufs) or lowerdir=/upperdir= (overlayfs), not both")
     if br is not None:
@@ -233,8 +318,8 @@ def parse(texts: list[str]) -> UnionOptions:
             o.workdir_in_upper = True
     elif lower is not None:
         if upper is not None:
-            o.branches.append(BranchSpec(upper, True))
-        o.branches.extend(BranchSpec(p, False) for p in lower)
+            o.branches.append(BranchSpec(upper, True, "upperdir"))
+        o.branches.extend(BranchSpec(p, False, "lowerdir") for p in lower)
         if upper is not None and o.workdir is None:
             raise OptionError("upperdir needs a workdir")
         if upper is None and o.workdir is not None:
@@ -251,22 +336,61 @@ def _inside(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/")
 
 
+def _ancestry(path: str) -> list[tuple[int, int]]:
+    """``(st_dev, st_ino)`` of ``path`` and of every directory above it up to ``/``, ``path``
+    first: the same directory seen through a bind mount (another path) has the same pair."""
+    out = []
+    while True:
+        st = os.stat(path)
+        out.append((st.st_dev, st.st_ino))
+        if path == os.path.dirname(path):
+            return out
+        path = os.path.dirname(path)
+
+
+def check_mountpoint(o: UnionOptions, mountpoint: str) -> None:
+    """Refuse a mount point that is a branch or the work directory, lies inside one, or holds
+    one: the daemon reaches its branches through paths, so a lookup below the mount point
+    would come back to the union itself and wait for itself (issue 21 item 5: ``ls
+    MP/sub`` in D state). Compared by directory identity (``st_dev``, ``st_ino``) along the
+    resolved paths, so a symlink or a bind mount does not hide the overlap.
+
+    overlayfs (6.18, verified here with ``mount -t overlay``) mounts all these cases (a mount
+    point inside, equal to or holding a lower, the upper or the workdir): it looks its layers
+    up by dentry without crossing mounts, so it sees the directories under its own mount and
+    does not hang. What it refuses is layers that overlap each other: ``lowerdir=/l:/l/sub``
+    fails with ELOOP, "overlayfs: overlapping lowerdir path" in the kernel log and "mount(2)
+    system call failed: Too many levels of symbolic links" from mount(8)."""
+    if not os.path.isdir(mountpoint):
+        raise OptionError(f"mount point {mountpoint}: no such directory")
+    mp = os.path.realpath(mountpoint)
+    above_mp = _ancestry(mp)
+    dirs = [(b.option, b.path) for b in o.branches]
+    if o.workdir is not None and not o.workdir_in_upper:
+        dirs.append(("workdir", o.workdir))
+    for option, path in dirs:
+        above_dir = _ancestry(path)
+        if above_dir[0] in above_mp or above_mp[0] in above_dir:
+            raise OptionError(f"mount point {mp} and {option} {path} overlap")
+
+
 def validate(o: UnionOptions, mountpoint: str | None = None) -> UnionOptions:
-    """Resolve and check the branches; raise :class:`OptionError` naming the first problem."""
+    """Resolve and check the branches (and the mount point: :func:`check_mountpoint`); raise
+    :class:`OptionError` naming the option of the first problem."""
     if len(o.branches) > MAX_BRANCHES:
         raise OptionError(f"too many branches ({len(o.branches)}, at most {MAX_BRANCHES})")
     for i, b in enumerate(o.branches):
         if b.writable and i != 0:
-            raise OptionError(f"branch {b.path}: only the leftmost (top) branch can be rw")
+            raise OptionError(f"{b.option}: {b.path}: only the leftmost (top) branch can be rw")
         if not os.path.exists(b.path):
-            raise OptionError(f"branch {b.path}: no such directory")
+            raise OptionError(f"{b.option}: {b.path}: no such directory")
         if not os.path.isdir(b.path):
-            raise OptionError(f"branch {b.path}: not a directory")
+            raise OptionError(f"{b.option}: {b.path}: not a directory")
         b.path = os.path.realpath(b.path)
     for i, a in enumerate(o.branches):
         for b in o.branches[i + 1 :]:
             if _inside(a.path, b.path) or _inside(b.path, a.path):
-                raise OptionError(f"branches {a.path} and {b.path} overlap")
+                raise OptionError(f"{a.option}: branches {a.path} and {b.path} overlap")
     if o.read_only and o.upper is not None:
         o.branches[0].writable = False
         o.workdir, o.workdir_in_upper = None, False
@@ -277,7 +401,7 @@ def validate(o: UnionOptions, mountpoint: str | None = None) -> UnionOptions:
         else:
             assert o.workdir is not None
             if not os.path.isdir(o.workdir):
-                raise OptionError(f"workdir {o.workdir}: no such directory")
+                raise OptionError(f"workdir: {o.workdir}: no such directory")
             o.workdir = os.path.realpath(o.workdir)
             if os.stat(o.workdir).st_dev != os.stat(up.path).st_dev:
                 raise OptionError(
@@ -285,14 +409,9 @@ def validate(o: UnionOptions, mountpoint: str | None = None) -> UnionOptions:
                 )
             for b in o.branches:
                 if _inside(o.workdir, b.path) or _inside(b.path, o.workdir):
-                    raise OptionError(f"workdir {o.workdir} and branch {b.path} overlap")
+                    raise OptionError(f"workdir {o.workdir} and {b.option} {b.path} overlap")
         if not os.access(up.path, os.W_OK):
-            raise OptionError(f"upper branch {up.path} is not writable")
+            raise OptionError(f"{up.option}: {up.path} is not writable")
     if mountpoint is not None:
-        if not os.path.isdir(mountpoint):
-            raise OptionError(f"mount point {mountpoint}: no such directory")
-        mp = os.path.realpath(mountpoint)
-        for b in o.branches:
-            if b.writable and _inside(b.path, mp) and b.path != mp:
-                raise OptionError(f"upper branch {b.path} is inside the mount point {mp}")
+        check_mountpoint(o, mountpoint)
     return o

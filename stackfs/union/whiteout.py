@@ -11,10 +11,21 @@
 overlayfs' forms are read in every branch, so an OCI image's unpacked layers (or an overlayfs
 upper directory) stack as they are: a character device 0/0 is a whiteout of its name
 (``ovl_is_whiteout``), ``trusted.overlay.opaque`` = ``y`` makes a directory opaque and
-``trusted.overlay.redirect`` is a redirect (and the ``user.overlay.*`` forms of both, overlayfs'
-``userxattr``). The union writes the aufs forms unless mounted with ``whiteout=overlay``
-(:attr:`Branch.whiteout_style`): then a whiteout is a 0/0 character device and an opaque
-directory gets ``trusted.overlay.opaque`` = ``y``, as overlayfs writes them.
+``trusted.overlay.redirect`` is a redirect. Only the one namespace overlayfs would read is
+metadata: ``trusted.overlay.*`` (only root can write it), or ``user.overlay.*`` when the union
+is mounted with ``userxattr`` (:attr:`Branch.userxattr`, overlayfs' option of that name; then,
+as there, an xattr redirect is refused with EPERM, never followed); otherwise ``user.overlay.*``
+is a user's own data, which any owner may set. The union writes
+the aufs forms unless mounted with ``whiteout=overlay`` (:attr:`Branch.whiteout_style`): then a
+whiteout is a 0/0 character device and an opaque directory gets ``overlay.opaque`` = ``y`` in
+that namespace, as overlayfs writes them.
+
+A redirect is a path the union will look up in the branches below, so it is checked as
+overlayfs checks one (``ovl_get_redirect_xattr``, then ``lookup_one`` per component): an
+absolute path without empty components, or one name with no ``/`` (EINVAL otherwise), and no
+``.`` or ``..`` component (EACCES); the lookup then resolves it beneath the branch root and
+follows no symlink (:meth:`Branch.lstat_beneath`). A bad redirect fails the directory's lookup,
+as it does on overlayfs, and is logged (rate-limited, like its ``pr_warn_ratelimited``).
 
 Every name that begins with ``.wh.`` is the union's own: never listed, and refused by lookup with
 EPERM, as aufs' ``au_test_shwh`` does. Names longer than :data:`NAME_MAX` give ENAMETOOLONG,
@@ -24,8 +35,10 @@ because a whiteout of them would not fit in the branch (aufs ``AUFS_MAX_NAMELEN`
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat as stat_mod
+import time
 
 from stackfs.union.branches import Branch, Path
 
@@ -38,9 +51,27 @@ WORKDIR_NAME = ".wh..wh.stackfs"
 BRANCH_NAME_MAX = 255
 NAME_MAX = BRANCH_NAME_MAX - len(WH_PREFIX)
 #: overlayfs' xattr namespaces (trusted: the default; user: ``-o userxattr``)
-OVL_PREFIXES = ("trusted.overlay.", "user.overlay.")
-OVL_OPAQUE = tuple(p + "opaque" for p in OVL_PREFIXES)
-OVL_REDIRECT = tuple(p + "redirect" for p in OVL_PREFIXES)
+TRUSTED_OVL = "trusted.overlay."
+USER_OVL = "user.overlay."
+#: the union's own trusted names (the cross-layer i_rwsem: :mod:`stackfs.crosslock`)
+STACKFS_XATTR = "trusted.stackfs."
+#: invalid redirects logged per interval (the kernel's printk ratelimit: 10 per 5 s)
+_WARN_BURST, _WARN_INTERVAL = 10, 5.0
+_warn_window = [0.0, 0]
+
+log = logging.getLogger(__name__)
+
+
+def ovl_prefix(br: Branch) -> str:
+    """The overlayfs metadata namespace of ``br``: ``user.overlay.`` under ``userxattr``."""
+    return USER_OVL if br.userxattr else TRUSTED_OVL
+
+
+def meta_xattrs(userxattr: bool) -> tuple[str, ...]:
+    """The union's own xattr names: never listed, read, set or removed through the union
+    (EPERM), never copied up. ``trusted.overlay.*`` stays the union's in either mode (a
+    remount without ``userxattr`` would read it); ``user.overlay.*`` only under ``userxattr``."""
+    return (STACKFS_XATTR, TRUSTED_OVL, USER_OVL) if userxattr else (STACKFS_XATTR, TRUSTED_OVL)
 
 
 def is_ovl_whiteout(st: os.stat_result) -> bool:
@@ -126,32 +157,34 @@ def remove_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
 
 
 def _ovl_xattrs(br: Branch, path: Path) -> list[str]:
-    """The overlayfs xattrs of ``path`` (one listxattr; none on a branch without xattrs)."""
+    """The overlayfs xattrs of ``path`` in ``br``'s namespace (one listxattr; none on a branch
+    without xattrs)."""
     try:
         names = br.listxattr(path)
     except OSError:
         return []
-    return [n for n in names if n.startswith(OVL_PREFIXES)]
+    prefix = ovl_prefix(br)
+    return [n for n in names if n.startswith(prefix)]
 
 
-def _ovl_value(br: Branch, path: Path, names: list[str], wanted: tuple[str, ...]) -> bytes | None:
-    for n in names:
-        if n in wanted:
-            try:
-                return br.getxattr(path, os.fsencode(n))
-            except OSError:
-                return None
+def _ovl_value(br: Branch, path: Path, names: list[str], key: str) -> bytes | None:
+    wanted = ovl_prefix(br) + key
+    if wanted in names:
+        try:
+            return br.getxattr(path, os.fsencode(wanted))
+        except OSError:
+            return None
     return None
 
 
 def dir_meta(br: Branch, path: Path) -> tuple[bool, Path | None]:
     """(opaque, redirect) of directory ``path`` in ``br``, in aufs or overlayfs form."""
     opaque = br.meta_exists(path + (OPAQUE,))
-    redirect = None if opaque else read_redirect(br, path, ovl=False)
+    redirect = None if opaque else read_redirect(br, path)
     if not opaque and redirect is None:
         names = _ovl_xattrs(br, path)
         if names:
-            opaque = _ovl_value(br, path, names, OVL_OPAQUE) == b"y"
+            opaque = _ovl_value(br, path, names, "opaque") == b"y"
             if not opaque:
                 redirect = _ovl_redirect(br, path, names)
     return opaque, redirect
@@ -161,12 +194,12 @@ def is_opaque(br: Branch, path: Path) -> bool:
     if br.meta_exists(path + (OPAQUE,)):
         return True
     names = _ovl_xattrs(br, path)
-    return bool(names) and _ovl_value(br, path, names, OVL_OPAQUE) == b"y"
+    return bool(names) and _ovl_value(br, path, names, "opaque") == b"y"
 
 
 def make_opaque(br: Branch, path: Path) -> None:
     if _overlay_style(br):
-        br.setxattr(path, b"trusted.overlay.opaque", b"y")
+        br.setxattr(path, os.fsencode(ovl_prefix(br) + "opaque"), b"y")
         return
     try:
         fd = br.open(path + (OPAQUE,), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -175,30 +208,74 @@ def make_opaque(br: Branch, path: Path) -> None:
     os.close(fd)
 
 
+def _invalid_redirect(br: Branch, path: Path, value: bytes, err: int, why: str) -> OSError:
+    """Log (rate-limited) and return the error a bad redirect fails the lookup with."""
+    now = time.monotonic()
+    if now - _warn_window[0] > _WARN_INTERVAL:
+        _warn_window[0], _warn_window[1] = now, 0
+    if _warn_window[1] < _WARN_BURST:
+        _warn_window[1] += 1
+        where = os.path.join(br.path, os.fsdecode(b"/".join(path)))
+        log.warning("invalid redirect (%r) in %s: %s", value, where, why)
+    return OSError(err, f"invalid redirect: {why}")
+
+
+def parse_redirect(br: Branch, path: Path, value: bytes, follow: bool = True) -> Path:
+    """The branch path a redirect ``value`` on directory ``path`` names, checked as overlayfs
+    checks one: ``/A/B`` (from the branch root, no empty component) or ``NAME`` (in the same
+    parent; no ``/``), EINVAL otherwise (``ovl_get_redirect_xattr``); then EPERM if redirects
+    are not followed (``follow``; overlayfs' ``redirect_dir=nofollow``, "refusing to follow
+    redirect"); a ``.`` or ``..`` component is EACCES (``lookup_one`` refuses them), so a
+    redirect never names a path outside its branch."""
+    if not value or b"\0" in value:
+        raise _invalid_redirect(br, path, value, errno.EINVAL, "empty or holds a NUL")
+    if value.startswith(b"/"):
+        parts = tuple(value[1:].split(b"/"))
+        if not all(parts):
+            raise _invalid_redirect(br, path, value, errno.EINVAL, "empty path component")
+        target = parts
+    else:
+        if b"/" in value:
+            raise _invalid_redirect(br, path, value, errno.EINVAL, "a relative path with a /")
+        parts = (value,)
+        target = path[:-1] + parts
+    if not follow:
+        raise _invalid_redirect(br, path, value, errno.EPERM, "refusing to follow (userxattr)")
+    if any(c in (b".", b"..") for c in parts):
+        raise _invalid_redirect(br, path, value, errno.EACCES, "a . or .. component")
+    return target
+
+
 def _ovl_redirect(br: Branch, path: Path, names: list[str]) -> Path | None:
     """overlayfs' ``redirect`` xattr: an absolute path from the layer root or a name in the
-    same parent directory."""
-    v = _ovl_value(br, path, names, OVL_REDIRECT)
-    if not v:
+    same parent directory. Never followed under ``userxattr``: overlayfs' ``userxattr``
+    implies ``redirect_dir=nofollow`` and refuses ``redirect_dir=follow`` (a user who owns
+    the upper could otherwise point a directory at any lower one)."""
+    v = _ovl_value(br, path, names, "redirect")
+    if v is None:
         return None
-    if v.startswith(b"/"):
-        return tuple(c for c in v.split(b"/") if c)
-    return path[:-1] + (v,)
+    return parse_redirect(br, path, v, follow=not br.userxattr)
 
 
-def read_redirect(br: Branch, path: Path, ovl: bool = True) -> Path | None:
-    """The lower path recorded in directory ``path`` (aufs form, or overlayfs' xattr), or None."""
+def read_redirect(br: Branch, path: Path) -> Path | None:
+    """The lower path recorded in directory ``path`` in aufs form (``.wh..wh..redir``: always
+    absolute), or None."""
     try:
-        fd = br.open(path + (REDIRECT,), os.O_RDONLY)
+        fd = br.open(path + (REDIRECT,), os.O_RDONLY | os.O_NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return _ovl_redirect(br, path, _ovl_xattrs(br, path)) if ovl else None
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _invalid_redirect(br, path, b"", errno.EINVAL, "a symlink") from None
+        raise
     try:
         data = os.read(fd, 1 << 16)
     finally:
         os.close(fd)
+    data = data.rstrip(b"\n")
     if not data.startswith(b"/"):
-        return None
-    return tuple(c for c in data.rstrip(b"\n").split(b"/") if c)
+        raise _invalid_redirect(br, path, data, errno.EINVAL, "not an absolute path")
+    return parse_redirect(br, path, data)
 
 
 def write_redirect(br: Branch, path: Path, target: Path) -> None:

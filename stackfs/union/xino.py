@@ -9,7 +9,11 @@ A table is needed where that rule would change the number:
 
 * copy-up: the upper copy has a new branch inode, but must keep the number of the lower object
   (aufs ``au_xino_write`` at ``au_cpup``). An *override* maps upper inode -> union inode;
-* branch inodes too large for the spare bits get an allocated number.
+* branch inodes too large for the spare bits get an allocated number;
+* a new upper object whose natural number the kernel still holds for a removed object (the
+  upper reused the inode number; the node is not forgotten yet) gets an allocated number too,
+  as an override (:meth:`Xino.renumber`): a FUSE node id names one object while the kernel
+  holds it, and the number stays the object's after a remount.
 
 The table is an append-only log in the work directory (``WORK/xino``), read back at mount time and
 compacted when mostly dead. Records are written before the rename that makes a copy visible, so a
@@ -54,6 +58,8 @@ class Xino:
     def _apply(self, kind: bytes, a: int, b: int, c: int) -> None:
         if kind == OVERRIDE:
             self.overrides[a] = b
+            if b & ALLOC_TAG == ALLOC_TAG:  # a renumbered object (:meth:`renumber`)
+                self.next_alloc = max(self.next_alloc, (b >> SHIFT) + 1)
         elif kind == DROP:
             self.overrides.pop(a, None)
         elif kind == LOWER_NAMES:
@@ -135,6 +141,18 @@ class Xino:
             if self.overrides.get(upper_ino) != uino:
                 self.overrides[upper_ino] = uino
                 self._log(OVERRIDE, upper_ino, uino)
+
+    def renumber(self, upper_ino: int) -> int:
+        """Give the new upper object ``upper_ino`` an allocated number instead of its natural
+        one, which the kernel still holds for an object removed earlier whose inode number the
+        upper filesystem reused (ext4 does at once): a node id names one object for as long as
+        the kernel holds it (``UnionFS._create`` asks when the node table has that number)."""
+        with self._lock:
+            u = (self.next_alloc << SHIFT) | ALLOC_TAG
+            self.next_alloc += 1
+            self.overrides[upper_ino] = u
+            self._log(OVERRIDE, upper_ino, u)
+            return u
 
     def drop_override(self, upper_ino: int) -> None:
         """The upper inode is gone (or a new object took its number)."""

@@ -9,8 +9,10 @@ Modules, one job each:
 * :mod:`~stackfs.watchdog.kernlocks` infers real i_rwsem waits and holds from kernel stacks;
 * :mod:`~stackfs.watchdog.graph` joins all of it into the wait-for graph and names its cycles;
 * :mod:`~stackfs.watchdog.detect` decides what is a finding (hung task, modelled event, workload
-  error);
-* :mod:`~stackfs.watchdog.report` writes the kernel-style text, the JSON and the picture;
+  error); :mod:`~stackfs.watchdog.progress` tells a slow request from a hung one (the serving
+  worker thread's CPU time and I/O);
+* :mod:`~stackfs.watchdog.report` writes the kernel-style text, the JSON and the picture
+  (paths escaped by :mod:`~stackfs.watchdog.escape`);
 * :mod:`~stackfs.watchdog.picture` draws the wait-for graph (DOT, SVG, PNG; a cycle reads top to
   bottom);
 * :mod:`~stackfs.watchdog.kernfmt` renders a report as kernel log records, line for line in the
@@ -27,8 +29,10 @@ API for reproducers and tests::
     proc = subprocess.Popen(["mv", src, dst])                 # the workload
     report = wd.run(timeout=10, stop=lambda: proc.poll() is not None)
     # report.verdict: "deadlock" | "hang" | "oops" | "recursive_locking" | "lock_inversion"
-    #                 | "error" | "ok"
+    #                 | "error" | "slow" | "ok"
     # report.hangs (Hang: task, blocked_for, request, daemon; the tasks over the threshold),
+    # report.slow (Hang with .progress: served with progress, not hung; run() goes on past a
+    # "slow" report, --abort never acts on one),
     # report.also_blocked (the rest of the graph's blocked tasks), report.cycle (Cycle: kind
     # "fuse_reentry" | "recursive_locking" | "lock_inversion", title, summary, tasks,
     # segments), report.events (ModelEvent: type, event dict), report.errors, report.graph,

@@ -13,7 +13,6 @@ too, next to the mount daemons.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,17 +68,9 @@ def fuse_daemons() -> dict[int, list[int]]:
     for pid_s in os.listdir("/proc"):
         if not pid_s.isdigit():
             continue
-        try:
-            fds = os.listdir(f"/proc/{pid_s}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            if proc.readlink(f"/proc/{pid_s}/fd/{fd}") != "/dev/fuse":
-                continue
-            info = (proc.read(f"/proc/{pid_s}/fdinfo/{fd}", 4096) or b"").decode(errors="replace")
-            m = re.search(r"^fuse_connection:\s*(\d+)", info, re.M)
-            if m:
-                pids = out.setdefault(int(m.group(1)), [])
+        for conn in proc.fuse_connections(int(pid_s)):
+            if conn is not None:
+                pids = out.setdefault(conn, [])
                 if int(pid_s) not in pids:
                     pids.append(int(pid_s))
     return out

@@ -25,6 +25,7 @@ from typing import Any
 
 from stackfs.watchdog.daemons import DaemonView
 from stackfs.watchdog.procscan import TaskInfo
+from stackfs.watchdog.progress import Evidence
 
 DEFAULT_THRESHOLD = 1.0
 EVENT_TYPES = ("oops", "recursive_locking", "lock_inversion", "barrier_timeout")
@@ -47,6 +48,13 @@ class Hang:
     waiting: int | None = None
     daemon: dict[str, Any] | None = None
     request: dict[str, Any] | None = None
+    #: what the thread serving its request did meanwhile (:mod:`stackfs.watchdog.progress`),
+    #: when a worker serves it: progress makes the task slow, not hung
+    progress: Evidence | None = None
+
+    @property
+    def slow(self) -> bool:
+        return self.progress is not None and self.progress.verdict == "progress"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +65,7 @@ class Hang:
             "waiting": self.waiting,
             "daemon": self.daemon,
             "request": self.request,
+            "progress": self.progress.to_json() if self.progress is not None else None,
         }
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from stackfs.watchdog import kernlocks
 from stackfs.watchdog.daemons import DaemonView
+from stackfs.watchdog.escape import path_text
 from stackfs.watchdog.procscan import Scanner, TaskInfo
 
 MAX_CYCLES = 16
@@ -232,7 +233,7 @@ def _task_node(g: WaitGraph, t: TaskInfo) -> str:
 
 def _request_label(req: dict[str, Any]) -> str:
     name = req.get("name")
-    what = f'{req.get("op", "?")} "{name}"' if name else str(req.get("op", "?"))
+    what = f'{req.get("op", "?")} "{path_text(name)}"' if name else str(req.get("op", "?"))
     ino = req.get("ino")
     return what + (f" (ino {ino})" if ino is not None else "")
 
@@ -259,6 +260,8 @@ def build(
             tid = (req.get("task") or {}).get("pid")
             if isinstance(tid, int):
                 by_task[tid] = (view, req)
+
+    paired = _pair_unattributed(tasks, daemons, by_task)
 
     def lookup_name(t: TaskInfo) -> str | None:
         hit = by_task.get(t.tid)
@@ -335,6 +338,20 @@ def build(
                 )
             )
             continue
+        pair = paired.get(tid)
+        if pair is not None:
+            view, req, among = pair
+            g.link(
+                Edge(
+                    task_id(tid),
+                    request_node(view, req),
+                    "fuse_wait",
+                    f"waits for reply ({t.fuse_op or 'fuse'})",
+                    inferred=True,
+                    attrs={"matched": "opcode", "among": among},
+                )
+            )
+            continue
         if t.conn is None and len(only_waiting) == 1:
             t.conn, t.conn_how = only_waiting[0], "only waiting connection"
             only = daemons.get(t.conn)
@@ -346,12 +363,7 @@ def build(
                 task_id(tid),
                 cid,
                 "fuse_wait",
-                f"waits for reply ({t.fuse_op or 'fuse'})"
-                + (
-                    "; the daemon has not read the request"
-                    if (dv := daemons.get(t.conn or -1)) is not None and dv.testbed
-                    else ""
-                ),
+                f"waits for reply ({t.fuse_op or 'fuse'})" + _unread_note(t, daemons, waiting),
             )
         )
 
@@ -399,6 +411,49 @@ def build(
                     )
     g.prune([task_id(t) for t in tasks if tasks[t].blocked])
     return g
+
+
+def _pair_unattributed(
+    tasks: dict[int, TaskInfo],
+    daemons: dict[int, DaemonView],
+    by_task: dict[int, tuple[DaemonView, dict[str, Any]]],
+) -> dict[int, tuple[DaemonView, dict[str, Any], int]]:
+    """tid -> (daemon, request, how many it was chosen among) for the tasks in a FUSE wait
+    whose request the daemon holds without knowing its caller (READ, WRITE, FLUSH, ... carry no
+    pid: ``task`` null). A task is paired with such a request of its connection and its opcode
+    (:attr:`TaskInfo.fuse_opcode`, from its stack), the longest-waiting task with the oldest
+    request: an inference, drawn as one."""
+    free: dict[tuple[int, str], list[tuple[DaemonView, dict[str, Any]]]] = {}
+    for view in daemons.values():
+        for req in sorted(view.inflight(), key=lambda r: r.get("since") or 0.0):
+            if req.get("task") is None and isinstance(req.get("op"), str):
+                free.setdefault((view.conn, req["op"]), []).append((view, req))
+    waiters = [
+        t
+        for t in tasks.values()
+        if t.fuse_wait and t.tid not in by_task and t.conn is not None and t.fuse_opcode
+    ]
+    out: dict[int, tuple[DaemonView, dict[str, Any], int]] = {}
+    for t in sorted(waiters, key=lambda t: t.last_ran or 0.0):
+        left = free.get((t.conn or 0, t.fuse_opcode or ""))
+        if left:
+            among = len(left)
+            view, req = left.pop(0)
+            out[t.tid] = (view, req, among)
+    return out
+
+
+def _unread_note(t: TaskInfo, daemons: dict[int, DaemonView], waiting: dict[int, int]) -> str:
+    """What the daemon's in-flight table says of a request that is not in it: unread when the
+    connection has more requests (``waiting``: every request not yet answered, read or not)
+    than the daemon holds."""
+    view = daemons.get(t.conn) if t.conn is not None else None
+    if view is None or not view.testbed or view.state is None:
+        return ""
+    held, n = len(view.inflight()), waiting.get(view.conn)
+    if n is not None and n > held:
+        return "; the daemon has not read the request"
+    return f"; not among the {held} request{'s' if held != 1 else ''} the daemon holds"
 
 
 def _conn_node(

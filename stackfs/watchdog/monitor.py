@@ -31,6 +31,7 @@ from stackfs.watchdog.detect import (
     WorkloadError,
 )
 from stackfs.watchdog.procscan import Scanner, TaskInfo
+from stackfs.watchdog.progress import ProgressTracker
 from stackfs.watchdog.recover import Recovery, recover_connections
 from stackfs.watchdog.report import Report, write_json
 
@@ -76,6 +77,11 @@ class Watchdog:
         self.event_settle = threshold + 0.3 if event_settle is None else event_settle
         self.scanner = Scanner()
         self.detector = Detector(threshold, since)
+        self.progress = ProgressTracker(threshold)
+        #: tid -> monotonic time before which a task found slow is not looked at again
+        self._slow_until: dict[int, float] = {}
+        #: tids already reported slow (a slow task is reported once, a hang whenever it stalls)
+        self._slow_told: set[int] = set()
         self._defer_started: float | None = None
         self.fusectl_ok = fusectl.ensure_mounted()
         self.entries: dict[int, MountEntry] = {}
@@ -161,6 +167,7 @@ class Watchdog:
                 if e.is_testbed and self._backoff.get(e.conn, 0.0) <= mono
             ]
             views = query_daemons(ask, timeout=0.25)
+            self.progress.observe(views)
             for c, v in views.items():
                 if v.error is not None:  # a wedged daemon's loop: do not stall every poll
                     self._backoff[c] = time.monotonic() + 5.0
@@ -216,10 +223,13 @@ class Watchdog:
     def _hangs(self, tasks: dict[int, TaskInfo], waiting: dict[int, int]) -> list[Hang]:
         self._tasks = tasks
         self.detector.observe(tasks)
+        mono = time.monotonic()
         fresh = {
             t
             for t in self._candidates(tasks)
-            if t not in self._reported and (t, tasks[t].switches) not in self._irrelevant
+            if t not in self._reported
+            and (t, tasks[t].switches) not in self._irrelevant
+            and self._slow_until.get(t, 0.0) <= mono
         }
         hangs = self.detector.hangs(tasks, fresh, {}, waiting)
         self._forming = bool(fresh) and not hangs
@@ -306,13 +316,14 @@ class Watchdog:
         hangs.sort(key=lambda h: h.since)
         also = [h for h in also if h.blocked_for < self.threshold]
         cycles = graph_mod.find_cycles(g)
+        hangs, slow, undecided = self._slow_or_hung(g, hangs)
         hung = {h.task.tid for h in hangs}
         cycle = next((c for c in cycles if hung & set(c.tasks)), cycles[0] if cycles else None)
         events = list(self._pending)
         self._pending, self._pending_since = [], None
         errors = self.detector.errors[self._errors_reported :]
         self._errors_reported = len(self.detector.errors)
-        verdict, summary = _verdict(hangs, cycle, events, errors, g, self.threshold)
+        verdict, summary = _verdict(hangs, cycle, events, errors, g, self.threshold, slow)
         involved = {n.attrs.get("conn") for n in g.nodes.values()}
         involved |= {h.task.conn for h in hangs}
         waiting = {c: n for c, n in all_waiting.items() if c in involved or c in self.entries}
@@ -322,6 +333,8 @@ class Watchdog:
             time=now,
             threshold=self.threshold,
             hangs=hangs,
+            slow=slow,
+            undecided=undecided,
             also_blocked=also,
             blocked=list(in_graph.values()),
             cycle=cycle,
@@ -338,6 +351,40 @@ class Watchdog:
         report.notes.extend(clusterdep.render(c) for c in clusterdep.inversions(views))
         report.notes.extend(clusterdep.dlm_lines(g.services))
         return report
+
+    def _slow_or_hung(
+        self, g: graph_mod.WaitGraph, hangs: list[Hang]
+    ) -> tuple[list[Hang], list[Hang], bool]:
+        """(hung, slow, undecided): a task whose request the daemon is serving in a worker
+        thread that makes progress (CPU time, I/O: :mod:`stackfs.watchdog.progress`) is slow,
+        not hung. A request not read, served by nobody (no worker: the handler awaits
+        something), or by a worker that waits on something in the graph (a cycle included) or
+        made no progress over the threshold, is a hang; ``undecided``: some worker was not
+        sampled over long enough yet."""
+        hung: list[Hang] = []
+        slow: list[Hang] = []
+        undecided = False
+        for h in hangs:
+            if h.request is None:  # paired by opcode in the graph (the request has no pid)
+                req_node = next(
+                    (
+                        g.nodes[e.dst]
+                        for e in g.out(graph_mod.task_id(h.task.tid))
+                        if e.kind == "fuse_wait" and g.nodes[e.dst].kind == "request"
+                    ),
+                    None,
+                )
+                h.request = req_node.attrs.get("request") if req_node is not None else None
+            served = _served_by(g, h.task.tid)
+            if served is not None:
+                req_node, worker = served
+                req = req_node.attrs.get("request") or {}
+                daemon, rid = req_node.attrs.get("daemon"), req.get("id")
+                if isinstance(daemon, int) and isinstance(rid, int):
+                    h.progress = self.progress.judge(daemon, rid, worker)
+                    undecided |= h.progress.verdict == "unknown"
+            (slow if h.slow else hung).append(h)
+        return hung, slow, undecided
 
     def _cycle_still_forming(self, report: Report, mono: float) -> float | None:
         """Seconds to wait before reporting ``report``, or None to report now.
@@ -360,7 +407,9 @@ class Watchdog:
             and (h.task.tid in cycle or h.blocked_for >= 0.75 * self.threshold)
         ]
         if not short:
-            return None
+            # a worker not sampled long enough: look again (at most one threshold more, then
+            # no evidence of progress is a hang)
+            return self.scan_interval if report.undecided else None
         return max(0.01, self.threshold - min(short))
 
     def _relevant(self, g: graph_mod.WaitGraph, tasks: dict[int, TaskInfo]) -> set[int]:
@@ -374,10 +423,18 @@ class Watchdog:
         return {t for t in out if isinstance(t, int)}
 
     def _finish(self, report: Report, keep_ok: bool = False) -> Report | None:
+        mono = time.monotonic()
+        for h in report.slow:
+            self._slow_until[h.task.tid] = mono + self.threshold
+        if report.verdict == "slow" and not keep_ok and not report.events:
+            if {h.task.tid for h in report.slow} <= self._slow_told:
+                return None  # said already; a hang is reported when the worker stalls
         if report.verdict == "ok" and not keep_ok:
             return None
+        self._slow_told.update(h.task.tid for h in report.slow)
         self._reported.update(h.task.tid for h in report.hangs + report.also_blocked)
-        if self.abort and report.verdict != "ok":
+        # only a cycle or a request nobody serves is aborted; slow work never
+        if self.abort and report.found:
             report.recovery = self.recover(report)
         if self.report_dir is not None:
             sub = (
@@ -411,7 +468,7 @@ class Watchdog:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             report = self.poll()
-            if report is not None:
+            if report is not None and report.verdict != "slow":
                 return report
             if (stop is not None and stop()) or (
                 deadline is not None and time.monotonic() >= deadline
@@ -428,7 +485,7 @@ class Watchdog:
         deadline = None if timeout is None else trio.current_time() + timeout
         while True:
             report = await trio.to_thread.run_sync(self.poll, abandon_on_cancel=True)
-            if report is not None:
+            if report is not None and report.verdict != "slow":
                 return report
             if (stop is not None and stop()) or (
                 deadline is not None and trio.current_time() >= deadline
@@ -444,6 +501,7 @@ def _verdict(
     errors: list[WorkloadError],
     g: graph_mod.WaitGraph,
     threshold: float,
+    slow: list[Hang] | None = None,
 ) -> tuple[str, str]:
     types = [e.type for e in events]
     if hangs and cycle is not None:
@@ -473,6 +531,12 @@ def _verdict(
             return kind, str(events[types.index(kind)].event.get("summary", kind))
     if errors:
         return "error", "; ".join(e.render() for e in errors)
+    if slow:
+        n = len(slow)
+        return "slow", (
+            f"{n} task{'s' if n != 1 else ''} blocked for more than {threshold:g} s, slow, not "
+            "hung (the daemon is serving the request): " + "; ".join(_slow_line(h) for h in slow)
+        )
     if held:
         n = len(held)
         return "ok", (
@@ -498,6 +562,42 @@ def _held_by_the_testbed(g: graph_mod.WaitGraph, tid: int) -> bool:
             return True
         node = edges[0].dst
     return False
+
+
+def _served_by(g: graph_mod.WaitGraph, tid: int) -> tuple[graph_mod.Node, int] | None:
+    """(request node, worker tid) when the task's wait ends at a FUSE request that a daemon
+    serves in a worker thread which waits on nothing in the graph; None for anything else
+    (a request not read or not answered, a lock, a cycle: the walk meets a node twice)."""
+    node, seen = graph_mod.task_id(tid), set()
+    while node in g.nodes and node not in seen:
+        seen.add(node)
+        edges = g.out(node)
+        if not edges:
+            return None
+        if g.nodes[node].kind == "request":
+            if len(edges) != 1 or edges[0].kind != "served_by":
+                return None
+            worker = g.nodes.get(edges[0].dst)
+            wtid = worker.attrs.get("tid") if worker is not None else None
+            if worker is None or g.out(worker.id) or not isinstance(wtid, int):
+                return None
+            return g.nodes[node], wtid
+        node = edges[0].dst
+    return None
+
+
+def _slow_line(h: Hang) -> str:
+    """One task's slow work, e.g. ``sh/5858 waits for write (req #6, 2.3 s), served in worker
+    thread 5861: 312 MB written, 0.95 s of CPU in the last 1.0 s``."""
+    req = h.request or {}
+    ev = h.progress
+    age = req.get("age")
+    at = f"req #{req.get('id')}" + (f", {age:.1f} s" if isinstance(age, (int, float)) else "")
+    return (
+        f"{h.task.comm}/{h.task.tid} waits for {req.get('op', 'a request')} ({at}), served in "
+        f"worker thread {ev.worker if ev is not None else '?'}: "
+        + (ev.render() if ev is not None else "")
+    )
 
 
 def _path_from(g: graph_mod.WaitGraph, start: str) -> list[str]:

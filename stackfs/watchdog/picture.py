@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from stackfs.watchdog.escape import printable
 from stackfs.watchdog.graph import Cycle, WaitGraph
 
 #: characters per label line
@@ -203,7 +204,7 @@ def write_picture(
     """``waitgraph.dot`` always; ``.svg`` and ``.png`` when graphviz ``dot`` is installed."""
     files = {}
     dot_file = d / "waitgraph.dot"
-    dot_file.write_text(to_dot(g, cycle, hung, title, events))
+    dot_file.write_text(printable(to_dot(g, cycle, hung, title, events)))
     files["dot"] = str(dot_file)
     dot = shutil.which("dot")
     if dot is None:

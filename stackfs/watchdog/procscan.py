@@ -39,6 +39,7 @@ from typing import Any
 from stackfs import mountinfo
 from stackfs.linux import proc, syscalls
 from stackfs.mountinfo import MountEntry
+from stackfs.watchdog.escape import path_text
 
 #: wchan / stack functions of a task waiting for a FUSE reply.
 FUSE_REPLY_WAIT = "request_wait_answer"
@@ -52,6 +53,31 @@ FUSE_MACHINERY = {
     "fuse_simple_background",
     "fuse_get_req",
     "__fuse_get_req",
+}
+#: The FUSE request a task waits for, by the frames of its stack (innermost match wins): what a
+#: testbed daemon's in-flight record of READ, WRITE, FLUSH, FSYNC, READDIR lacks is the caller's
+#: pid (pyfuse3 passes those handlers no context), so the watchdog pairs a task with such a
+#: request by this opcode (fs/fuse/file.c, dir.c, readdir.c; ``fuse_perform_write`` under
+#: ``fuse_file_write_iter`` seen on 6.18 for a write(2) on a union mount)
+FUSE_OPCODE_FRAMES = {
+    "fuse_perform_write": "write",
+    "fuse_send_write_pages": "write",
+    "fuse_send_write": "write",
+    "fuse_direct_write_iter": "write",
+    "fuse_cache_write_iter": "write",
+    "fuse_file_write_iter": "write",
+    "fuse_do_readfolio": "read",
+    "fuse_read_folio": "read",
+    "fuse_send_read": "read",
+    "fuse_direct_read_iter": "read",
+    "fuse_cache_read_iter": "read",
+    "fuse_file_read_iter": "read",
+    "fuse_flush": "flush",
+    "fuse_fsync_common": "fsync",
+    "fuse_fsync": "fsync",
+    "fuse_dir_fsync": "fsyncdir",
+    "fuse_readdir_uncached": "readdir",
+    "fuse_readdir": "readdir",
 }
 #: Stack frames that mean "the task is inside a page fault or an mmap call" (mmap_lock held).
 MM_FRAMES = (
@@ -84,7 +110,7 @@ class Syscall:
     mnt_ids: list[int] = field(default_factory=list)
 
     def render(self) -> str:
-        shown = [f'"{p}"' for p in self.paths] + [f"fd {fd}" for fd in self.fds]
+        shown = [f'"{path_text(p)}"' for p in self.paths] + [f"fd {fd}" for fd in self.fds]
         return f"{self.name}({', '.join(shown)})"
 
     def to_json(self) -> dict[str, Any]:
@@ -92,7 +118,7 @@ class Syscall:
             "nr": self.nr,
             "name": self.name,
             "args": [hex(a) for a in self.args],
-            "paths": self.paths,
+            "paths": [path_text(p) for p in self.paths],
             "fds": self.fds,
         }
 
@@ -155,6 +181,12 @@ class TaskInfo:
             if f.startswith("fuse_") and f not in FUSE_MACHINERY and not f.startswith("fuse_dev_")
         ]
         return ops[-1] if ops else None
+
+    @property
+    def fuse_opcode(self) -> str | None:
+        """The opcode of the request it waits for, as a testbed daemon's in-flight table names
+        it (``write``), when the stack says (:data:`FUSE_OPCODE_FRAMES`)."""
+        return next((FUSE_OPCODE_FRAMES[f] for f in self.frames if f in FUSE_OPCODE_FRAMES), None)
 
     @property
     def in_mm(self) -> bool:
@@ -293,7 +325,7 @@ class Scanner:
 
     def read_task(self, tid: int) -> TaskInfo | None:
         """One task by tid (any state), with stack and syscall."""
-        tgid = _tgid(tid)
+        tgid = proc.tgid_of(tid)
         if tgid is None:
             return None
         base = f"/proc/{tgid}/task/{tid}"
@@ -456,12 +488,10 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def _start_time(data: bytes | None) -> float | None:
     """Wall-clock time the thread started (``stat`` field 22, ticks since boot)."""
-    if not data:
+    ticks = proc.stat_start_ticks(data)
+    if ticks is None:
         return None
-    rest = data[data.rfind(b")") + 2 :].split()
-    if len(rest) < 20:
-        return None
-    since_boot = int(rest[19]) / _CLK_TCK
+    since_boot = ticks / _CLK_TCK
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
@@ -469,11 +499,3 @@ def _stat_flags(data: bytes | None) -> int | None:
     """``task_struct.flags`` (PF_*), ``stat`` field 9."""
     rest = data[data.rfind(b")") + 2 :].split() if data else []
     return int(rest[6]) if len(rest) > 6 else None
-
-
-def _tgid(tid: int) -> int | None:
-    data = proc.read(f"/proc/{tid}/status", 1024)
-    if not data:
-        return None
-    m = re.search(rb"^Tgid:\s*(\d+)", data, re.M)
-    return int(m.group(1)) if m else None

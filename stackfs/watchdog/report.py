@@ -29,6 +29,7 @@ from typing import Any
 
 from stackfs.watchdog.daemons import DaemonView
 from stackfs.watchdog.detect import Hang, ModelEvent, WorkloadError
+from stackfs.watchdog.escape import path_text, printable, printable_json
 from stackfs.watchdog.graph import Cycle, Segment, WaitGraph, short
 from stackfs.watchdog.picture import write_picture
 from stackfs.watchdog.procscan import TaskInfo
@@ -45,7 +46,8 @@ class Report:
 
     ``verdict``: ``deadlock`` (a hang with a cycle), ``hang`` (no cycle: e.g. a daemon alive but
     not answering), ``oops``, ``recursive_locking``, ``lock_inversion``, ``error`` (a workload
-    got an unexpected error), ``ok`` (nothing found).
+    got an unexpected error), ``slow`` (only tasks whose requests are being served with
+    progress: no finding), ``ok`` (nothing found).
     """
 
     verdict: str
@@ -53,6 +55,11 @@ class Report:
     time: float
     threshold: float
     hangs: list[Hang] = field(default_factory=list)
+    #: tasks blocked for longer than the threshold on a request the daemon is serving, with
+    #: progress (``Hang.progress``): slow, not hung; never aborted
+    slow: list[Hang] = field(default_factory=list)
+    #: some worker was not sampled over long enough to tell slow from hung
+    undecided: bool = False
     #: other blocked tasks of the wait-for graph, blocked for less than the threshold so far
     also_blocked: list[Hang] = field(default_factory=list)
     blocked: list[TaskInfo] = field(default_factory=list)
@@ -73,13 +80,35 @@ class Report:
 
     @property
     def found(self) -> bool:
-        return self.verdict != "ok"
+        """Something to act on (and to abort, with ``--abort``): not ``ok``, not ``slow``."""
+        return self.verdict not in ("ok", "slow")
 
     @property
     def latency(self) -> float | None:
         return self.timing.get("latency")
 
     # -- what is involved -------------------------------------------------------------------
+
+    def _slow_only(self) -> tuple[set[int], set[int]]:
+        """(connections, tids) that only slow work involves: what recovery leaves alone."""
+        g = self.graph
+        if not self.slow or g is None:
+            return set(), set()
+
+        def reach(tids: set[int]) -> tuple[set[int], set[int]]:
+            nodes = g.reachable([f"task:{t}" for t in tids])
+            conns = {c for n in nodes if isinstance(c := g.nodes[n].attrs.get("conn"), int)}
+            tasks = {t for n in nodes if isinstance(t := g.nodes[n].attrs.get("tid"), int)}
+            return conns, tasks
+
+        slow_conns, slow_tids = reach({h.task.tid for h in self.slow})
+        slow_conns |= {c for h in self.slow if (c := h.task.conn) is not None}
+        rest = {t.tid for t in self.blocked if t.blocked} | {h.task.tid for h in self.hangs}
+        rest -= {h.task.tid for h in self.slow}
+        rest_conns, rest_tids = reach(rest)
+        if self.cycle is not None:
+            rest_tids |= set(self.cycle.tasks)
+        return slow_conns - rest_conns, slow_tids - rest_tids
 
     def involved_conns(self) -> list[int]:
         """The FUSE connections the findings involve (what recovery aborts)."""
@@ -95,7 +124,7 @@ class Report:
         for t in self.blocked:
             if t.conn is not None:
                 conns.add(t.conn)
-        return sorted(conns)
+        return sorted(conns - self._slow_only()[0])
 
     def involved_mounts(self) -> dict[int, str]:
         """conn -> mount point, as seen when the findings were made."""
@@ -109,14 +138,18 @@ class Report:
         tids = {h.task.tid for h in self.hangs}
         if self.graph is not None:
             tids.update(t for t in self.graph.tasks if f"task:{t}" in self.graph.nodes)
-        return sorted(tids)
+        return sorted(tids - self._slow_only()[1])
 
     # -- forms -------------------------------------------------------------------------------
 
     def text(self) -> str:
-        return render_text(self)
+        return printable(render_text(self))
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form; every path in it escaped (:mod:`stackfs.watchdog.escape`)."""
+        return printable_json(self._json())
+
+    def _json(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
             "summary": self.summary,
@@ -124,6 +157,7 @@ class Report:
             "threshold": self.threshold,
             "kernel": os.uname().release,
             "hangs": [h.to_json() for h in self.hangs],
+            "slow": [h.to_json() for h in self.slow],
             "also_blocked": [h.to_json() for h in self.also_blocked],
             "blocked": [t.to_json() for t in self.blocked],
             "cycle": self.cycle.to_json() if self.cycle else None,
@@ -214,7 +248,12 @@ def render_hang(
 ) -> list[str]:
     t = h.task
     lim = f"{threshold:g}"
-    if hung:
+    if h.slow:
+        out = [
+            f"task {t.comm}:{t.tid} blocked for {h.blocked_for:.2f} seconds: slow, not hung "
+            "(the daemon is serving its request; no hung-task report):"
+        ]
+    elif hung:
         out = [
             f"INFO: task {t.comm}:{t.tid} blocked for more than {lim} seconds.",
             f"      Not tainted {os.uname().release} (stackfs watchdog)",
@@ -263,11 +302,14 @@ def render_hang(
         age = r.get("age")
         out.append(
             f" request: #{r.get('id')} {r.get('op')}"
-            + (f' "{r.get("name")}"' if r.get("name") else "")
+            + (f' "{path_text(r["name"])}"' if r.get("name") else "")
             + (f" (ino {r.get('ino')})" if r.get("ino") is not None else "")
             + (f", in flight {age:.2f} s" if isinstance(age, (int, float)) else "")
             + (f", served by worker thread {worker}" if worker else "")
+            + ("" if r.get("task") else ", caller paired by opcode (the request has no pid)")
         )
+    if h.progress is not None:
+        out.append(f" progress of worker thread {h.progress.worker}: {h.progress.render()}")
     if g is not None:
         for e in g.out(f"task:{t.tid}"):
             if g.nodes[e.dst].kind in ("lock", "klock"):
@@ -662,6 +704,9 @@ def render_text(r: Report) -> str:
     for h in r.hangs:
         out += render_hang(h, r.threshold, g=r.graph)
         out.append("")
+    for h in r.slow:
+        out += render_hang(h, r.threshold, hung=False, g=r.graph)
+        out.append("")
     for h in r.also_blocked:
         out += render_hang(h, r.threshold, hung=False, g=r.graph)
         out.append("")
@@ -688,7 +733,7 @@ def render_text(r: Report) -> str:
     daemons = render_daemons(r)
     if daemons:
         out += ["", "connections and daemons:"] + [f" {x}" for x in daemons]
-    if r.graph is not None and r.graph.edges and (r.hangs or r.cycle):
+    if r.graph is not None and r.graph.edges and (r.hangs or r.cycle or r.slow):
         out += ["", "wait-for graph" + (" (no cycle):" if r.cycle is None else ":")]
         for e in r.graph.edges:
             if e.kind == "context":

@@ -134,3 +134,13 @@ def test_sigkill_of_the_backend_reaps_the_automounter(mount_backend):
     os.kill(m.pid, signal.SIGKILL)
     assert _wait_gone(daemon)  # parent-death signal / pipe EOF: it detaches its mounts, exits
     # the autofs mount itself is the stack's to clean up (aborted, detached) at teardown
+
+
+def test_map_and_trigger_directories_are_not_writable_by_others(mount_backend):
+    """The daemon runs with umask(0) (modes arrive masked by the caller's umask); the
+    directories it makes for itself are 0755 all the same: a map others could write would have
+    root's automounter bind-mount whatever they put there (issue 21)."""
+    m, store = _autofs(mount_backend)
+    assert (m.mountpoint / "proj" / "README").exists()  # a lookup made a trigger directory
+    for d in (store / ".map", store / ".autofs", store / ".autofs" / "proj"):
+        assert d.stat().st_mode & 0o777 == 0o755, d

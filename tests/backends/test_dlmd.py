@@ -125,3 +125,50 @@ def test_a_glock_is_named_after_the_store_inode_not_the_node_local_one():
 
     node1, node2 = Glock((1 << 56) + 1, "/A", number=0x2A), Glock(1 << 56, "/A", number=0x2A)
     assert node1.name == node2.name == "2/2a"
+
+
+@pytest.mark.timeout(20)
+def test_asts_are_scheduled_points_of_the_task_they_are_for(dlm, tmp_path):
+    """``queue_cast`` / ``queue_bast`` under ``sched:SOCKET`` (what ``stackfs explore`` sets
+    through the control socket's ``inject`` op): each AST waits at its point, as the task whose
+    request it answers (the ``waiters`` of ``lock``), and goes out once released."""
+    svc, _run_id = dlm
+    path = str(svc.run_dir / "dlm.sock")
+    sched = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sched.bind(str(tmp_path / "sched.sock"))
+    sched.listen(4)
+    sched.settimeout(5)
+    points = {p["point"] for p in svc.control({"op": "state"})["inject"]}
+    assert points == {"queue_cast", "queue_bast"}
+    for point in points:
+        svc.control({"op": "inject", "point": point, "action": f"sched:{tmp_path}/sched.sock"})
+
+    def arrival() -> tuple[socket.socket, dict]:
+        conn, _ = sched.accept()
+        conn.settimeout(5)
+        buf = b""
+        while b"\n" not in buf:
+            buf += conn.recv(4096)
+        return conn, json.loads(buf.split(b"\n", 1)[0])
+
+    n1, n2 = Node(path, "node1"), Node(path, "node2")
+    me = os.getpid()
+    n1.send({"op": "lock", "res": "2/a", "mode": "EX", "rid": 1, "waiters": [[me, "syscall"]]})
+    conn, arr = arrival()
+    assert (arr["point"], arr["tid"]) == ("queue_cast", me)
+    n1.sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        n1.recv()  # held at the point
+    conn.sendall(b'{"go": true}\n')
+    conn.close()
+    n1.sock.settimeout(5)
+    assert n1.recv() == {"op": "grant", "res": "2/a", "mode": "EX", "rid": 1}
+    n2.send({"op": "lock", "res": "2/a", "mode": "PR", "rid": 2, "waiters": [[me, "fault"]]})
+    conn, arr = arrival()
+    assert (arr["point"], arr["tid"]) == ("queue_bast", me)  # the task whose request it is
+    conn.sendall(b'{"go": true}\n')
+    conn.close()
+    assert n1.recv() == {"op": "bast", "res": "2/a", "mode": "PR"}
+    n1.sock.close()
+    n2.sock.close()
+    sched.close()

@@ -9,7 +9,8 @@ three into the window together.
 
 * buggy (before Linux 4.7-rc3): d_drop only on ENOENT. The first d_splice_alias hashes the dentry;
   the other two hit ``BUG_ON(!d_unhashed(dentry))``: two oopses, one task passes (seed 003).
-* fixed: d_drop on every open_context error, right before the lookup: no oops.
+* fixed: d_drop on every open_context error, right before the lookup: no oops while
+  nfs_lookup does not yield (the last test: when it does, the window 4.7-rc3 left).
 * parallel-lookup: the open goes through an in-lookup dentry from d_alloc_parallel, so only one
   lookup of the name runs at a time; the barrier can never fill (it times out) and nobody oopses.
 

@@ -57,7 +57,7 @@ def test_natural_fixed_variant_that_reproduced_fails() -> None:
         _natural("fixed", "completes", "deadlock", matched=False),
     ]
     [s] = summarize(runs)
-    assert s.failure == "1 of 2 runs did not match"
+    assert s.failure == "1 of 2 runs did not complete correctly: deadlock ×1"
     assert _status(runs, [s]) == 1
 
 
@@ -208,4 +208,5 @@ def test_repro_run_natural_exits_non_zero_when_the_bug_never_reproduced(
     assert status == 1, out
     assert "0/100" in out
     assert "never reproduced in 3 natural runs" in out
-    assert "a buggy variant never reproduced" in out
+    assert "3 runs: 0 reproduced the bug (deadlock), 3 completed, 0 other" in out
+    assert "a natural batch did NOT match its variant's expectation" in out

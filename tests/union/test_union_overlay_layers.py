@@ -1,8 +1,8 @@
 """overlayfs-format layers (issue 9): lower branches written by overlayfs or by container tools
 (whiteouts as 0/0 character devices, ``trusted.overlay.opaque`` = ``y``, the ``user.overlay.*``
-forms) stack as the aufs equivalents, the way an OCI image's unpacked layers are laid out; the
-union writes aufs forms unless mounted with ``whiteout=overlay``. The views are checked against
-the kernel's own overlayfs mounted over the same directories."""
+forms under ``userxattr``) stack as the aufs equivalents, the way an OCI image's unpacked layers
+are laid out; the union writes aufs forms unless mounted with ``whiteout=overlay``. The views
+are checked against the kernel's own overlayfs mounted over the same directories."""
 
 from __future__ import annotations
 
@@ -73,11 +73,11 @@ EXPECTED = {
 }
 
 
-def kernel_overlay_view(tmp_path, lowers) -> dict[str, str]:
+def kernel_overlay_view(tmp_path, lowers, extra: str = "") -> dict[str, str]:
     """What the kernel's overlayfs shows over ``lowers`` (top first), mounted read-only."""
     mp = tmp_path / "kernel-ovl"
     mp.mkdir(exist_ok=True)
-    opts = "lowerdir=" + ":".join(str(p) for p in lowers)
+    opts = "lowerdir=" + ":".join(str(p) for p in lowers) + (f",{extra}" if extra else "")
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mp)], check=True)
     try:
         return view(mp)
@@ -103,7 +103,9 @@ def test_oci_layers_stack_as_overlayfs_shows_them(union, tmp_path):
     assert u.m("etc", "group").read_text() == "new group"
 
 
-def test_user_overlay_xattrs_are_read_too(union, tmp_path):
+def test_user_overlay_xattrs_are_read_with_userxattr(union, tmp_path):
+    """``user.overlay.*`` is overlayfs metadata only under ``userxattr`` (overlayfs' option);
+    otherwise it is a user's own xattr (docs/security.md)."""
     u = union
     write(u.l2 / "d" / "old", "old")
     write(u.l1 / "d" / "new", "new")
@@ -111,29 +113,37 @@ def test_user_overlay_xattrs_are_read_too(union, tmp_path):
     write(u.l2 / "e" / "gone", "gone")
     (u.l1 / "e").mkdir()
     ovl_whiteout(u.l1 / "e" / "gone")
-    u.mount()
+    u.mount("userxattr")
     assert os.listdir(u.m("d")) == ["new"]
     assert os.listdir(u.m("e")) == []
     assert not u.m("e", "gone").exists()
     # the layers' own xattrs are not listed through the union
     assert "user.overlay.opaque" not in os.listxattr(u.m("d"))
+    u.umount()
+    u.mount()
+    assert sorted(os.listdir(u.m("d"))) == ["new", "old"]
+    assert "user.overlay.opaque" in os.listxattr(u.m("d"))
 
 
-def test_whiteout_overlay_writes_overlayfs_forms(union, tmp_path):
-    """``whiteout=overlay``: 0/0 character devices and trusted.overlay.opaque in the upper; the
-    kernel's overlayfs reads the result (the upper as its top lower layer) as the union shows it."""
+@pytest.mark.parametrize("userxattr", [False, True])
+def test_whiteout_overlay_writes_overlayfs_forms(union, tmp_path, userxattr):
+    """``whiteout=overlay``: 0/0 character devices and trusted.overlay.opaque (user.overlay.opaque
+    under ``userxattr``) in the upper; the kernel's overlayfs (with the same ``userxattr``) reads
+    the result (the upper as its top lower layer) as the union shows it."""
     u = union
     write(u.l2 / "f", "f")
     write(u.l2 / "d" / "x", "x")
     write(u.l2 / "keep", "k")
-    u.mount("whiteout=overlay")
+    extra = "userxattr" if userxattr else ""
+    u.mount("whiteout=overlay", *([extra] if extra else []))
     os.unlink(u.m("f"))
     st = os.lstat(u.upper / "f")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
     os.unlink(u.m("d", "x"))
     os.rmdir(u.m("d"))
     os.mkdir(u.m("d"))  # over the whiteout: an opaque directory
-    assert os.getxattr(u.upper / "d", "trusted.overlay.opaque") == b"y"
+    ns = "user" if userxattr else "trusted"
+    assert os.getxattr(u.upper / "d", f"{ns}.overlay.opaque") == b"y"
     write(u.m("d", "y"), "y")
     u.m("f").write_text("again")  # a name made again over its whiteout
     assert (u.upper / "f").read_text() == "again"
@@ -142,7 +152,7 @@ def test_whiteout_overlay_writes_overlayfs_forms(union, tmp_path):
     mine = view(u.mp)
     assert mine == {"keep": "k", "d": "<dir>", "d/y": "y"}
     u.umount()
-    assert kernel_overlay_view(tmp_path, [u.upper, u.l1, u.l2]) == mine
+    assert kernel_overlay_view(tmp_path, [u.upper, u.l1, u.l2], extra) == mine
 
 
 def test_an_overlayfs_upper_is_used_as_it_is(union):

@@ -115,3 +115,21 @@ def test_rename_noreplace_and_exchange(union):
     assert u.m("h", "inside").read_text() == "I"
     assert u.m("dir").read_text() == "G"
     assert u.m("g").read_text() == "F"
+
+
+def test_rename_directory_over_opaque_directory_hiding_a_lower_one(union):
+    """A directory renamed over an opaque directory that hides a lower one must hide it too
+    (overlayfs, redirect_dir=on: ``d1`` is empty after this): before, the lower ``d1`` showed
+    at two names at once, its ``s`` one directory inode under two parents (ESTALE from
+    ``d_splice_alias`` under concurrent lookups, issue 21 item 4)."""
+    (union.l1 / "d1" / "s").mkdir(parents=True)
+    union.mount("timeout=0")
+    os.rename(union.m("d1"), union.m("d0"))  # d0 redirects to the lower d1
+    os.mkdir(union.m("d1"))  # opaque: made over the whiteout
+    os.mkdir(union.m("d2"))  # plain: no lower d2
+    os.rename(union.m("d2"), union.m("d1"))
+    assert os.listdir(union.m("d1")) == []
+    assert os.listdir(union.m("d0")) == ["s"]
+    union.remount()
+    assert os.listdir(union.m("d1")) == []
+    assert os.listdir(union.m("d0")) == ["s"]

@@ -52,8 +52,10 @@ class GfsMmapAbba(Scenario):
         "the page-in takes B's glock PR (gfs2_fault), which node 2 holds EX for its own write: "
         "each node waits for the other (buggy). fixed-sorted walks /proc/PID/maps and takes "
         "A and B's glocks in glock order first; fixed-prefault faults the buffer in before the "
-        "glock (GFS1); fixed-nofault allows the glock to be demoted while the task faults and "
-        "re-takes it at the next chunk (GFS2, Linux 5.16). Case two-fs puts A and B in two "
+        "glock (GFS1), which narrows the window without closing it (another node's demote "
+        "between the prefault and the glock evicts the pages again); fixed-nofault allows "
+        "the glock to be demoted while the task faults and re-takes it at the next chunk "
+        "(GFS2, Linux 5.16). Case two-fs puts A and B in two "
         "filesystems (two clusters, four mounts): the sorted walk cannot see the other "
         "filesystem's mapping and deadlocks too. Forced mode: the writers meet at the lock "
         "manager (each holds its glock before either copies on); natural mode: they only "
@@ -77,8 +79,14 @@ class GfsMmapAbba(Scenario):
         Variant(
             "fixed-prefault",
             COMPLETES,
-            "GFS1: fault the buffer in before the glock",
+            "GFS1: fault the buffer in before the glock; narrows the window: the other "
+            "node's EX between the prefault and the glock evicts the pages again",
             {"gfs2": "fixed-prefault"},
+            # the prefault holds no glock: the other node's request for the buffer's file
+            # demotes it (inode_go_inval drops the pages) before this writer's glock is
+            # granted, and the copy faults under it again (why 5.16 copies with page faults
+            # disabled and retries instead); docs/explore.md has the measured rates
+            window=DEADLOCK,
         ),
         Variant(
             "fixed-nofault",
