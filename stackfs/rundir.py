@@ -69,8 +69,14 @@ def _others_can_write(st: os.stat_result) -> bool:
     return bool(st.st_mode & 0o022)
 
 
+def _trusted_owner(uid: int) -> bool:
+    """Root's or ours: no one else's (a non-root reader, such as the in-process test tier run
+    as nobody, trusts what root's daemons wrote as it trusts the rest of the system)."""
+    return uid in (0, os.geteuid())
+
+
 def _ours(st: os.stat_result) -> bool:
-    return st.st_uid == os.geteuid() and not _others_can_write(st)
+    return _trusted_owner(st.st_uid) and not _others_can_write(st)
 
 
 def _check_parents(top: Path) -> None:
@@ -78,7 +84,7 @@ def _check_parents(top: Path) -> None:
     unless sticky: else another user could rename the root away and put their own there."""
     for d in top.parents:
         st = os.stat(d)
-        if st.st_uid not in (0, os.geteuid()) or (
+        if not _trusted_owner(st.st_uid) or (
             _others_can_write(st) and not st.st_mode & stat.S_ISVTX
         ):
             raise RunDirError(
@@ -130,10 +136,10 @@ def check_root(create: bool = False) -> Path:
         fd = os.open(top, _DIR_FLAGS)
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.geteuid():
+            if not _trusted_owner(st.st_uid):
                 raise RunDirError(
-                    f"run directory {top} belongs to uid {st.st_uid}, not {os.geteuid()}: "
-                    "refusing to use it (remove it)"
+                    f"run directory {top} belongs to uid {st.st_uid}, not root or "
+                    f"{os.geteuid()}: refusing to use it (remove it)"
                 )
             if made or _others_can_write(st) or st.st_mode & stat.S_ISVTX:
                 os.fchmod(fd, ROOT_MODE)  # ours: what is planted in it is checked entry by entry

@@ -377,3 +377,23 @@ def test_cleanup_sweeps_the_directory_of_a_daemon_that_died_while_starting(base)
     assert not (top / str(dead.pid)).exists()
     assert (top / str(os.getpid())).is_dir()
     rundir.remove(os.getpid())
+
+
+def test_a_non_root_caller_trusts_roots_run_directory(base):
+    """The in-process test tier runs as nobody and calls ``lifecycle.cleanup(run_id=...)``:
+    a run root of root's is trusted (root is no attacker), and nothing of root's is touched."""
+    top = rundir.check_root(create=True)
+    rundir.write_info(os.getpid(), {"pid": os.getpid(), "run_id": "roots"})
+    try:
+        r = as_nobody(f"""
+            import os
+            os.environ["STACKFS_RUN_DIR"] = {str(top)!r}
+            from stackfs import lifecycle, rundir
+            print(lifecycle.cleanup(run_id="nobodys"), sorted(rundir.all_infos()))
+        """)
+        assert r.returncode == 0, r.stderr
+        # no error, nothing done, and root's 0700 daemon directories stay unreadable to nobody
+        assert r.stdout.split() == ["[]", "[]"]
+        assert rundir.read_info(os.getpid()) is not None  # still there
+    finally:
+        rundir.remove(os.getpid())
