@@ -191,23 +191,76 @@ class FreeRun:
         return waiting[0], False
 
 
+#: what a replay does with a decision whose label never comes (a schedule file's ``unreached``):
+#: the schedule is wrong for this run (a one-line error), or the run did not go that way and
+#: the rest of the schedule is left to the free run
+UNREACHED_ERROR = "error"
+UNREACHED_FREE_RUN = "free-run"
+UNREACHED = (UNREACHED_ERROR, UNREACHED_FREE_RUN)
+
+
 class Replay:
-    """Follow a schedule's forced decisions; the steps it leaves out are left to the free run."""
+    """Follow a schedule's forced decisions; the steps it leaves out are left to the free run.
+    A decision's ``go`` is released once every label that waited when it was recorded waits
+    again (the kernel's timing may bring a task to its point later under load; releasing
+    before it arrives would replay another state), or ``patience`` seconds after ``go`` came.
+
+    ``unreached`` (default: the schedule file's ``unreached``, else ``error``) says what a
+    decision whose label is not waiting means: with ``error`` the schedule fails
+    (:class:`ScheduleError`) after the scheduler's ``replay_wait``; with ``free-run`` the
+    replay stops there after the scheduler's ``settle`` bound and every later step is left to
+    the free run (:attr:`abandoned` says where): a
+    variant that never reaches a point of the schedule (a fix that takes another path) runs
+    on as far as it goes."""
 
     name = "replay"
 
-    def __init__(self, schedule: Schedule) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        unreached: str | None = None,
+        patience: float = DEFAULT_SETTLE,
+    ) -> None:
         self.by_step = {d.step: d.go for d in schedule.decisions if d.forced}
         self.last = max(self.by_step, default=0)
+        # who else waited when the decision was recorded: a replay releases ``go`` once they
+        # wait again (the same state), or after ``patience`` seconds without them
+        self.recorded = {d.step: frozenset(d.waiting) for d in schedule.decisions if d.forced}
+        self.patience = patience
+        self._held: dict[int, float] = {}
+        self.unreached = unreached or str(schedule.meta.get("unreached", UNREACHED_ERROR))
+        if self.unreached not in UNREACHED:
+            raise ScheduleError(
+                f"unreached must be one of {', '.join(UNREACHED)}, not {self.unreached!r}"
+            )
+        self.abandoned: str | None = None
 
     def choose(self, step: int, waiting: Sequence[str]) -> tuple[str, bool] | None:
         go = self.by_step.get(step)
         if go is None:
             return waiting[0], False
-        return (go, True) if go in waiting else None
+        if go not in waiting:
+            return None
+        if not self.recorded.get(step, frozenset()) <= set(waiting):
+            first = self._held.setdefault(step, time.monotonic())
+            if time.monotonic() - first < self.patience:
+                return None
+        return go, True
 
     def wants(self, step: int) -> str | None:
         return self.by_step.get(step)
+
+    def give_up(self, step: int, waiting: Sequence[str]) -> bool:
+        """Decision ``step``'s label did not come: True (the rest is left to the free run)
+        when the replay's ``unreached`` is ``free-run``, False (an error) otherwise."""
+        if self.unreached != UNREACHED_FREE_RUN or self.by_step.get(step) in waiting:
+            return False
+        self.abandoned = (
+            f"decision {step} ({self.by_step.get(step)}) was not reached (waiting: "
+            f"{', '.join(waiting)}): the rest of the schedule was left to the free run"
+        )
+        self.by_step = {}
+        return True
 
 
 class PCT:
@@ -381,7 +434,14 @@ class Scheduler:
             chosen = self.strategy.choose(n, labels)
             if chosen is None:
                 self._stuck_since = self._stuck_since or now
-                if now - self._stuck_since < self.replay_wait:
+                stuck = now - self._stuck_since
+                # a replay that may give up does so after the settle bound (a task blocked
+                # behind a held one must not be held up to the hung-task threshold)
+                give_up = getattr(self.strategy, "give_up", None)
+                if stuck >= self.settle and give_up is not None and give_up(n, labels):
+                    self._stuck_since = None
+                    return None  # the rest is left to the free run: decide again
+                if stuck < self.replay_wait:
                     return None
                 want = getattr(self.strategy, "wants", lambda _s: None)(n)
                 self._fail(

@@ -379,8 +379,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         wrap(
             "Each run mounts its own stack (every layer a FUSE daemon), runs real processes, "
             "and lets the watchdog decide what happened: hung tasks and the wait-for cycle, "
-            "or an oops recorded by a layer's kernel model. Forced mode: injection points "
-            "force each race's interleaving, so a buggy variant reproduces on the first "
+            "or an oops recorded by a layer's kernel model. Forced mode: each run replays "
+            "the schedule stored for it (the order of the injection points stackfs explore "
+            "found; a fix meets the order that breaks the buggy variant), or the scenario's "
+            "barriers where none is stored, so a buggy variant reproduces on the first "
             f"try. {total} runs; reports in {root}/",
             indent="",
         )
@@ -527,7 +529,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run a scenario",
         description="Run scenario NAME (every variant and case unless narrowed). Forced mode "
-        "(the default) sets injection points so that the race happens on the first try; "
+        "(the default) replays the row's stored schedule (stackfs/repro/schedules/), or sets "
+        "the scenario's barriers where none is stored, so that the race happens on the first "
+        "try (the run's notes say which; --schedule FILE replays another); "
         "--natural forces nothing and measures how often it happens: each variant and case "
         "reports N runs = R that reproduced the bug + C that completed correctly + O other "
         "(each other outcome named and counted); a buggy variant's batch matches when R >= 1 "

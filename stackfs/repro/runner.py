@@ -41,6 +41,7 @@ from stackfs import control, lifecycle, mountinfo, rundir
 from stackfs.daemon import EXIT_CONNECTION_ABORTED
 from stackfs.kernel.sched import Schedule, Strategy
 from stackfs.linux.proc import alive
+from stackfs.repro import schedules
 from stackfs.repro.context import Run, SetupError
 from stackfs.repro.observe import (
     INSTRUMENTATION,
@@ -163,13 +164,26 @@ def run_once(
 ) -> RunResult:
     """One run of ``scenario`` / ``variant`` / ``case`` (see the module docstring). With a
     ``strategy`` the run is scheduled (:data:`SCHEDULED`): natural mode's stack and workload,
-    every injection point of every layer under a :class:`RunScheduler` deciding by it."""
-    if strategy is not None:
-        mode = SCHEDULED
+    every injection point of every layer under a :class:`RunScheduler` deciding by it. A
+    forced run without one replays the row's stored schedule (:func:`schedules.forced`) when
+    there is one, else the scenario's barriers force it; its notes say which."""
     t0 = time.monotonic()
     scen = scenario()
     v = scenario.variant(variant)
     c = scenario.case(case) if case else scenario.cases[0]
+    forcing: list[str] = []
+    run_mode = mode
+    if mode == FORCED and strategy is None:
+        stored = schedules.forced(scenario.name, v.name, c.name)
+        if stored is not None:
+            strategy = stored.strategy()
+            forcing.append(stored.note())
+        else:
+            forcing.append("forced by the scenario's barriers (no stored schedule forces this row)")
+    if strategy is not None:
+        run_mode = SCHEDULED  # natural mode's stack and workload, no barriers
+        if not forcing:  # a schedule given by the caller, not forced mode's stored one
+            mode = SCHEDULED
     root = report_root or Path(tempfile.mkdtemp(prefix="stackfs-reports-"))
     out = _out_dir(root, scenario, v, c, index)
     if out.exists():
@@ -196,7 +210,8 @@ def run_once(
     obs: Observation | None = None
     try:
         with lifecycle.Stack(run_id=run_id, log_dir=out / "logs") as st:
-            run = Run(scen, v, c, mode, index, scratch, out, st, rng)
+            run = Run(scen, v, c, run_mode, index, scratch, out, st, rng)
+            run.notes.extend(forcing)
             try:
                 scen.mount(run)
                 scen.prepare(run)
@@ -388,6 +403,8 @@ def _observe_scheduled(
     result.files["schedule"] = str(out / "schedule.json")
     if rs.sched.error is not None:
         result.schedule_error = str(rs.sched.error)
+    if abandoned := getattr(strategy, "abandoned", None):
+        run.notes.append(f"schedule: {abandoned}")
     run.notes.extend(rs.notes)
     run.notes.extend(obs.notes)
     return obs

@@ -32,9 +32,11 @@ TASKS = ("w0.cat", "w1.mv")
 POINTS = ("nfs:nfs_lookup", "nfs:nfs_open_context")
 
 
-def simulate(strategy: Strategy, *, replay_wait: float = 2.0) -> tuple[Scheduler, list[str]]:
+def simulate(
+    strategy: Strategy, *, replay_wait: float = 2.0, settle: float = 5.0
+) -> tuple[Scheduler, list[str]]:
     """Run two simulated tasks through POINTS under ``strategy``; the order they passed."""
-    s = Scheduler(strategy, settle=5.0, replay_wait=replay_wait)
+    s = Scheduler(strategy, settle=settle, replay_wait=replay_wait)
     passed: list[str] = []
     done: list[str] = []
     lock = threading.Lock()
@@ -124,6 +126,30 @@ def test_a_decision_that_cannot_be_taken_is_an_error_not_a_hang():
     assert "\n" not in str(s.error)
     assert len(passed) == 4  # every task was released and went on
     assert elapsed < 3.0
+
+
+def test_an_unreached_decision_of_a_free_run_replay_leaves_the_rest_to_the_free_run(
+    tmp_path: Path,
+):
+    """``"unreached": "free-run"`` in the file (forced mode's buggy order applied to a fix):
+    the decisions are followed while their labels come; the first that does not come, within
+    the settle bound, ends the replay, and the run goes on by the free run, without an error."""
+    path = tmp_path / "borrowed.json"
+    path.write_text(
+        '{"unreached": "free-run", "decisions": [{"step": 1, "go": "w1.mv@nfs:nfs_lookup#1"},'
+        ' {"step": 2, "go": "w2.ls@nfs:nfs_lookup#1"}, {"step": 3, "go": "w1.mv@nfs:x#1"}]}'
+    )
+    replay = Replay(Schedule.read(path))
+    t0 = time.monotonic()
+    s, passed = simulate(replay, replay_wait=30.0, settle=0.3)
+    assert time.monotonic() - t0 < 10.0  # not the replay bound: the settle bound
+    assert s.error is None
+    assert len(passed) == 4 and passed[0] == "w1.mv@nfs:nfs_lookup#1"
+    assert [d.forced for d in s.decisions] == [True, False, False, False]
+    assert replay.abandoned is not None
+    assert replay.abandoned.startswith("decision 2 (w2.ls@nfs:nfs_lookup#1) was not reached")
+    with pytest.raises(ScheduleError, match="unreached must be one of error, free-run"):
+        Replay(Schedule.read(path), unreached="skip")
 
 
 def test_malformed_schedule_files(tmp_path: Path):

@@ -13,8 +13,8 @@ import pytest
 
 from stackfs.kernel.sched import Decision, Replay, Schedule
 from stackfs.repro import registry, runner
-from stackfs.repro.scenario import SCHEDULED
-from stackfs.repro.schedules import all_stored
+from stackfs.repro.scenario import FORCED, SCHEDULED
+from stackfs.repro.schedules import all_stored, stored
 
 
 @pytest.mark.mount
@@ -99,3 +99,55 @@ def test_explore_command(tmp_path):
     [ex] = json.loads((out / "explore.json").read_text())["explorations"]
     assert (ex["runs"], ex["outcomes"], ex["matched"]) == (3, {"completes": 3}, True)
     assert 1 <= ex["distinct_schedules"] <= 3 and ex["strategy"] == "dfs"
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("name", "variant", "case"),
+    [
+        ("aufs-afs-copyup", "buggy", "mv"),
+        ("nfs-atomic-open", "buggy", "nfs"),
+        ("gfs-mmap-abba", "buggy", "write"),
+    ],
+)
+def test_forced_mode_replays_the_stored_schedule(tmp_path, name, variant, case):
+    """Forced mode (the default) of a row with a stored schedule is its replay: the run's own
+    schedule.json took every forced decision of the stored file, at the same step, without the
+    scenario's barriers; the run says so in its notes."""
+    path = stored(name, variant, case)
+    assert path is not None
+    want = [(d.step, d.go) for d in Schedule.read(path).forced()]
+    r = runner.run_once(registry.get(name), variant, case, report_root=tmp_path)
+    detail = f"observed {r.observed} ({r.summary}); problems: {r.problems}; {r.report_dir}"
+    assert r.mode == FORCED and r.matched and r.recovered, detail
+    assert f"forced by the stored schedule {path.name}" in r.notes, r.notes
+    ran = json.loads((tmp_path / r.report_dir / "schedule.json").read_text())
+    assert ran["decisions"] == r.schedule["decisions"]
+    taken = {d["step"]: d["go"] for d in ran["decisions"]}
+    assert want and all(taken.get(step) == go for step, go in want), (want, ran["decisions"])
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(60)
+def test_forced_mode_of_a_fix_replays_the_buggy_order_as_far_as_it_goes(tmp_path):
+    """A fixed variant without a schedule of its own is forced by the buggy variant's, whose
+    ``forced_for`` names it (``free-run``); a row without any keeps the barriers."""
+    r = runner.run_once(registry.get("aufs-afs-copyup"), "fixed-aufs", "mv", report_root=tmp_path)
+    assert r.mode == FORCED and r.matched and r.observed == "completes", r.summary
+    assert (
+        "forced by the stored schedule aufs-afs-copyup.buggy.mv.json, unreached: free-run"
+        in r.notes
+    ), r.notes
+    [first] = Schedule.read(stored("aufs-afs-copyup", "buggy", "mv")).forced()
+    assert (first.step, first.go) in {
+        (d.step, d.go) for d in Schedule.from_json(r.schedule).decisions
+    }
+    # lustre's cat has a stored schedule that replays but says "forced": false (the MDT has no
+    # point after a rename is applied yet): its forced mode keeps the barriers
+    assert Schedule.read(stored("lustre-open-rename", "buggy", "cat")).meta["forced"] is False
+    plain = runner.run_once(
+        registry.get("lustre-open-rename"), "buggy", "cat", report_root=tmp_path
+    )
+    assert plain.schedule is None and plain.matched, plain.summary
+    assert "forced by the scenario's barriers (no stored schedule forces this row)" in plain.notes
