@@ -5,7 +5,7 @@
 # The README, .ci/run and the Vagrant provisioner all call this script.
 #
 #   sudo ./provision.sh            # everything
-#   STACKFS_VENV=/path ./provision.sh
+#   STACKFS_VENV=/path ./provision.sh   # (STACKFS_BINDIR: where the stackfs command goes)
 #   sudo ./provision.sh --with vm  # also qemu for `stackfs vm` (virtme-ng is in the venv always)
 #   sudo ./provision.sh --with vagrant   # also what vagrant/ needs on the host (libvirt, qemu, ...)
 #   ./provision.sh --print-packages [--with ...]   # the Debian packages, one a line
@@ -165,6 +165,13 @@ print(*p["dependencies"], *p["optional-dependencies"]["test"],
     exit 0
 fi
 
+# One installation per checkout, said out loud: the venv's editable install and the command in
+# $BINDIR run one checkout; provisioning another clone re-points both (stackfs/launcher.py says
+# from where to where; `stackfs --version` names the checkout the command runs)
+BINDIR=${STACKFS_BINDIR:-/usr/local/bin}
+/usr/bin/python3 "$REPO/stackfs/launcher.py" notes "$BINDIR" "$VENV" "$REPO" |
+    while IFS= read -r note; do printf 'provision.sh: note: %s\n' "$note" >&2; done
+
 # Installed already (editable, from this checkout, with this pyproject.toml: .ci/run provisions
 # again, and so does every run on a developer's machine)? Then pip has nothing to do: its run
 # costs 10 s under TCG even when everything is satisfied.
@@ -232,11 +239,21 @@ if [ "$patched" -eq 3 ]; then
     fi
 fi
 
-ln -sf "$VENV/bin/stackfs" /usr/local/bin/stackfs
+# the command: a launcher that runs this checkout and says so when the user running it cannot
+# read the checkout (instead of a traceback from the import)
+/usr/bin/python3 "$REPO/stackfs/launcher.py" write "$BINDIR" "$VENV" "$REPO" >/dev/null
 # man stackfs, man stackfs-VERB: generated from the argument parser (argparse-manpage)
 MANDIR=${STACKFS_MANDIR:-/usr/local/share/man}
 if "$VENV/bin/python" -m stackfs.manpage "$MANDIR/man1" >/dev/null; then
-    command -v mandb >/dev/null && mandb -q "$MANDIR" 2>/dev/null || true
+    # apropos (man -k) reads the index of the manpath entry that man-db keeps for a directory:
+    # on Debian /usr/local/man (a symlink to share/man) is listed first and wins, with an index
+    # of its own (/var/cache/man/oldlocal); so index every manpath entry that is $MANDIR
+    if command -v mandb >/dev/null; then
+        realman=$(realpath "$MANDIR")
+        for d in $(manpath -q 2>/dev/null | tr ':' ' ') "$MANDIR"; do
+            [ "$(realpath "$d" 2>/dev/null)" != "$realman" ] || mandb -q "$d" 2>/dev/null || true
+        done
+    fi
     say "installed the manual pages (man stackfs) in $MANDIR/man1"
 else
     echo "provision.sh: generating the manual pages failed" >&2

@@ -76,8 +76,11 @@ class AFSFS(StoreFS):
     kind = "afs"
     variants = {
         "buggy": "afs_open flushes the page cache under the inode's i_mutex (OpenAFS, 2014)",
-        "fixed": "no flush under the lock in open: the kernel drops stale pages after the reply",
+        "fixed-afs": "no flush under the lock in open: the kernel drops stale pages after the "
+        "reply",
     }
+    #: the scenario's name (aufs-afs-copyup's fixed-afs) is the variant's; ``fixed`` stays
+    variant_aliases = {"fixed": "fixed-afs"}
     injection_points = {
         "afs_open": "afs_open after FetchStatus/FetchData, before the flush decision",
         "afs_store_data": "the StoreData round trip of afs_StoreAllSegments (close, fsync)",

@@ -30,23 +30,37 @@ posts the mount request and answers at once with a positive trigger directory (e
 0): the wait moves to the caller's next request on the name, a lock-free revalidation in its
 path walk (``chdir``, ``openat``). That is where autofs4 would have been too, without the lock.
 
-Variants (``-o`` ``--variant``)
-    ``2.6.18`` (2.6.18-22, the deadlock of commit 1864f7bd): every revalidation of a pending
-    dentry calls ``try_to_fill_dentry`` -> ``autofs4_wait``; it cannot know whether the caller
-    holds the directory lock. A second ``mkdir`` of the name revalidates under
-    ``filename_create``'s exclusive lock and waits for the daemon, whose own ``mkdir`` of the
-    mount point needs that lock: a real deadlock.
-    ``1864f7bd`` (2.6.23, "autofs4: deadlock during create"): never call back to the daemon while
-    the caller holds the directory lock (delayed hashing made creates go through ``->lookup``,
-    which dropped the mutex); the create gets EEXIST, its next walk waits. Wait queues are still
-    matched by name only: a lookup arriving after an expire removed the mount point but before
-    it completed joins the *expire's* queue, wakes with its dentry unhashed and the walk
-    returns ENOENT (the 2008 thread of seed 001).
-    ``lookaside`` (2576737873dc, 2.6.26): ``->lookup`` reuses the expiring dentry from the
-    look-aside list, waits for the expire (``autofs4_expire_wait``), then posts a new mount.
+Variants (``-o`` ``--variant``; the history from ``fs/autofs4/root.c``, docs/autofs.md)
+    ``2.6.18`` (2.6.18.8's root.c): ``autofs4_lookup`` hashes the new dentry (``d_add``), drops
+    the directory mutex and revalidates it (``try_to_fill_dentry`` -> ``autofs4_wait``). A
+    second ``mkdir`` of the name finds that hashed, pending, negative dentry, revalidates it
+    under ``filename_create``'s exclusive lock and waits for the daemon, whose ``mkdir`` of the
+    mount point needs that very lock: the deadlock of commit 1864f7bd. Its mount request is
+    matched by name (``autofs4_wait``): a lookup after an expire removed the mount point and
+    before it completed joins the *expire's* queue; nothing instantiates its dentry and the
+    walk gets ENOENT (the race the seed's 2008 quote describes).
+    ``rehash`` (f50b6f8691ca, 2.6.21, "autofs4: fix another race between mount and expire"):
+    2.6.18 plus the rehash list (``autofs4_lookup_unhashed``: "keep track of dentrys in this
+    unhashed state and reuse them"): ``->lookup`` takes the dentry the expire's
+    ``rmdir`` left, waits while it is ``AUTOFS_INF_EXPIRING``, then mounts. Hashes in
+    ``->lookup`` still, so the create deadlock stays.
+    ``1864f7bd`` (2.6.23, "autofs4: deadlock during create"): ``->lookup`` instantiates the
+    dentry without hashing it; ``autofs4_dir_mkdir`` hashes the daemon's own (``d_add``). A
+    second creator misses the unhashed dentry in the dcache and does its own ``->lookup``
+    (which dropped the mutex): it never revalidates under the lock. Keeps the rehash list.
+    ``lookaside`` (2576737873dc, "autofs4: use look aside list for lookups", 2008): one dentry
+    for every ``->lookup`` of a pending mount and for the daemon's ``mkdir``; an expiring
+    dentry is reused from its look-aside list (``autofs4_lookup_expiring``), kept positive,
+    and the lookup waits for the expire (``autofs4_expire_wait``), then mounts.
     ``2.6.38`` (``d_automount``/``d_manage``, 9875cf806403): ``->lookup`` and a create's
-    revalidation never wait; a path walk that crosses the dentry (a revalidation with no lock
+    last component never wait; a path walk that crosses the dentry (a revalidation with no lock
     held) waits for an expire (``autofs_d_manage``) and for the mount (``autofs_d_automount``).
+
+Which callback a LOOKUP is follows the modelled dcache: a revalidation of a dentry the model
+has hashed is ``->d_revalidate``, anything else ``->lookup`` (the VFS's ``d_lookup`` misses an
+unhashed dentry). The caller's stack gives autofs4 only what it was given, the lookup's intent
+(``nd->flags``: the last component of a create); whether FUSE holds the directory lock decides
+only where a wait autofs4 did with the mutex dropped can take place (the translation above).
 """
 
 from __future__ import annotations
@@ -66,10 +80,12 @@ from pyfuse3 import InodeT, ModeT, RequestContext
 
 from backends.autofs_model import (
     EXPIRING,
+    HASH_IN_LOOKUP,
     LOOKUP_ENOENT,
     MOUNTED,
     NEED_AUTOMOUNT,
     PENDING,
+    REUSE_EXPIRING,
     WAIT_UNDER_LOCK,
     AutofsInfo,
     Caller,
@@ -98,12 +114,20 @@ class AutofsFS(StoreFS):
 
     kind = "autofs"
     variants = {
-        "2.6.18": "every revalidation of a pending dentry waits for the daemon, also under the "
-        "directory lock of a create (deadlock during create, 2.6.18-22)",
-        "1864f7bd": "never call back to the daemon with the directory lock held; wait queues "
-        "matched by name (2.6.23: a lookup in an expire's window gets ENOENT)",
-        "lookaside": "reuse the expiring dentry from a look-aside list, wait for the expire, "
-        "then mount (2576737873dc, 2.6.26)",
+        "2.6.18": "2.6.18's root.c: ->lookup hashes the dentry (d_add) before calling back the "
+        "daemon; every revalidation of a pending negative dentry waits, also under a create's "
+        "directory lock (deadlock during create); a new dentry's mount request joins a pending "
+        "expire by name and the lookup returns it negative (ENOENT)",
+        "rehash": "2.6.18 plus the rehash list (autofs4_lookup_unhashed, f50b6f8691ca, 2.6.21): "
+        "->lookup reuses the unhashed dentry an expire left and waits while it is "
+        "AUTOFS_INF_EXPIRING, then mounts; still hashes in ->lookup (the create deadlock stays)",
+        "1864f7bd": "commit 1864f7bd (2.6.23, deadlock during create): ->lookup leaves the dentry "
+        "unhashed until autofs4_dir_mkdir hashes the daemon's own (d_add), so a second creator "
+        "misses it in the dcache and goes through ->lookup, never ->d_revalidate; keeps the "
+        "rehash list",
+        "lookaside": "2576737873dc (use look aside list for lookups, 2008): the same dentry "
+        "for every ->lookup of a pending mount and for the daemon's mkdir; reuse the expiring "
+        "dentry, wait for the expire, then mount",
         "2.6.38": "d_automount/d_manage: waits only where a path walk crosses the dentry, "
         "with no lock held (Linux 2.6.38)",
     }
@@ -358,7 +382,8 @@ class AutofsFS(StoreFS):
         )
 
     def _lookup_enoent(self, key: bytes, d: Dentry, wq: WaitQueue) -> None:
-        """Record the seed's ENOENT: the new dentry's mount request matched the expire."""
+        """Record the seed's ENOENT: the new dentry's mount request matched the expire and
+        the lookup was left with no positive dentry (the state that made it ENOENT)."""
         task = get_current_task()
         name = os.fsdecode(key)
         self.count("lookup_enoent_after_expire")
@@ -366,7 +391,9 @@ class AutofsFS(StoreFS):
             LOOKUP_ENOENT,
             f"autofs4_lookup: {task} looked up {name!r} with a new dentry #{d.id}; its mount "
             f"request matched the pending expire #{wq.token} of {name!r} (autofs4_wait), woke "
-            f"when the expire completed, dentry #{d.id} unhashed, no mount requested: ENOENT",
+            f"when the expire completed, dentry #{d.id} "
+            f"{'hashed but' if d.hashed else 'unhashed and'} negative (nothing instantiated "
+            "it), no mount requested: ENOENT",
             [task_json(task, (*current_chain(), "autofs4_wait"))],
             {
                 "key": name,
@@ -408,9 +435,16 @@ class AutofsFS(StoreFS):
         self._info(name).last_used = time.time()
         self.count("lookup_key")
         with calls(*caller.chain()):
-            if caller.revalidate and caller.known:
+            # which callback autofs4 gets follows the modelled dcache, as the VFS's did: a
+            # hashed dentry is revalidated (lookup_dcache / lookup_fast), an unhashed one is
+            # missed by d_lookup and looked up again (->lookup), whatever FUSE sent
+            d = self.dc.d_lookup(ROOT, name)
+            self.dc.dput(d)
+            if caller.revalidate and caller.known and d is not None:
+                self.count("autofs4_revalidate")
                 status = await self.autofs4_revalidate(name, caller)
             else:
+                self.count("autofs4_lookup")
                 status = await self.autofs4_lookup(name, caller)
         if status:
             raise OSError(-status, "autofs4_wait")
@@ -431,24 +465,38 @@ class AutofsFS(StoreFS):
             with calls("follow_automount", "autofs_d_automount"):
                 return await self.autofs4_wait(key, "mount", None)
 
-    async def _lookup_in_trigger(self, key: bytes, name: bytes, ctx) -> pyfuse3.EntryAttributes:
+    async def _into_mount(self, key: bytes, ctx) -> Inode:
+        """The mounted map entry a walk that is in ``key``'s trigger (or in its mount point,
+        not crossed) works in, once the mount is there (``autofs_d_automount``)."""
         caller = Caller.of(ctx.pid)
         with calls(*caller.chain()):
             status = await self.autofs_d_automount(key)
         if status:
             raise OSError(-status, "autofs4_wait")
         self._info(key).last_used = time.time()
-        return await super().lookup_entry(self._map_entry(key), name, ctx)
+        return self._map_entry(key)
+
+    async def _lookup_in_trigger(self, key: bytes, name: bytes, ctx) -> pyfuse3.EntryAttributes:
+        return await super().lookup_entry(await self._into_mount(key, ctx), name, ctx)
+
+    async def _walked_in(self, parent_inode: InodeT, ctx) -> InodeT:
+        """The directory a create, remove or rename in ``parent_inode`` works in: the mounted
+        map entry when ``parent_inode`` is a trigger (or a mount point the walk did not cross),
+        else ``parent_inode`` itself. The translation's other half: autofs4's walk had waited
+        in ``->lookup`` (mutex dropped) and crossed into the mount, so ``mkdir proj/out1`` as
+        the first access made out1 in the mounted volume; here the walk stands in the trigger,
+        and its operations there are the mount's."""
+        key = self._trigger_key(self.inodes.get(parent_inode), ctx.pid)
+        if key is None:
+            return parent_inode
+        return InodeT((await self._into_mount(key, ctx)).ino)
 
     @fuse_op
     async def opendir(self, inode: InodeT, ctx: RequestContext):
         key = self._trigger_key(self.inodes.get(inode), ctx.pid)
-        if key is None:
-            return await super().opendir.__wrapped__(self, inode, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
-        status = await self.autofs_d_automount(key)
-        if status:
-            raise OSError(-status, "autofs4_wait")
-        return await super().opendir.__wrapped__(self, self._map_entry(key).ino, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+        if key is not None:
+            inode = InodeT((await self._into_mount(key, ctx)).ino)
+        return await super().opendir.__wrapped__(self, inode, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
 
     def _map_entry(self, key: bytes) -> Inode:
         """The mounted map entry's directory (what the walk finds behind the trigger)."""
@@ -456,15 +504,21 @@ class AutofsFS(StoreFS):
         return self.remember(fd, os.fstat(fd), None, key)
 
     def _entry(self, key: bytes) -> pyfuse3.EntryAttributes:
-        """The mount point directory if mounted, else the trigger directory."""
-        if self.mounted(key):
-            try:
-                inode, st = self.lookup_store(self.inodes[ROOT], key)
-            except FileNotFoundError:
-                pass
-            else:
-                inode.nlookup += 1
-                return self.entry(inode, st)
+        """The mount point directory once the daemon's ``mkdir`` made it (mounted or not yet),
+        else the trigger directory.
+
+        From the daemon's ``mkdir`` on, the kernel's dentry of the key is the one that mkdir
+        instantiated, and the daemon's bind mount may be on it before its READY arrives: a
+        LOOKUP answered then with another node id (the trigger's) makes the kernel drop that
+        dentry (``d_invalidate``), which detaches the mounts on it (verified on 6.18,
+        docs/autofs.md). autofs4 never swapped the dentry under a mount."""
+        try:
+            inode, st = self.lookup_store(self.inodes[ROOT], key)
+        except FileNotFoundError:
+            pass
+        else:
+            inode.nlookup += 1
+            return self.entry(inode, st)
         trigger = self.trigger_dir / os.fsdecode(key)
         trigger.mkdir(mode=0o755, exist_ok=True)
         fd = os.open(trigger, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -489,8 +543,17 @@ class AutofsFS(StoreFS):
         return d
 
     async def autofs4_lookup(self, key: bytes, caller: Caller) -> int:
-        """``->lookup``: under the parent's i_rwsem (``__lookup_slow`` or a create's
-        ``lookup_one_qstr_excl``)."""
+        """``->lookup``: the VFS found no hashed dentry. autofs4 instantiated a new one
+        (2.6.18: ``d_add``, hashed; 1864f7bd: ``d_instantiate`` only, hashed by
+        ``autofs4_dir_mkdir``), or reused the unhashed one an expire left (rehash list,
+        look-aside list), dropped the directory mutex and waited for the daemon.
+
+        Translation: FUSE cannot drop the caller's lock, so where the caller holds it (every
+        FUSE ``->lookup``: ``__lookup_slow``, ``atomic_open``, a create's
+        ``lookup_one_qstr_excl``) a *mount* request is posted and answered at once with the
+        trigger; its next, lock-free request waits. A revalidation from a walk holds nothing
+        and waits here. A wait that needs no lock (an expire's completion) is done here in
+        any case, as autofs4 did."""
         if self.mounted(key) and EXPIRING not in self._info(key).flags:
             return 0
         ai = self._info(key)
@@ -502,47 +565,90 @@ class AutofsFS(StoreFS):
                 self._dentry(key, hashed=True)
                 ai.flags.add(NEED_AUTOMOUNT)
             return 0  # the walk that crosses it waits, in d_manage / d_automount
+        hashed = self.variant in HASH_IN_LOOKUP
         with calls("autofs4_lookup"):
             d = None
-            if self.variant == "lookaside":
-                with calls("autofs4_lookup_expiring"):
+            if self.variant in REUSE_EXPIRING:
+                lookaside = self.variant == "lookaside"
+                reuse = "autofs4_lookup_expiring" if lookaside else "autofs4_lookup_unhashed"
+                with calls(reuse):
                     d = self.expiring.get(key)
             if d is not None:
-                # reuse the expiring dentry (its flags kept); its expire completes without
-                # the directory lock, so waiting for it here cannot deadlock
+                # reuse the expiring dentry (its flags kept): wait while AUTOFS_INF_EXPIRING;
+                # an expire completes without the directory lock, so this cannot deadlock
                 ai.dentry = d
+                if self.variant != "lookaside":
+                    d.inode = None  # "make the rehashed dentry negative" (rehash list)
                 with calls("autofs4_expire_wait"):
                     await self.autofs4_wait(key, "expire", caller.lock)
-                self._dentry(key, hashed=False)
+                d = self._dentry(key, hashed=hashed)
             else:
-                wq = self.wqs.get(key)
-                if wq is not None and wq.type == "expire":
-                    # a new dentry's mount request matches the expire's queue by name
-                    d = self.dc.d_alloc(ROOT, key)
-                    try:
-                        ai.flags.add(PENDING)
-                        status = await self.autofs4_wait(key, "mount", caller.lock)
-                        ai.flags.discard(PENDING)
-                        if d.unhashed:
-                            # woken by the expire: the dentry passed in is unhashed and no
-                            # mount was requested; the walk fails
-                            self._lookup_enoent(key, d, wq)
-                            return status or -errno.ENOENT
-                    finally:
-                        self.dc.dput(d)
-                self._dentry(key, hashed=self.variant == "2.6.18")
-            # "hash the dentry, drop the mutex, call back the daemon": the lock cannot be
-            # dropped here, so the request is posted and the next lock-free request waits
+                d = self._new_lookup_dentry(key, hashed)
+            ai.flags.add(PENDING)
+            wq = self.wqs.get(key)
+            if wq is not None and wq.type == "expire":
+                # the new dentry's mount request matches the expire's queue by name
+                # (autofs4_wait looks the name up), and waits for the expire's completion
+                return await self._wait_in_lookup(key, d, caller, wq)
             if not self.mounted(key):
-                self._post_mount(key)
+                wq = self._post_mount(key)
+                if caller.revalidate and caller.lock is None:
+                    # FUSE sent a revalidation from a walk's lookup_fast, holding nothing:
+                    # wait here, as autofs4_lookup did with the mutex dropped (a FUSE
+                    # ->lookup always holds the parent's lock: lookup_slow, atomic_open)
+                    return await self._wait_in_lookup(key, d, caller, wq)
         return 0
 
+    def _new_lookup_dentry(self, key: bytes, hashed: bool) -> Dentry:
+        """The dentry ``->lookup`` works on: the key's own if it is hashed (the VFS passed that
+        one in again) or on 2576737873dc's active list, else a new one, ``d_add`` ed where the
+        variant hashes in lookup and only instantiated (negative, unhashed) where it delays
+        the hashing (1864f7bd: every lookup of the pending name has a dentry of its own)."""
+        ai = self._info(key)
+        if ai.dentry is not None and (ai.dentry.hashed or self.variant == "lookaside"):
+            return ai.dentry  # lookaside: autofs4_lookup_active finds the pending one
+        d = self.dc.d_alloc(ROOT, key)
+        self.dc.dput(d)
+        if hashed:
+            self.dc.d_add(d, None)
+        if ai.dentry is None or hashed:
+            ai.dentry = d
+        return d
+
+    async def _wait_in_lookup(self, key: bytes, d: Dentry, caller: Caller, wq: WaitQueue) -> int:
+        """``autofs4_wait`` in ``->lookup``, then its tail: an unhashed dentry is replaced by
+        the hashed one ``d_lookup`` finds (the daemon's ``mkdir`` hashed its own); a lookup
+        left with no positive dentry fails with ENOENT. Whether it does follows from the
+        modelled dcache: nothing here knows which request woke it."""
+        self.dc.dget(d)
+        try:
+            status = await self.autofs4_wait(key, "mount", caller.lock)
+            self._info(key).flags.discard(PENDING)
+            found: Dentry | None = d
+            if d.unhashed:
+                found = self.dc.d_lookup(ROOT, key)
+                self.dc.dput(found)
+            if found is None or found.negative:
+                if wq.type == "expire":
+                    self._lookup_enoent(key, d, wq)
+                return status or -errno.ENOENT
+            return status
+        finally:
+            self.dc.dput(d)
+
     async def autofs4_revalidate(self, key: bytes, caller: Caller) -> int:
-        """``->d_revalidate``: lock-free in a path walk (``lookup_fast``), under the parent's
-        exclusive lock in a create (``filename_create`` -> ``lookup_one_qstr_excl``)."""
+        """``->d_revalidate`` of the key's hashed dentry: lock-free in a path walk
+        (``lookup_fast``), under the parent's exclusive lock in a create
+        (``filename_create`` -> ``lookup_one_qstr_excl``), which autofs4 could not tell.
+
+        ``try_to_fill_dentry``: wait for an expire; a pending negative dentry waits for its
+        mount whatever the lookup's intent (2.6.18: the create's wait under the lock, the
+        deadlock); a positive one (the daemon's ``mkdir`` instantiated it) waits only when the
+        walk continues through it (``LOOKUP_CONTINUE``/``LOOKUP_DIRECTORY``), never for a
+        create's last component."""
         ai = self._info(key)
         if self.variant == "2.6.38":
-            if caller.lock is not None:
+            if caller.create_intent:
                 return 0  # the last component of a create: no d_automount
             with calls("follow_managed"):
                 if key in self.wqs and self.wqs[key].type == "expire":
@@ -554,8 +660,10 @@ class AutofsFS(StoreFS):
                         return await self.autofs4_wait(key, "mount", caller.lock)
             return 0
         with calls("autofs4_revalidate"):
-            if self.variant != "2.6.18" and caller.lock is not None:
-                return 0  # never call back to the daemon with the directory lock held
+            d = ai.dentry
+            negative = d is None or d.negative
+            if not negative and caller.create_intent:
+                return 0  # positive, last component of a create: try_to_fill_dentry returns
             with calls("try_to_fill_dentry"):
                 if key in self.wqs and self.wqs[key].type == "expire":
                     with calls("autofs4_expire_wait"):
@@ -572,10 +680,16 @@ class AutofsFS(StoreFS):
     ) -> pyfuse3.EntryAttributes:
         if parent_inode == ROOT and not self.oz_mode(ctx.pid):
             raise OSError(errno.EACCES, "autofs4_dir_mkdir: not the daemon")
+        parent_inode = await self._walked_in(parent_inode, ctx)
         attr = await super().mkdir.__wrapped__(self, parent_inode, name, mode, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
         if parent_inode == ROOT:
             with calls("autofs4_dir_mkdir"):
-                d = self._dentry(name, hashed=True)
+                ai = self._info(name)
+                if ai.dentry is not None and ai.dentry.unhashed and self.variant == "1864f7bd":
+                    # the daemon's own lookup missed the creators' unhashed dentry and got a
+                    # new one; d_add hashes that one, the creators' stay negative, unhashed
+                    ai.dentry = None
+                d = self._dentry(name, hashed=True)  # d_add (lookaside: the same dentry)
                 d.inode = attr.st_ino
         return attr
 
@@ -583,6 +697,7 @@ class AutofsFS(StoreFS):
     async def rmdir(self, parent_inode: InodeT, name, ctx: RequestContext) -> None:
         if parent_inode == ROOT and not self.oz_mode(ctx.pid):
             raise OSError(errno.EACCES, "autofs4_dir_rmdir: not the daemon")
+        parent_inode = await self._walked_in(parent_inode, ctx)
         await super().rmdir.__wrapped__(self, parent_inode, name, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
         if parent_inode != ROOT:
             return
@@ -594,9 +709,42 @@ class AutofsFS(StoreFS):
             ai.flags.discard(MOUNTED)
             wq = self.wqs.get(name)
             if wq is not None and wq.type == "expire":
-                if self.variant in ("lookaside", "2.6.38") and d is not None:
-                    self.expiring[name] = d  # autofs4_add_expiring: flags kept
+                if self.variant in REUSE_EXPIRING | {"2.6.38"} and d is not None:
+                    # the rehash list (autofs4_dir_rmdir) / autofs4_add_expiring: flags kept
+                    self.expiring[name] = d
                 wq.rmdir_seen.set()
+
+    # -- the other creates and removes: in a trigger, they are the mounted volume's ---------------
+
+    @fuse_op
+    async def mknod(self, parent_inode: InodeT, name, mode: ModeT, rdev: int, ctx: RequestContext):
+        parent_inode = await self._walked_in(parent_inode, ctx)
+        return await super().mknod.__wrapped__(self, parent_inode, name, mode, rdev, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+
+    @fuse_op
+    async def symlink(self, parent_inode: InodeT, name, target, ctx: RequestContext):
+        parent_inode = await self._walked_in(parent_inode, ctx)
+        return await super().symlink.__wrapped__(self, parent_inode, name, target, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+
+    @fuse_op
+    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name, ctx: RequestContext):
+        new_parent_inode = await self._walked_in(new_parent_inode, ctx)
+        return await super().link.__wrapped__(self, inode, new_parent_inode, new_name, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+
+    @fuse_op
+    async def unlink(self, parent_inode: InodeT, name, ctx: RequestContext) -> None:
+        parent_inode = await self._walked_in(parent_inode, ctx)
+        await super().unlink.__wrapped__(self, parent_inode, name, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+
+    @fuse_op
+    async def rename(self, old: InodeT, name_old, new: InodeT, name_new, flags, ctx) -> None:
+        old, new = await self._walked_in(old, ctx), await self._walked_in(new, ctx)
+        await super().rename.__wrapped__(self, old, name_old, new, name_new, flags, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
+
+    @fuse_op
+    async def create(self, parent_inode: InodeT, name, mode: ModeT, flags, ctx: RequestContext):
+        parent_inode = await self._walked_in(parent_inode, ctx)
+        return await super().create.__wrapped__(self, parent_inode, name, mode, flags, ctx)  # type: ignore[attr-defined]  # the handler under the tracking wrapper
 
     def list_dir(self, dh) -> list[bytes]:
         names = super().list_dir(dh)

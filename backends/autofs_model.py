@@ -41,6 +41,18 @@ DIR_LOCK_FRAMES = {
     "do_unlinkat": "write",
     "do_renameat2": "write",
 }
+#: frames of a lookup for a create's last component: the VFS passed autofs4 the intent
+#: (``nd->flags`` with ``LOOKUP_CREATE``/``LOOKUP_EXCL`` and no ``LOOKUP_CONTINUE``), which
+#: ``try_to_fill_dentry`` read; autofs4 never knew from it whether the caller held the lock
+CREATE_INTENT_FRAMES = frozenset({"filename_create", "lookup_one_qstr_excl", "lookup_open"})
+
+#: the variants whose ``->lookup`` hashes the new dentry (``d_add``) before it calls back the
+#: daemon (2.6.18's root.c); the others delay the hashing until ``->mkdir`` (1864f7bd)
+HASH_IN_LOOKUP = frozenset({"2.6.18", "rehash"})
+#: the variants whose ``->lookup`` reuses the unhashed dentry an expire left (the rehash list,
+#: ``autofs4_lookup_unhashed``; 2576737873dc's look-aside list, ``autofs4_lookup_expiring``)
+REUSE_EXPIRING = frozenset({"rehash", "1864f7bd", "lookaside"})
+
 #: frames of the FUSE request machinery and the syscall entry, left out of a caller's chain
 _SKIP = {
     "request_wait_answer",
@@ -73,14 +85,24 @@ class Caller:
 
     @property
     def lock(self) -> tuple[str, str] | None:
-        """(frame, mode) of the parent's i_rwsem the caller holds, or None. An unreadable
-        stack counts as holding it (never wait then: no deadlock is made up)."""
+        """(frame, mode) of the parent's i_rwsem the caller really holds (FUSE), or None. An
+        unreadable stack counts as holding it (never wait then: no deadlock is made up).
+
+        The translation's business only: whether a wait that autofs4 did *after dropping the
+        directory mutex* can be done here, where FUSE cannot drop it. No autofs4 decision
+        reads it (autofs4 "could never be sure" it owned the mutex: seed 001)."""
         if not self.frames:
             return ("unknown", "write")
         for f in self.frames:
             if f in DIR_LOCK_FRAMES:
                 return f, DIR_LOCK_FRAMES[f]
         return None
+
+    @property
+    def create_intent(self) -> bool:
+        """The lookup is for the last component of a create (``LOOKUP_CREATE``, no
+        ``LOOKUP_CONTINUE``): the intent autofs4 was given in ``nd->flags``."""
+        return any(f in CREATE_INTENT_FRAMES for f in self.frames)
 
     def chain(self) -> tuple[str, ...]:
         """The real frames, outermost first, down to the FUSE operation."""

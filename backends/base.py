@@ -52,6 +52,7 @@ from backends.tables import DirHandle, Handle, Inode, ServerChange
 from backends.xattrlock import InodeLocks
 from stackfs import control, crosslock, fuseattr
 from stackfs.daemon import TestbedOperations
+from stackfs.fuseerr import fuse_error
 from stackfs.kernel.events import Oops
 from stackfs.kernel.state import KernelState
 from stackfs.linux import libc
@@ -90,7 +91,8 @@ def _proc_fd(fd: int) -> str:
 
 
 def fuse_op(fn: F) -> F:
-    """Turn OSError into FUSEError (errno kept), and a model Oops into EIO.
+    """Turn OSError into FUSEError (errno kept: :func:`stackfs.fuseerr.fuse_error`), and a model
+    Oops into EIO.
 
     After an oops with ``panic_on_oops`` the daemon stops answering FUSE requests (the control
     socket goes on answering), as a panicked kernel would.
@@ -105,7 +107,7 @@ def fuse_op(fn: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+            raise fuse_error(exc) from None
         except Oops:
             if self.kernel.panic_on_oops:
                 self.panicked = True
@@ -128,6 +130,12 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     kind = "store"
     #: variant name -> one-line description (the first is the default)
     variants: dict[str, str] = {"default": "plain passthrough"}
+    #: other names of a variant (alias -> variant): one vocabulary with the scenarios' variant
+    #: names (``stackfs repro list``), old names kept working
+    variant_aliases: dict[str, str] = {}
+    #: variant name -> the Linux release its kernel model stands for (e.g. ``"4.7-rc1"``):
+    #: stamped on the model's events, so a report names it and prints its frames under it
+    releases: dict[str, str] = {}
     #: injection point name -> description (declared on the kernel state at start)
     injection_points: dict[str, str] = {}
     #: options of this personality (besides BASE_OPTIONS)
@@ -152,6 +160,20 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
     def default_variant(cls) -> str:
         return next(iter(cls.variants))
 
+    @classmethod
+    def resolve_variant(cls, variant: str | None) -> str:
+        """The variant ``variant`` names (itself, or through an alias); the default for None.
+        Raises ValueError, one line, for a name this personality does not know."""
+        if variant is None:
+            return cls.default_variant()
+        name = cls.variant_aliases.get(variant, variant)
+        if name not in cls.variants:
+            known = [*cls.variants, *(f"{a} (= {v})" for a, v in cls.variant_aliases.items())]
+            raise ValueError(
+                f"unknown variant {variant!r} of {cls.kind} (known: {', '.join(known)})"
+            )
+        return name
+
     def __init__(
         self,
         store: str | os.PathLike[str],
@@ -160,18 +182,14 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         kernel: KernelState | None = None,
     ) -> None:
         super().__init__(kernel)
-        variant = variant or self.default_variant()
-        if variant not in self.variants:
-            raise ValueError(
-                f"unknown variant {variant!r} of {self.kind} (known: {', '.join(self.variants)})"
-            )
-        self.variant = variant
+        self.variant = self.resolve_variant(variant)
         opts = {o.name: o.default for o in self.options()}
         opts.update(options or {})
         self.opts = opts
         self.entry_timeout = float(opts["entry_timeout"])
         self.attr_timeout = float(opts["attr_timeout"])
         self.kernel.panic_on_oops = bool(opts["panic_on_oops"])
+        self.kernel.events.release = self.releases.get(self.variant)
         self.panicked = False
         for name, description in self.injection_points.items():
             self.kernel.inject.declare(name, description)
@@ -221,17 +239,6 @@ class StoreFS(ServerSide, InodeLocks, TestbedOperations):
         if cur is None:
             return "?/" + os.fsdecode(b"/".join(reversed(parts)))
         return "/" + os.fsdecode(b"/".join(reversed(parts)))
-
-    def rel_path(self, inode: Inode) -> bytes | None:
-        """The store-relative path of ``inode`` if fully known (``b""`` for the root)."""
-        parts: list[bytes] = []
-        cur: Inode | None = inode
-        while cur is not None and cur.ino != ROOT:
-            if cur.parent is None:
-                return None
-            parts.append(cur.name)
-            cur = self.inodes.get(cur.parent)
-        return None if cur is None else b"/".join(reversed(parts))
 
     def _alloc_ino(self, st: os.stat_result) -> int:
         if st.st_dev == self.root_dev and st.st_ino != ROOT and st.st_ino < _ALLOC_BASE:

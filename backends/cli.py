@@ -31,11 +31,10 @@ def _resolve(args: argparse.Namespace):
         raise CLIError(
             f"unknown backend {args.kind!r} (known: {', '.join(backends.kinds())})"
         ) from None
-    variant = args.variant or cls.default_variant()
-    if variant not in cls.variants:
-        raise CLIError(
-            f"unknown variant {variant!r} of {args.kind} (known: {', '.join(cls.variants)})"
-        )
+    try:
+        variant = cls.resolve_variant(args.variant)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     store = Path(args.store)
     if not store.is_dir():
         raise CLIError(f"store {args.store}: not a directory")
@@ -112,8 +111,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in backends.kinds():
         cls = backends.personality(kind)
         print(f"{kind}")
+        aliases: dict[str, list[str]] = {}
+        for alias, name in cls.variant_aliases.items():
+            aliases.setdefault(name, []).append(alias)
         for i, (name, text) in enumerate(cls.variants.items()):
-            print(f"  variant {name}{' (default)' if i == 0 else ''}: {text}")
+            also = f" (also: {', '.join(aliases[name])})" if name in aliases else ""
+            print(f"  variant {name}{' (default)' if i == 0 else ''}{also}: {text}")
         for name, text in cls.injection_points.items():
             print(f"  inject {name}: {text}")
         for opt in cls.options():
@@ -125,9 +128,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    kinds = ", ".join(backends.kinds())
     p = sub.add_parser(
         "backend",
-        help="mount a backend (stackfs backend list: afs, nfs, autofs, lustre, gfs2, ...)",
+        help=f"mount a backend ({kinds}; stackfs backend list)",
         description="Backends are FUSE filesystems over a store directory that plays the "
         "server; the personality (`stackfs backend list`) plays the client, in a buggy or a "
         "fixed variant.",
@@ -136,10 +140,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m = bsub.add_parser(
         "mount",
         help="mount a backend",
-        description="Mount backend KIND over the store directory at MOUNTPOINT. Without -f, "
-        "return once the mount is live (the daemon runs detached).",
+        description=f"Mount backend KIND ({kinds}) over the store directory at MOUNTPOINT. "
+        "Without -f, return once the mount is live (the daemon runs detached).",
     )
-    m.add_argument("kind", metavar="KIND", help="passthrough, afs or nfs")
+    m.add_argument("kind", metavar="KIND", help=f"the personality: {kinds}")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     m.add_argument("--store", required=True, metavar="DIR", help="the server's directory")
     m.add_argument("--variant", metavar="V", help="variant (see `stackfs backend list`)")

@@ -4,8 +4,9 @@ Two nodes are two mounts of the same store, each its own daemon, sharing one loc
 (``stackfs dlmd``, ``-o dlm=SOCKET``, lockspace ``-o lockspace=NAME``, node ``-o node=NAME``).
 Every inode has a glock (:mod:`backends.glock`) and I/O takes it as GFS2 does:
 
-``gfs2_file_write_iter`` / ``gfs2_file_read_iter`` (direct I/O)
-    EX (PR) on the target for the whole syscall. FUSE does not say when a syscall starts and
+``gfs2_file_direct_write`` / ``gfs2_file_direct_read``
+    DF (``LM_ST_DEFERRED``, DLM CW: compatible with DF on other nodes, not with SH or EX) on
+    the target for the whole syscall. FUSE does not say when a syscall starts and
     ends, so its extent comes from the kernel: the request header's pid (:mod:`stackfs.fusereq`)
     names the task, ``/proc/TID/syscall`` its syscall (fd, buffer, count), ``/proc/TID/fdinfo``
     the file; the first chunk takes the glock, which is held until the chunks cover the count
@@ -14,13 +15,28 @@ Every inode has a glock (:mod:`backends.glock`) and I/O takes it as GFS2 does:
     chunk inside that one syscall (``fuse_direct_io`` -> ``iov_iter_extract_pages``), so a
     fault on the buffer arrives *between* the chunks, with the glock held: see
     docs/fuse-fault-path.md.
-``gfs2_fault``
+``gfs2_file_buffered_write``
+    EX for the whole ``write(2)``; FUSE without a writeback cache writes through in 1 MiB
+    WRITEs (``fuse_perform_write``), faulting the source's next part in between
+    (``fault_in_iov_iter_readable``, ``generic_perform_write``'s shape), in the writer's own
+    context: the same extent rule as a direct write.
+``gfs2_file_read_iter`` (buffered, Linux 5.8 to 5.15: the glock around the page-cache read
+    and its copy-out)
+    SH for the whole ``read(2)``: from its first READ until ``/proc/TID/syscall`` shows the
+    task left it (readahead READs do not add up to the count), the copy-out faulting the
+    buffer's pages in between.
+``gfs2_fault`` / ``gfs2_page_mkwrite``
     a FUSE READ from a task that is inside an I/O syscall on *another* file (or in no syscall)
-    is the kernel paging in an mmap of this file (``filemap_fault`` -> ``fuse_read_folio`` /
-    readahead): PR on this file's glock for that page-in, taken while the task's syscall holds
-    its target's glock: the nesting of seed 004.
-cached reads (``gfs2_file_read_iter`` on the page cache)
-    PR for the one READ request.
+    is the kernel paging in an mmap of this file. GFS2's ``->fault`` is ``gfs2_fault``, which
+    takes this file's glock SH and then calls ``filemap_fault``; FUSE's is ``filemap_fault``
+    itself, which locks the folio and sends the READ, so the model takes the glock in the
+    READ (the folio is locked already: see ``GlockTable._local_ok``). A fault for write (the
+    buffer of a read: the copy-out writes it) then takes EX in ``gfs2_page_mkwrite``; FUSE's
+    ``page_mkwrite`` sends nothing, so that too is taken before the READ is answered
+    (modelled: in the kernel it follows the read-in). Either is taken while the task's
+    syscall holds its target's glock: the nesting of seed 004.
+cached reads (a READ outside a tracked syscall)
+    SH for the one READ request (EX for such a WRITE: writeback, a flush).
 
 Variants (what the fault path does under the target's glock):
 
@@ -73,6 +89,8 @@ from stackfs.linux import proc
 
 #: x86-64 syscall numbers of the I/O syscalls whose buffer the glock's extent follows
 READ_SYSCALLS = {0: "read", 17: "pread64"}
+#: the glock state a syscall holds its target in: (writes, direct) -> state
+IO_STATE = {(True, True): "DF", (False, True): "DF", (True, False): "EX", (False, False): "SH"}
 WRITE_SYSCALLS = {1: "write", 18: "pwrite64"}
 IO_SYSCALLS = {**READ_SYSCALLS, **WRITE_SYSCALLS}
 PREFAULT_CHUNK = 1 << 20
@@ -123,18 +141,33 @@ def current_syscall_of(text: str) -> Syscall | None:
     return Syscall(nr, args[0], args[1], args[2])
 
 
-def fault_kind(tid: int) -> str:
-    """``prefault`` for a page-in by a task reading another's memory (``read`` of
-    ``/proc/PID/mem``: ``access_remote_vm``, fixed-prefault's prefault, whichever filesystem
-    serves the page), else ``fault`` (the mapping's owner, its readahead included)."""
-    sc = current_syscall(tid)
+def prefault_owner(tid: int, sc: Syscall | None) -> int | None:
+    """The task whose memory task ``tid``, in syscall ``sc``, is reading (``read`` of
+    ``/proc/PID/mem``: ``access_remote_vm``, fixed-prefault's prefault), else None."""
     if sc is None or sc.writes:
-        return "fault"
+        return None
     try:
         target = os.readlink(f"/proc/{tid}/fd/{sc.fd}")
     except OSError:
-        return "fault"
-    return "prefault" if target.startswith("/proc/") and target.endswith("/mem") else "fault"
+        return None
+    parts = target.split("/")
+    if len(parts) == 4 and parts[1] == "proc" and parts[3] == "mem" and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def fault_of(tid: int) -> tuple[str, bool]:
+    """What a page-in READ from task ``tid`` is, from one reading of ``/proc/TID/syscall``:
+    ``prefault`` (a task reading another's memory: :func:`prefault_owner`, whichever
+    filesystem serves the page) or ``fault`` (the mapping's owner, its readahead included);
+    and whether the fault is for write: the syscall whose buffer it is (the prefaulted task's,
+    for a prefault) is a read, whose copy-out writes it. A task that runs on sent an async
+    readahead, no fault of its own: not for write."""
+    sc = current_syscall(tid)
+    owner = prefault_owner(tid, sc)
+    if owner is not None:
+        sc = current_syscall(owner)
+    return ("fault" if owner is None else "prefault"), sc is not None and not sc.writes
 
 
 def fd_file(tid: int, fd: int) -> tuple[int, int] | None:
@@ -179,6 +212,8 @@ class SyscallHold:
     holders: list[tuple[Glock, Holder]] = field(default_factory=list)
     covered: int = 0
     retries: int = 0
+    #: the requests add up to the count (not a buffered read's: readahead)
+    covers: bool = True
 
     def to_json(self) -> dict[str, Any]:
         sc = self.syscall
@@ -219,9 +254,12 @@ class Gfs2FS(StoreFS):
     injection_points = {
         "gfs2_glock_nq": "before a syscall's holder asks for a glock (gfs2_file_write_iter, "
         "gfs2_file_read_iter; for fixed-prefault: after the prefault, before the glock)",
-        "gfs2_fault": "before a page-in asks for its file's glock (filemap_fault -> gfs2_fault; "
-        "a prefault's too), when it holds other glocks or its glock is not cached "
-        "in a mode it may take",
+        "gfs2_fault": "before a page-in asks for its file's glock SH (gfs2_fault, before "
+        "filemap_fault; a prefault's too), when it holds other glocks or its glock is not "
+        "cached in a state it may take",
+        "gfs2_page_mkwrite": "before a fault for write asks for its file's glock EX, after "
+        "the page-in (the copy-out of a read into a shared mapping), when the glock is not "
+        "cached EX",
         "do_xmote": "a demote: after the page-cache invalidation (inode_go_inval), before "
         "the lock manager is asked to convert down",
     }
@@ -307,16 +345,19 @@ class Gfs2FS(StoreFS):
         *,
         may_demote_outer: bool = False,
         point: str | None = "gfs2_glock_nq",
+        lockdep: bool = True,
     ) -> Holder:
         """``gfs2_glock_nq`` with lockdep's view: a glock taken while the task's other glocks
         may be demoted under it (HIF_MAY_DEMOTE) adds no dependency on them. ``point``: the
-        injection point hit first (None: none)."""
+        injection point hit first (None: none). ``lockdep``: False for a hold the task is not
+        inside (an async readahead's page-in: its ``gfs2_fault`` has returned)."""
         assert self.glocks is not None
         if point is not None:
             await self.kernel.inject.hit(point)
-        self.kernel.lockdep.lock_acquire(
-            h.task, self._ident(gl), h.mode, h.chain, trylock=may_demote_outer
-        )
+        if lockdep:
+            self.kernel.lockdep.lock_acquire(
+                h.task, self._ident(gl), h.mode, h.chain, trylock=may_demote_outer
+            )
         try:
             return await self.glocks.nq(gl, h)
         except BaseException:
@@ -349,9 +390,12 @@ class Gfs2FS(StoreFS):
         f = fd_file(tid, sc.fd)
         return sc if f is not None and f[1] == handle.inode.ino else None
 
-    async def _hold(self, tid: int, handle: Handle, sc: Syscall, func: str) -> SyscallHold:
+    async def _hold(
+        self, tid: int, handle: Handle, sc: Syscall, func: str, *, covers: bool = True
+    ) -> SyscallHold:
         """The glocks of ``tid``'s syscall ``sc``: taken at its first chunk, re-taken after a
-        demote (fixed-nofault), reused for every later chunk."""
+        demote (fixed-nofault), reused for every later chunk. ``covers``: the requests add up
+        to the syscall's count (its WRITEs, a direct read's READs), so the hold ends there."""
         hold = self.holds.get(tid)
         if hold is not None and (hold.syscall != sc or hold.target != handle.inode.ino):
             self._release(hold)  # the task has left that syscall (a short one)
@@ -362,25 +406,23 @@ class Gfs2FS(StoreFS):
                 if h.demoted or not h.granted:  # demoted under HIF_MAY_DEMOTE: retry
                     hold.retries += 1
                     self.count("retry")
-                    hold.holders[i] = (
-                        gl,
-                        await self._nq(
-                            gl, Holder(task, h.mode, (func, "gfs2_glock_nq"), "syscall")
-                        ),
-                    )
+                    again = Holder(task, h.mode, (func, "gfs2_glock_nq"), "syscall")
+                    again.folios_locked = h.folios_locked
+                    hold.holders[i] = (gl, await self._nq(gl, again))
             return hold
-        hold = self.holds[tid] = SyscallHold(tid, sc, handle.inode.ino)
-        mode = "EX" if sc.writes else "PR"
-        forced = self.opts["rendezvous"] and sc.writes and self.dlm is not None
+        hold = self.holds[tid] = SyscallHold(tid, sc, handle.inode.ino, covers=covers)
+        mode = IO_STATE[(sc.writes, handle.direct_io)]
+        forced = self.opts["rendezvous"] and self.dlm is not None
         if forced:
-            await self._rendezvous("enter", tid)
+            await self._rendezvous("enter", tid, func)
         want = [(handle.inode.ino, mode)]
         if self.variant == "fixed-prefault":
             await self._prefault(tid, sc)
         elif self.variant == "fixed-sorted":
             others = buffer_files(tid, sc.buf, sc.buf + sc.count, self.conn)
+            # a read writes its buffer (gfs2_page_mkwrite: EX), a write reads it (gfs2_fault)
             want += [
-                (ino, "EX" if not sc.writes else "PR")
+                (ino, "EX" if not sc.writes else "SH")
                 for ino in others
                 if ino != handle.inode.ino and ino in self.inodes
             ]
@@ -394,18 +436,19 @@ class Gfs2FS(StoreFS):
                     if ino == hold.target
                     else (func, "walk_vm", "gfs2_glock_nq")
                 )
-                hold.holders.append((gl, await self._nq(gl, Holder(task, m, chain, "syscall"))))
+                h = Holder(task, m, chain, "syscall", folios_locked=not handle.direct_io)
+                hold.holders.append((gl, await self._nq(gl, h)))
         except BaseException:
             self._release(hold)
             raise
         if forced:
-            await self._rendezvous("held", tid)
+            await self._rendezvous("held", tid, func)
         return hold
 
-    async def _rendezvous(self, step: str, tid: int) -> None:
+    async def _rendezvous(self, step: str, tid: int, func: str) -> None:
         assert self.dlm is not None
         passed = await self.dlm.rendezvous(
-            "gfs2_file_write_iter",
+            func,
             step,
             int(self.opts["rendezvous"]),
             float(self.opts["rendezvous_wait"]),
@@ -438,7 +481,7 @@ class Gfs2FS(StoreFS):
 
     def _progress(self, hold: SyscallHold, size: int) -> None:
         hold.covered += size
-        if hold.covered >= hold.syscall.count:
+        if hold.covers and hold.covered >= hold.syscall.count:
             self._release(hold)
 
     # -- I/O ---------------------------------------------------------------------------------
@@ -456,7 +499,8 @@ class Gfs2FS(StoreFS):
             return await self._io_one(
                 handle, "EX", "gfs2_file_write_iter", lambda: self._pwrite(handle, off, buf)
             )
-        hold = await self._hold(tid, handle, sc, "gfs2_file_write_iter")
+        func = "gfs2_file_direct_write" if handle.direct_io else "gfs2_file_buffered_write"
+        hold = await self._hold(tid, handle, sc, func)
         self._between_chunks(hold, False)
         try:
             return self._pwrite(handle, off, buf)
@@ -468,12 +512,19 @@ class Gfs2FS(StoreFS):
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         tid = self._task_tid()
         handle = self.handle(fh)
-        sc = current_syscall(tid, sync=handle.direct_io) if tid else None
+        hold = self.holds.get(tid) if tid else None
+        if hold is not None and hold.target == handle.inode.ino and not hold.syscall.writes:
+            # a later READ of a read syscall's own file: readahead may come while the task
+            # runs on (``/proc/TID/syscall`` says ``running``)
+            sc: Syscall | None = hold.syscall
+        else:
+            sc = current_syscall(tid, sync=handle.direct_io) if tid else None
         mine = (
             sc is not None and (f := fd_file(tid, sc.fd)) is not None and f[1] == handle.inode.ino
         )
-        if mine and handle.direct_io and sc is not None and not sc.writes:
-            hold = await self._hold(tid, handle, sc, "gfs2_file_read_iter")
+        if mine and sc is not None and not sc.writes:
+            func = "gfs2_file_direct_read" if handle.direct_io else "gfs2_file_read_iter"
+            hold = await self._hold(tid, handle, sc, func, covers=handle.direct_io)
             self._between_chunks(hold, False)
             try:
                 return os.pread(handle.fd, size, off)
@@ -482,7 +533,7 @@ class Gfs2FS(StoreFS):
                 self._between_chunks(hold, True)
         if mine:
             return await self._io_one(
-                handle, "PR", "gfs2_file_read_iter", lambda: os.pread(handle.fd, size, off)
+                handle, "SH", "gfs2_file_read_iter", lambda: os.pread(handle.fd, size, off)
             )
         return await self._fault(tid, handle, off, size)
 
@@ -505,8 +556,9 @@ class Gfs2FS(StoreFS):
             self._dq(gl, h)
 
     async def _fault(self, tid: int, handle: Handle, off: int, size: int) -> bytes:
-        """``gfs2_fault``: a page-in of a mapping of this file by a task that may hold other
-        glocks for its syscall (on this node, or on another filesystem's)."""
+        """``gfs2_fault`` (and ``gfs2_page_mkwrite`` for a fault for write): a page-in of a
+        mapping of this file by a task that may hold other glocks for its syscall (on this
+        node, or on another filesystem's)."""
         gl = self._glock(handle.inode.ino)
         task = get_current_task() if tid else Task(0, "?")
         hold = self.holds.get(tid)
@@ -515,31 +567,48 @@ class Gfs2FS(StoreFS):
             self.count("fault_under_own_glock")  # fixed-sorted: taken before, in order
             return os.pread(handle.fd, size, off)
         nested = list(hold.holders) if hold is not None else []
-        allow = self.variant == "fixed-nofault" and nested
+        allow = self.variant == "fixed-nofault" and bool(nested)
         if nested:
             self.count("fault_under_glock")
         if allow:
             assert self.glocks is not None
             for g, h in nested:
                 self.glocks.allow_demote(g, h, True)  # gfs2_holder_allow_demote
+        kind, for_write = fault_of(tid) if tid else ("fault", False)
         try:
-            chain = ("filemap_fault", "gfs2_fault", "gfs2_glock_nq")
-            kind = fault_kind(tid) if tid else "fault"
-            holder = Holder(task, "PR", chain, kind)
-            assert self.glocks is not None
-            # a page-in that holds nothing else and finds its glock cached in a mode it may
-            # take orders nothing across the cluster: not a scheduled decision
-            point = "gfs2_fault" if nested or not self.glocks.may_grant(gl, holder) else None
-            h = await self._nq(gl, holder, may_demote_outer=bool(allow), point=point)
+            h = await self._fault_nq(gl, Holder(task, "SH", ("gfs2_fault",), kind), nested, allow)
             try:
-                return os.pread(handle.fd, size, off)
+                data = os.pread(handle.fd, size, off)
             finally:
                 self._dq(gl, h)
+            if for_write:
+                self.count("gfs2_page_mkwrite")
+                mk = Holder(task, "EX", ("gfs2_page_mkwrite",), kind)
+                self._dq(gl, await self._fault_nq(gl, mk, nested, allow))
+            return data
         finally:
             if allow:
                 assert self.glocks is not None
                 for g, h in nested:
                     self.glocks.allow_demote(g, h, False)  # gfs2_holder_disallow_demote
+
+    async def _fault_nq(
+        self, gl: Glock, holder: Holder, nested: list[tuple[Glock, Holder]], allow: bool
+    ) -> Holder:
+        """A page-in's ``gfs2_glock_nq`` (``holder.chain``: the function that takes it)."""
+        assert self.glocks is not None
+        holder.chain = (*holder.chain, "gfs2_glock_nq")
+        # a page-in that holds nothing else and finds its glock cached in a state it may
+        # take orders nothing across the cluster: not a scheduled decision. Nor does
+        # gfs2_page_mkwrite on a glock cached EX, even nested: it follows its page-in's
+        # gfs2_fault (a decision already), is granted here whatever the other nodes do, and
+        # a decision for each made fixed-nofault's read case pass the 200 a run may take
+        decides = nested and holder.chain[0] != "gfs2_page_mkwrite"
+        point = holder.chain[0] if decides or not self.glocks.may_grant(gl, holder) else None
+        # lockdep follows the task only while it sleeps in the fault: an async readahead's
+        # READ is served while its task runs on (to its next WRITE, say), outside gfs2_fault
+        inside = holder.task.pid > 0 and "filemap_fault" in proc.kernel_stack(holder.task.pid)
+        return await self._nq(gl, holder, may_demote_outer=allow, point=point, lockdep=inside)
 
     # -- state -------------------------------------------------------------------------------
 

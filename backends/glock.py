@@ -11,6 +11,17 @@ granted holders, except those that allowed demotion (``gfs2_holder_allow_demote`
 cached pages (``inode_go_sync`` / ``inode_go_inval``): here a real
 ``pyfuse3.invalidate_inode`` of the kernel's page cache, run off the trio thread.
 
+Modes are GFS2's lock states (``LM_ST_*``: UN, SH, DF, EX), held on the DLM in the modes
+``lock_dlm.c: make_mode`` gives them (NL, PR, CW, EX): DF ("deferred", direct I/O) is
+compatible with DF on another node, not with SH or EX. A holder is granted on this node as
+``glock.c: may_grant`` says: next to granted holders only in the same state (SH with SH, DF
+with DF; EX alone), else when the cached state is its own or EX (which covers SH and DF). A
+blocking AST for a DLM mode asks for the state ``gdlm_bast`` maps it to (EX -> UN, CW -> DF,
+PR -> SH); a demote waits for every holder that has not allowed it (``find_first_strong_holder``)
+and one to SH from DF, which is a conversion *up* on the DLM, is a try (``do_xmote`` adds
+``LM_FLAG_TRY_1CB``): when the DLM cannot grant it at once the node unlocks instead
+(``finish_xmote``).
+
 Every holder and waiter has a task, mode and call chain (GFS2 function names); the table's
 snapshot is part of the daemon's ``locks`` state with ``"scope": "dlm:<lockspace>"``, which is
 what lets the watchdog see one lock shared by the daemons of two nodes.
@@ -30,10 +41,44 @@ from typing import Any
 
 import trio
 
-from stackfs.kernel.dlm import compatible, demote_target, stronger
+from stackfs.kernel.dlm import compatible
 from stackfs.kernel.task import Task
 
 log = logging.getLogger(__name__)
+
+#: ``lock_dlm.c: make_mode``: the DLM mode each state is held in
+_DLM_MODE = {"UN": "NL", "SH": "PR", "DF": "CW", "EX": "EX"}
+#: ``lock_dlm.c: gdlm_bast``: the state a blocking AST for a DLM mode asks this node to go to
+_BAST_STATE = {"EX": "UN", "CW": "DF", "PR": "SH"}
+
+
+def dlm_mode(state: str | None) -> str:
+    """``make_mode``: the DLM mode of a GFS2 lock state (None: UN, NL)."""
+    return _DLM_MODE[state or "UN"]
+
+
+def lm_state(mode: str) -> str | None:
+    """The GFS2 state a DLM mode granted to this node stands for (NL: None, unlocked)."""
+    for state, m in _DLM_MODE.items():
+        if m == mode:
+            return None if state == "UN" else state
+    raise ValueError(f"no GFS2 lock state is held in DLM mode {mode!r}")
+
+
+def bast_state(mode: str) -> str | None:
+    """``gdlm_bast``: the state a blocking AST for DLM ``mode`` asks for (None: UN)."""
+    state = _BAST_STATE.get(mode, "UN")
+    return None if state == "UN" else state
+
+
+def may_grant(state: str | None, current: str | None, wanted: str) -> bool:
+    """``glock.c: may_grant``: may a holder of ``wanted`` be granted on a glock cached in
+    ``state`` whose granted holders are in ``current`` (None: no holder)?"""
+    if current is not None:
+        return current in ("SH", "DF") and wanted == current
+    if state == wanted:
+        return True
+    return state == "EX" and wanted in ("SH", "DF")
 
 
 class DLMGone(OSError):
@@ -127,12 +172,18 @@ class DLMClient:
             raise DLMGone("the lock manager went away")
         return box[0]
 
-    async def lock(self, res: str, mode: str, waiter: Holder | None = None) -> str:
-        """``dlm_lock`` (convert): returns once granted. ``waiter``: the holder that asked
-        (its task and kind go along: forced mode's rendezvous needs to know; a DLM does not)."""
+    async def lock(
+        self, res: str, mode: str, waiter: Holder | None = None, *, try_: bool = False
+    ) -> str:
+        """``dlm_lock`` (convert) to DLM ``mode``: returns the mode granted, once granted.
+        ``waiter``: the holder that asked (its task and kind go along: forced mode's
+        rendezvous needs to know; a DLM does not). ``try_``: ``DLM_LKF_NOQUEUE`` (GFS2's
+        ``LM_FLAG_TRY_1CB``): not grantable at once, the node keeps the mode it had."""
         msg: dict[str, Any] = {"op": "lock", "res": res, "mode": mode}
         if waiter is not None:
             msg["waiters"] = [[waiter.task.pid, waiter.kind]]
+        if try_:
+            msg["try"] = True
         return str((await self._call(msg))["mode"])
 
     async def waiting(self, res: str, h: Holder) -> None:
@@ -166,10 +217,12 @@ class Holder:
     """``struct gfs2_holder``: a task's hold (or wait) on a glock."""
 
     task: Task
+    #: the GFS2 lock state it holds or wants: SH, DF or EX
     mode: str
     chain: tuple[str, ...]
-    #: "syscall" (held for a read/write syscall), "fault" (a page-in), "prefault" (a page-in
-    #: by the daemon's own prefault, fixed-prefault), "read" (one request)
+    #: "syscall" (held for a read/write syscall), "fault" (a page-in, or ``gfs2_page_mkwrite``
+    #: after it), "prefault" (a page-in by the daemon's own prefault, fixed-prefault), "read"
+    #: (one request)
     kind: str
     since: float = field(default_factory=time.time)
     #: HIF_MAY_DEMOTE: the glock may be demoted under this holder (it faults outside it)
@@ -177,6 +230,9 @@ class Holder:
     #: the glock was demoted under this holder: it must be re-acquired before use
     demoted: bool = False
     granted: bool = False
+    #: asked for in a FUSE request that holds page-cache folios locked (a buffered READ or
+    #: WRITE: ``fuse_perform_write`` sends its WRITE with them locked), as a page-in does
+    folios_locked: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,12 +256,14 @@ class Glock:
     #: store's inode number): the DLM resource is named after it, never after ``ino``, which
     #: each node allocates in its own lookup order where the store's numbers cannot be used
     number: int = -1
-    #: the mode the DLM granted this node (None: unlocked, LM_ST_UNLOCKED)
+    #: the GFS2 state the DLM granted this node: SH, DF, EX (None: LM_ST_UNLOCKED)
     state: str | None = None
     holders: list[Holder] = field(default_factory=list)
     waiters: list[Holder] = field(default_factory=list)
-    #: GLF_DEMOTE: the mode another node wants (a blocking AST came)
+    #: GLF_DEMOTE: the state to go to (``gl_demote_state``; "UN": unlock) since a blocking AST
+    #: came for the DLM mode ``wanted``
     demote: str | None = None
+    wanted: str | None = None
     demote_since: float | None = None
     xmote: bool = False
     changed: trio.Event = field(default_factory=trio.Event)
@@ -219,10 +277,17 @@ class Glock:
         self.changed.set()
         self.changed = trio.Event()
 
+    @property
+    def demote_state(self) -> str | None:
+        """The state a pending demote goes to (None: unlocked)."""
+        return None if self.demote in (None, "UN") else self.demote
+
     def blocking_demote(self) -> list[Holder]:
+        """``find_first_strong_holder``: every granted holder that has not allowed demotion
+        holds a pending demote up."""
         if self.demote is None:
             return []
-        return [h for h in self.holders if not h.may_demote and not compatible(self.demote, h.mode)]
+        return [h for h in self.holders if not h.may_demote]
 
 
 class GlockTable:
@@ -261,17 +326,28 @@ class GlockTable:
         return self._local_ok(gl, h)
 
     def _local_ok(self, gl: Glock, h: Holder) -> bool:
-        """May ``h`` be granted on this node now (``may_grant``)?"""
-        if gl.state is None or stronger(h.mode, gl.state):
+        """May ``h`` be granted on this node now (``may_grant``)? A task's own holders do
+        not stand in its way (the model lets a task nest holders of one glock)."""
+        if gl.state is None:
             return False
-        if gl.demote is not None and not compatible(gl.demote, h.mode) and h.kind == "syscall":
-            # a demote is pending: new syscalls queue behind it. A page-in does not: its
-            # folios are locked already (FUSE sends READ from inside filemap_fault), and the
-            # demote's invalidation would wait for them (a testbed artifact, not GFS2's order)
+        if (
+            gl.demote is not None
+            and h.kind == "syscall"
+            and not h.folios_locked
+            and not may_grant(gl.demote_state, None, h.mode)
+        ):
+            # a demote is pending: new syscalls queue behind it. A page-in does not, nor a
+            # buffered READ or WRITE: their folios are locked already (FUSE sends READ from
+            # inside filemap_fault and readahead, a buffered WRITE with its folios locked), and
+            # the demote's invalidation would wait for them (a testbed artifact: GFS2 takes
+            # the glock before it locks any folio)
             return False
-        return all(
-            o.task.pid == h.task.pid or (h.mode == "PR" and o.mode == "PR") for o in gl.holders
-        )
+        return may_grant(gl.state, self._current(gl, h), h.mode)
+
+    @staticmethod
+    def _current(gl: Glock, h: Holder) -> str | None:
+        """The state of the glock's granted holders other than ``h``'s task's (None: none)."""
+        return next((o.mode for o in gl.holders if o.task.pid != h.task.pid), None)
 
     async def nq(self, gl: Glock, h: Holder) -> Holder:
         """``gfs2_glock_nq``: wait until ``h`` is granted (promoting through the DLM)."""
@@ -282,13 +358,16 @@ class GlockTable:
                 if (
                     not gl.xmote
                     and gl.demote is None  # a pending demote goes first
-                    and (gl.state is None or stronger(h.mode, gl.state))
+                    and self._current(gl, h) is None  # run_queue: only for the first waiter
+                    and not may_grant(gl.state, None, h.mode)
                 ):
                     gl.xmote = True
                     self._count("do_xmote")
                     try:
-                        # do_xmote: ask the DLM; other local holders keep the old mode meanwhile
-                        gl.state = await self.dlm.lock(gl.name, h.mode, waiter=h)
+                        # do_xmote: ask the DLM for the holder's state (make_mode)
+                        gl.state = lm_state(
+                            await self.dlm.lock(gl.name, dlm_mode(h.mode), waiter=h)
+                        )
                     finally:
                         gl.xmote = False
                         gl.poke()
@@ -320,13 +399,17 @@ class GlockTable:
         gl.poke()
 
     async def _bast(self, res: str, mode: str) -> None:
-        """A blocking AST: another node wants ``mode``. Demote once no holder blocks it."""
+        """A blocking AST: another node wants DLM ``mode`` (``gdlm_bast`` -> ``gfs2_glock_cb``
+        -> ``handle_callback``). Demote once no holder blocks it."""
         gl = next((g for g in self.glocks.values() if g.name == res), None)
         if gl is None:
             return
         # a blocking AST may overtake the grant it follows (a promote still in flight): it is
         # kept and acted on once the conversion is done
-        gl.demote = mode
+        state = bast_state(mode) or "UN"
+        # handle_callback: a second, different demote request makes it an unlock
+        gl.demote = state if gl.demote in (None, state) else "UN"
+        gl.wanted = mode
         gl.demote_since = time.time()
         self._count("bast")
         gl.poke()
@@ -341,17 +424,26 @@ class GlockTable:
                     await gl.changed.wait()
                 self._reap(gl)
                 continue
-            if gl.state is None or compatible(gl.state, gl.demote):
-                gl.demote = gl.demote_since = None  # nothing held that is in the way
+            if (
+                gl.state is None
+                or gl.state == gl.demote_state
+                or compatible(dlm_mode(gl.state), gl.wanted or "EX")
+            ):
+                gl.demote = gl.wanted = gl.demote_since = None  # nothing held in the way
                 gl.poke()
                 return
             await self._demote(gl)
             return
 
     async def _demote(self, gl: Glock) -> None:
-        """``do_xmote`` down: write back and drop the cached pages, then convert."""
+        """``do_xmote`` to the demote state: write back and drop the cached pages, then
+        convert. The pages go on every demote, to SH too: there ``inode_go_sync`` only writes
+        them back and, when they were written through a mapping (``GIF_SW_PAGED``), unmaps
+        them (``unmap_shared_mapping_range``), so that the next access faults again; the
+        testbed sees a fault only as the FUSE READ of a page that is not cached, so it drops
+        them (modelled)."""
         assert gl.state is not None and gl.demote is not None
-        target = demote_target(gl.state, gl.demote)
+        target = gl.demote_state
         gl.xmote = True
         try:
             await self._invalidate(gl.ino)  # inode_go_sync + inode_go_inval
@@ -360,14 +452,20 @@ class GlockTable:
                 # other node's request waits for this conversion (do_xmote -> lm_lock)
                 await self._hit("do_xmote")
             for h in list(gl.holders):  # HIF_MAY_DEMOTE holders lose the glock
-                if not compatible(target, h.mode) or stronger(h.mode, target):
+                if not may_grant(target, None, h.mode):
                     gl.holders.remove(h)
                     h.demoted, h.granted = True, False
-            gl.state = await self.dlm.lock(gl.name, target)
+            # do_xmote: from SH or DF to another held state is a try (LM_FLAG_TRY_1CB); what
+            # the DLM cannot grant at once becomes an unlock (finish_xmote)
+            try_ = target is not None and gl.state in ("SH", "DF")
+            got = lm_state(await self.dlm.lock(gl.name, dlm_mode(target), try_=try_))
+            if got != target:
+                got = lm_state(await self.dlm.lock(gl.name, dlm_mode(None)))
+            gl.state = got
             gl.demotes += 1
             self._count("demote")
         finally:
-            gl.demote = None
+            gl.demote = gl.wanted = None
             gl.demote_since = None
             gl.xmote = False
             gl.poke()

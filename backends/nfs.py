@@ -97,6 +97,8 @@ class NFSFS(StoreFS):
         "parallel-lookup": "d_alloc_parallel in nfs_atomic_open: one lookup per name at a "
         "time (Linux 4.7)",
     }
+    #: the release each variant's model stands for (fs/nfs/dir.c, fs/dcache.c of that release)
+    releases = {"buggy": "4.7-rc1", "fixed": "4.7-rc3", "parallel-lookup": "4.7"}
     injection_points = {
         "nfs_atomic_open": "entry of nfs_atomic_open: every opener of the negative dentry",
         "nfs_open_context": "after open_context's OPEN round trip to the server, before d_drop",

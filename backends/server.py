@@ -189,7 +189,11 @@ class ServerSide:
         args = [str(a) for a in request.get("args", [])]
         if not isinstance(action, str):
             raise ValueError("server needs an 'action'")
-        change = self.server_apply(action, args)
+        try:
+            change = self.server_apply(action, args)
+        except OSError as exc:  # one line that names the operation and its path(s)
+            paths = " ".join(args[:2] if action == "rename" else args[:1])
+            raise OSError(exc.errno, f"server {action} {paths}: {exc.strerror}") from None
         await self.on_server_change(change)
         self.count("server_changes")
         return {"message": change.describe()}

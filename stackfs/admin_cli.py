@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import backends
 from stackfs import control, lifecycle
 from stackfs.cli import CLIError
 
@@ -52,7 +53,11 @@ def cmd_inject(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     """Another client changes the server (the store) behind the mount's back."""
     request: dict[str, Any] = {"op": "server", "action": args.action, "args": args.args}
-    reply = _query(args.mountpoint, request)
+    try:
+        reply = control.query(args.mountpoint, request)
+    except control.ControlError as exc:  # the daemon's answer names the operation and path
+        text = str(exc)
+        raise CLIError(text if args.mountpoint in text else f"{args.mountpoint}: {text}") from exc
     if reply.get("message"):
         print(reply["message"])
     return 0
@@ -61,14 +66,15 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from stackfs.rundir import RunDirError
 
+    owner = lifecycle.Owner(run_id=args.run_id, mine=args.mine, everything=args.all)
     try:
-        actions = lifecycle.cleanup(run_id=args.run_id)
+        actions = lifecycle.cleanup(owner=owner, dry_run=args.dry_run)
     except RunDirError as exc:
         raise CLIError(str(exc)) from None
     for a in actions:
-        print(f"{a.what}: {a.mountpoint or '-'} (daemon {a.pid or '?'})")
+        print(a.render())
     if not actions and not args.quiet:
-        print("nothing to clean up")
+        print("nothing to clean up" + ("" if args.all else " (of yours, or dead; --all: any)"))
     return 1 if any(a.refused for a in actions) else 0
 
 
@@ -109,11 +115,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "server",
         help="change a backend's server behind the client's back (another client)",
-        description="Act as another client of the server (store) behind an AFS or NFS "
-        "backend mounted at MOUNTPOINT: write PATH DATA, truncate PATH SIZE, rename OLD NEW, "
-        "unlink PATH. The backend's callbacks/attribute caches are broken as a real server "
-        "would break them. An autofs backend also takes expire KEY: its automount daemon "
-        "unmounts KEY and removes the mount point now (returns once the mount point is gone).",
+        description="Act as another client of the server (store) behind the backend ("
+        + ", ".join(backends.kinds())
+        + ") mounted at MOUNTPOINT: write PATH DATA [OFFSET], truncate PATH SIZE, rename OLD "
+        "NEW, unlink PATH, mkdir PATH, rmdir PATH. The backend's callbacks/attribute caches "
+        "are broken as a real server would break them. An autofs backend also takes expire "
+        "KEY: its automount daemon unmounts KEY and removes the mount point now (returns once "
+        "the mount point is gone).",
     )
     p.add_argument("mountpoint")
     p.add_argument(
@@ -125,13 +133,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cleanup",
         help="remove testbed mounts and daemons left behind (e.g. after SIGKILL)",
-        description="Abort, detach and kill every testbed mount (fsname stackfs:...) and its "
-        "daemon, and nothing else. With --run-id, only those of that run. A process is "
+        description="Abort, detach and kill the testbed's leftovers (mounts with fsname "
+        "stackfs:..., their daemons, service daemons, run cgroups) that are the caller's, and "
+        "nothing else: a mount whose daemon is gone (anyone's), and with --run ID the mounts, "
+        "daemons, services and cgroup (processes killed with cgroup.kill, after the run's "
+        "FUSE connections were aborted) of that run; with --mine, of every run whose processes "
+        "run as the caller's uid; with --all, everything. --dry-run lists what it would do. "
+        "Each line says what was removed and why it was the caller's. A process is "
         "signalled only once it proved to be the daemon (it holds the mount's FUSE connection; "
         "a service, its control socket); one that does not is reported and left alone, and "
         "the exit status is 1.",
     )
-    p.add_argument("--run-id", help="only mounts started with STACKFS_RUN_ID=RUN_ID")
+    p.add_argument(
+        "--run",
+        "--run-id",
+        dest="run_id",
+        metavar="ID",
+        help="also what the run ID owns (started with STACKFS_RUN_ID=ID)",
+    )
+    p.add_argument(
+        "--mine", action="store_true", help="also every run whose processes run as your uid"
+    )
+    p.add_argument("--all", action="store_true", help="every testbed mount, daemon and cgroup")
+    p.add_argument(
+        "-n", "--dry-run", action="store_true", help="list what would be done, do nothing"
+    )
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_cleanup)
 

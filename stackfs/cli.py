@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
@@ -43,6 +45,7 @@ EXIT_STATUS_DEFAULT = (
 EXIT_STATUS = {
     "stackfs": "Exit status: that of the COMMAND; 2 without one or on a bad command line.",
     "stackfs repro": "Exit status: that of the SUBCOMMAND; 2 without one.",
+    "stackfs repro show": "Exit status: 0 printed; 2 an unknown scenario or a bad command line.",
     "stackfs demo": "Exit status: 0 every run matched its variant's expectation and nothing is "
     "left mounted; 1 otherwise; 2 set-up error or bad command line; 4 skipped: "
     "no scenario can run on this machine (the reasons are printed); 130 "
@@ -69,6 +72,52 @@ def version() -> str:
     return f"stackfs {__version__}"
 
 
+def checkout() -> Path:
+    """The checkout this command runs: the directory that holds the ``stackfs`` package (an
+    editable install runs the clone it was installed from; provision.sh re-points it)."""
+    import stackfs
+
+    return Path(stackfs.__file__).resolve().parent.parent
+
+
+def version_line() -> str:
+    """``stackfs --version``: the version and the checkout it runs."""
+    return f"{version()} (checkout {checkout()})"
+
+
+#: options of the ``stackfs`` command itself, accepted after the verb too
+#: (``stackfs demo --junit x --ascii``): (flags, argparse keywords)
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (
+        ("--ascii",),
+        {
+            "action": "store_true",
+            "help": "plain ASCII output: no symbols that mailing lists mangle "
+            "(the default when stdout is not a terminal)",
+        },
+    ),
+]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Give ``parser`` the global options; below the top they default to SUPPRESS, so a verb's
+    parser leaves the value given before the verb alone, and every subcommand's parser,
+    recursively, accepts them after its own arguments."""
+    for flags, kw in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **(kw if top else {**kw, "default": argparse.SUPPRESS}))
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_line(),
+        help="print the version and the checkout this command runs, and exit",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if child is not parser:
+                    _add_global_options(child, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stackfs",
@@ -79,13 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
             "real mounts, detect them, explain them and recover."
         ),
     )
-    parser.add_argument("--version", action="version", version=version())
-    parser.add_argument(
-        "--ascii",
-        action="store_true",
-        help="plain ASCII output: no symbols that mailing lists mangle "
-        "(the default when stdout is not a terminal)",
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -95,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part of the testbed is not there (yet)
             raise
         module.add_parser(sub)
+    _add_global_options(parser, top=True)
     _exit_statuses(parser, "stackfs")
     return parser
 

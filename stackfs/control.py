@@ -33,7 +33,12 @@ class ControlError(Exception):
         self.errno = err
 
 
-async def serve(path: Path, handlers: dict[str, Handler], *, task_status=trio.TASK_STATUS_IGNORED):
+async def serve(
+    path: Path,
+    handlers: dict[str, Handler],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve ``handlers`` on the unix socket ``path`` until cancelled."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -158,13 +163,17 @@ def query_path(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dic
                 raise ControlError(f"{path}: daemon closed the connection", errno.ECONNRESET)
             buf += chunk
     reply = json.loads(buf)
+    if not isinstance(reply, dict):
+        raise ControlError(f"{path}: the reply is not a JSON object", errno.EPROTO)
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "request failed"), reply.get("errno"))
     reply.pop("ok", None)
     return reply
 
 
-def query(mountpoint: str | os.PathLike, request: dict[str, Any], timeout: float = 5.0):
+def query(
+    mountpoint: str | os.PathLike[str], request: dict[str, Any], timeout: float = 5.0
+) -> dict[str, Any]:
     """Send one request to the daemon serving ``mountpoint``."""
     return query_path(socket_path(mountpoint), request, timeout)
 

@@ -14,7 +14,6 @@ the layer below sees as its caller, so the chain can be followed down.
 from __future__ import annotations
 
 import contextvars
-import errno
 import functools
 import gc
 import logging
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from stackfs import control, fusectl, fusereq, mountinfo, rundir
+from stackfs import control, fusectl, fusereq, mountinfo, rundir, service
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, current_task
 from stackfs.linux import libc
@@ -238,12 +237,12 @@ class DaemonConfig:
     inject: list[str] = field(default_factory=list)
     max_tasks: int = 64
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
-    #: the mount's source (fsname) as mount(8) gave it; default ``stackfs:KIND:PID``
+    #: the mount's source (fsname) as mount(8) gave it; default ``stackfs:KIND:PID[:RUN]``
     source: str | None = None
 
     @property
     def fsname(self) -> str:
-        return self.source or f"{mountinfo.FSNAME_PREFIX}{self.kind}:{os.getpid()}"
+        return self.source or mountinfo.testbed_fsname(self.kind, os.getpid(), rundir.run_id())
 
 
 def fuse_options(cfg: DaemonConfig) -> set[str]:
@@ -291,6 +290,8 @@ EXIT_CONNECTION_ABORTED = 75
 
 #: why the serving loop ended (set by the signal watcher; read by :func:`serve`)
 _stopped_by: list[str] = []
+#: the FUSE connection whose disappearance (aborted, the mount detached) ended the daemon
+_connection_gone: list[int] = []
 
 
 def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
@@ -329,6 +330,7 @@ def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
         print(f"stackfs: cannot mount {mp}: {exc}", file=sys.stderr)
         return 1
     status = 0
+    log = service.claim_temp_log()
     try:
         entry = mountinfo.find(mp)
         info["conn"] = entry.conn if entry is not None else None
@@ -343,6 +345,12 @@ def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
                 file=sys.stderr,
             )
             status = EXIT_CONNECTION_ABORTED
+        elif _connection_gone and not _stopped_by:
+            print(
+                f"stackfs: the FUSE connection {_connection_gone[0]} of {mp} was aborted and "
+                "the mount detached; exiting",
+                file=sys.stderr,
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -351,6 +359,7 @@ def serve(ops: TestbedOperations, cfg: DaemonConfig) -> int:
         except Exception as exc:  # noqa: BLE001 - reported, the lifecycle cleans up
             print(f"stackfs: unmounting {mp}: {exc}", file=sys.stderr)
         rundir.remove(pid)
+        service.drop_empty_log(log)
     return status
 
 
@@ -416,9 +425,5 @@ async def _watch_connection(conn: int, scope: trio.CancelScope) -> None:
         return
     while path.exists():
         await trio.sleep(0.25)
+    _connection_gone.append(conn)
     scope.cancel()
-
-
-def fuse_error(exc: OSError) -> pyfuse3.FUSEError:
-    """The FUSEError carrying an OSError's errno (EIO when it has none)."""
-    return pyfuse3.FUSEError(exc.errno if exc.errno else errno.EIO)

@@ -6,10 +6,12 @@ line each way:
 
 ``{"op": "join", "node": N, "lockspace": LS, "pid": P, "mountpoint": M}``
     first message: this connection is node ``N`` of lockspace ``LS`` (a cluster filesystem);
-``{"op": "lock", "res": R, "mode": MODE, "rid": I, "waiters": [[TID, KIND]]}``
+``{"op": "lock", "res": R, "mode": MODE, "rid": I, "waiters": [[TID, KIND]], "try": B}``
     ``dlm_lock`` / convert; answered, possibly much later, by ``{"op": "grant", "res": R,
     "mode": MODE, "rid": I}`` (the completion AST). ``waiters`` (optional, testbed only): the
-    holder that asked (task, ``syscall``/``fault``/``prefault``/``read``);
+    holder that asked (task, ``syscall``/``fault``/``prefault``/``read``); ``try`` (optional,
+    ``DLM_LKF_NOQUEUE``): not grantable at once, the answer is at once, with the mode the node
+    already holds (NL: none);
 ``{"op": "waiting", "res": R, "waiters": [[TID, KIND]]}``
     another holder now waits for the node's queued request on ``R`` (testbed only);
 ``{"op": "unlock", "res": R}``
@@ -278,6 +280,7 @@ class LockServer:
                     sess.node,
                     str(msg["mode"]),
                     int(msg.get("rid", 0)),
+                    try_=bool(msg.get("try")),
                 )
             )
         elif op == "unlock":

@@ -7,6 +7,7 @@ ECONNABORTED, the daemon ENODEV (shared/NOTES.md). N is the minor number of the 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 CONNECTIONS = Path("/sys/fs/fuse/connections")
@@ -24,7 +25,7 @@ def ensure_mounted() -> bool:
     return res.returncode == 0 or _is_mounted()
 
 
-def _safe_iter():
+def _safe_iter() -> Iterator[Path]:
     try:
         yield from CONNECTIONS.iterdir()
     except OSError:

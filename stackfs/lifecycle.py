@@ -23,9 +23,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from stackfs import cgroup as cgroup_mod
 from stackfs import daemonid, fusectl, mountinfo, rundir
+from stackfs.cgroup import RunCgroup
 from stackfs.linux import libc
 from stackfs.linux.proc import alive, terminate
+from stackfs.linux.proc import uid_of as proc_uid
 from stackfs.service import Service, spawn_ready, timeout_factor
 from stackfs.service import start as start_service
 
@@ -58,12 +61,6 @@ class Mount:
         if self.proc is not None:
             return self.proc.poll() is None
         return alive(self.pid)
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace") if self.log else ""
-        except OSError:
-            return ""
 
     def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """Ask the daemon over its control socket (works while the mount is wedged)."""
@@ -124,20 +121,24 @@ def start_daemon(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     detach: bool = False,
+    cgroup: RunCgroup | None = None,
 ) -> Mount:
     """Start ``argv`` (a daemon that runs :func:`stackfs.daemon.serve` in the foreground) and
     return once ``mountpoint`` is live.
 
     The daemon reports readiness on a pipe (``STACKFS_READY_FD``); its stdout and stderr go to
     ``log`` (a temporary file by default). ``detach`` starts it in a session of its own and does
-    not keep it as a child to reap (what ``stackfs mount`` without ``-f`` does).
+    not keep it as a child to reap (what ``stackfs mount`` without ``-f`` does). ``cgroup``:
+    the run's (:class:`stackfs.cgroup.RunCgroup`), which the daemon joins before it execs.
     ``timeout`` is multiplied by ``$STACKFS_TIMEOUT_FACTOR`` (a slow machine: a VM under software
     emulation starts a Python daemon several times slower; the wait still ends on "ready").
     """
     # resolved as the kernel resolves it when the daemon mounts there: a symlinked mount point
     # shows up in mountinfo under its target (nothing is mounted there yet to walk into)
     mp = Path(os.path.realpath(mountpoint))
-    proc, log, msg = spawn_ready(argv, "stackfs-daemon-", env=env, log=log, timeout=timeout)
+    proc, log, msg = spawn_ready(
+        argv, "stackfs-daemon-", env=env, log=log, timeout=timeout, cgroup=cgroup
+    )
     timeout *= timeout_factor()
     if not msg.startswith(b"ready"):
         try:
@@ -278,6 +279,12 @@ class Stack:
     Use as a context manager. While it is open, SIGTERM raises :class:`SystemExit` (SIGINT
     raises KeyboardInterrupt as usual) so the ``with`` block unwinds and every mount goes down,
     also when a layer is deadlocked. ``STACKFS_RUN_ID`` is set for the daemons it starts.
+
+    Its daemons and services (and the workload processes a runner starts with
+    :attr:`cgroup`) live in a cgroup of their own (:class:`stackfs.cgroup.RunCgroup`, made at
+    the first mount or service); :meth:`close` ends with ``cgroup.kill`` and ``rmdir``.
+    Where there is none, :attr:`cgroup_note` says why (one line) and processes are reaped by
+    pid only.
     """
 
     def __init__(self, run_id: str | None = None, log_dir: Path | None = None) -> None:
@@ -288,6 +295,25 @@ class Stack:
         self.run_id = run_id or rundir.run_id() or f"run-{os.getpid()}-{int(time.time())}"
         self.log_dir = log_dir
         self._old_handler: Any = None
+        self._cgroup: RunCgroup | None = None
+        #: why this stack has no cgroup (None while it has one, or has not needed one yet)
+        self.cgroup_note: str | None = None
+        #: the processes ``cgroup.kill`` found still there when the stack went down
+        self.cgroup_killed: set[int] = set()
+
+    @property
+    def cgroup(self) -> RunCgroup | None:
+        """This stack's cgroup, made on first use (None where runs get none: see
+        :attr:`cgroup_note`)."""
+        if self._cgroup is None and self.cgroup_note is None:
+            try:
+                self._cgroup = RunCgroup.create(self.run_id)
+            except (OSError, cgroup_mod.CgroupError) as exc:
+                self.cgroup_note = f"no cgroup for this run: {exc}"
+            if self._cgroup is None and self.cgroup_note is None:
+                self.cgroup_note = f"no cgroup for this run: {cgroup_mod.unavailable()}"
+                _say_once(self.cgroup_note + "; its processes are reaped by pid")
+        return self._cgroup
 
     def mount(self, argv: Sequence[str], mountpoint: str | os.PathLike[str], **kw: Any) -> Mount:
         env = dict(os.environ)
@@ -295,7 +321,7 @@ class Stack:
         if self.log_dir is not None and "log" not in kw:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             kw["log"] = self.log_dir / f"{len(self.mounts)}-{Path(mountpoint).name}.log"
-        m = start_daemon(argv, mountpoint, env=env, **kw)
+        m = start_daemon(argv, mountpoint, env=env, cgroup=self.cgroup, **kw)
         self.mounts.append(m)
         return m
 
@@ -306,13 +332,14 @@ class Stack:
         if self.log_dir is not None and "log" not in kw:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             kw["log"] = self.log_dir / f"service-{len(self.services)}-{kind}.log"
-        svc = start_service(argv, kind, env=env, **kw)
+        svc = start_service(argv, kind, env=env, cgroup=self.cgroup, **kw)
         self.services.append(svc)
         return svc
 
     def close(self, timeout: float = 5.0) -> list[UnmountReport]:
         """Unmount everything, top-down, then stop the services. Hung connections are aborted
-        first, all of them."""
+        first, all of them; whatever is left in the stack's cgroup then is killed
+        (``cgroup.kill``) and the cgroup removed."""
         try:
             for m in [m for m in self.mounts if m.conn and m.waiting()]:
                 abort_if_ours(m)
@@ -320,8 +347,13 @@ class Stack:
                 m = self.mounts.pop()
                 self.reports.append(unmount(m, timeout=timeout))
         finally:
-            while self.services:
-                self.services.pop().stop()
+            try:
+                while self.services:
+                    self.services.pop().stop()
+            finally:
+                if self._cgroup is not None:
+                    self.cgroup_killed |= self._cgroup.kill(timeout)
+                    self._cgroup.remove()
         return self.reports
 
     def __enter__(self) -> Stack:
@@ -336,6 +368,16 @@ class Stack:
             if self._old_handler is not None:
                 signal.signal(signal.SIGTERM, self._old_handler)
                 self._old_handler = None
+
+
+_said: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """One line on stderr, once per process (a fallback every stack of the run shares)."""
+    if line not in _said:
+        _said.add(line)
+        print(f"stackfs: {line}", file=sys.stderr)
 
 
 def _in_main_thread() -> bool:
@@ -355,27 +397,93 @@ class CleanupAction:
     what: str
     #: a process was left alone: it did not prove to be the daemon (see :mod:`stackfs.daemonid`)
     refused: bool = False
+    #: why it was the caller's to remove: ``daemon gone``, ``run RUN``, ``yours``, ``--all``
+    why: str = ""
+    #: a run's cgroup (``mountpoint`` is its path), not a mount or a daemon
+    cgroup: bool = False
+
+    def render(self) -> str:
+        """``WHAT: MOUNTPOINT (daemon PID; WHY)``; a cgroup's line names no daemon."""
+        said = [] if self.cgroup else [f"daemon {self.pid or '?'}"]
+        said += [self.why] if self.why else []
+        return f"{self.what}: {self.mountpoint or '-'}" + (f" ({'; '.join(said)})" if said else "")
 
 
-def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupAction]:
-    """Remove testbed mounts (fsname ``stackfs:...``) and their daemons; nothing else.
+@dataclass
+class Owner:
+    """Whose leftovers a cleanup may remove (``stackfs cleanup``'s scope, issue 24 item 3).
 
-    With ``run_id``, only those whose daemon recorded that run id. A process is signalled only
+    With ``dead`` (``stackfs cleanup``), what is dead: a mount whose daemon is gone, a run
+    cgroup with no process left, anyone's; besides that, the run ``run_id`` (the run id the
+    kernel shows in the mount's fsname, or the run's cgroup), with ``mine`` what runs as the
+    caller's real uid, with ``everything`` all of the testbed's. A runner cleaning up after
+    its own run asks for its run alone (``dead=False``): another run's dead mount is that
+    run's to find."""
+
+    run_id: str | None = None
+    mine: bool = False
+    everything: bool = False
+    dead: bool = True
+
+    def why(self, gone: bool, label: str | None, pid: int | None) -> str | None:
+        """Why the caller may remove a thing (None: not theirs); ``label``: its run."""
+        if self.everything:
+            return "--all"
+        if self.run_id is not None and label == mountinfo.run_label(self.run_id):
+            return f"run {self.run_id}"
+        if gone and self.dead:
+            return "daemon gone"
+        if self.mine and pid is not None and proc_uid(pid) == os.getuid():
+            return "yours"
+        return None
+
+
+def cleanup(
+    run_id: str | None = None,
+    timeout: float = 3.0,
+    *,
+    owner: Owner | None = None,
+    dry_run: bool = False,
+) -> list[CleanupAction]:
+    """Remove the testbed's leftovers that ``owner`` may remove, and nothing else: testbed
+    mounts (fsname ``stackfs:...``) and their daemons, services, run cgroups.
+
+    ``run_id`` is ``Owner(run_id=run_id, dead=False)``: that run's alone (what a runner and a
+    test session clean up after themselves). ``stackfs cleanup`` passes an owner with
+    ``dead``: then what is dead (mounts whose daemon is gone, empty run cgroups) goes too.
+    A run's recovery: its FUSE connections aborted (a hung mount) and its mounts detached,
+    its daemons and services killed, then whatever is left in its cgroup killed
+    (``cgroup.kill``) and the cgroup removed. A process is signalled only
     once it proved to be the daemon (:mod:`stackfs.daemonid`: it holds the mount's FUSE
     connection; a service, its control socket), never on a file's word: one that does not is
-    left alone and reported (``refused``). :class:`~stackfs.rundir.RunDirError` when the run
-    directory cannot be trusted.
+    left alone and reported (``refused``). ``dry_run``: the actions it would take, none taken.
+    :class:`~stackfs.rundir.RunDirError` when the run directory cannot be trusted.
     """
+    if owner is None:
+        owner = Owner(run_id=run_id, dead=False)
     rundir.check_root()
     actions: list[CleanupAction] = []
     infos = rundir.all_infos()
+    run_pids = (
+        cgroup_mod.pids_under(path)
+        if owner.run_id is not None and (path := cgroup_mod.run_path(owner.run_id))
+        else set()
+    )
     for entry in reversed(mountinfo.testbed_mounts()):
         pid = entry.daemon_pid
         info = infos.get(pid) if pid is not None else None
-        if run_id is not None and (info is None or info.get("run_id") != run_id):
+        proof = daemonid.of_mount(pid, entry.conn, info) if pid and alive(pid) else None
+        gone = proof is None or proof.stale
+        label = entry.run_label
+        if pid in run_pids and owner.run_id is not None:
+            label = mountinfo.run_label(owner.run_id)  # its daemon is in the run's cgroup
+        why = owner.why(gone, label, pid if not gone else None)
+        if why is None:
+            continue
+        if dry_run:
+            actions.append(CleanupAction(entry.mountpoint, pid, "would unmount", why=why))
             continue
         m = Mount(Path(entry.mountpoint), pid or 0, entry.conn, entry.source, entry.kind or "?")
-        proof = daemonid.of_mount(pid, entry.conn, info) if pid and alive(pid) else None
         if proof is None or not proof.ok:
             m.pid = 0  # gone, or not the daemon of this mount: abort and detach, signal nobody
         rep = unmount(m, timeout=timeout) if m.pid else _unmount_orphan(m, timeout)
@@ -383,25 +491,76 @@ def cleanup(run_id: str | None = None, timeout: float = 3.0) -> list[CleanupActi
         refused = proof is not None and not proof.ok and not proof.stale
         if refused and proof is not None:
             how += f"; process {pid} not signalled ({proof.why})"
-        actions.append(CleanupAction(entry.mountpoint, pid, how, refused))
+        actions.append(CleanupAction(entry.mountpoint, pid, how, refused, why))
     for pid, info in infos.items():
-        if run_id is not None and info.get("run_id") != run_id:
-            continue
+        rid = info.get("run_id")
+        label = mountinfo.run_label(rid) if isinstance(rid, str) and rid else None
+        if pid in run_pids and owner.run_id is not None:
+            label = mountinfo.run_label(owner.run_id)
         if not alive(pid):
-            rundir.remove(pid)
+            if not dry_run and owner.why(True, label, None) is not None:
+                rundir.remove(pid)  # nobody's any more
         elif not _mounted_by(Path(info.get("mountpoint") or ""), pid):
+            why = owner.why(False, label, pid)
+            if why is None:
+                continue
             what = "daemon" if info.get("mountpoint") is not None else f"{info.get('kind')} service"
+            if dry_run:
+                actions.append(
+                    CleanupAction(info.get("mountpoint"), pid, f"would kill {what}", why=why)
+                )
+                continue
             proof = _kill_proven(pid, info)
             if proof.ok:
-                actions.append(CleanupAction(info.get("mountpoint"), pid, f"killed {what}"))
+                actions.append(
+                    CleanupAction(info.get("mountpoint"), pid, f"killed {what}", why=why)
+                )
             elif not proof.stale:
-                why = f"{what} not killed ({proof.why})"
-                actions.append(CleanupAction(info.get("mountpoint"), pid, why, True))
+                text = f"{what} not killed ({proof.why})"
+                actions.append(CleanupAction(info.get("mountpoint"), pid, text, True, why))
                 continue
             rundir.remove(pid)
-    for pid in rundir.dead_without_info():  # died while starting: belongs to no run
-        rundir.remove(pid)
+    if not dry_run:
+        for pid in rundir.dead_without_info():  # died while starting: belongs to no run
+            rundir.remove(pid)
+    actions += _cleanup_cgroups(owner, dry_run, timeout)
     return actions
+
+
+def _cleanup_cgroups(owner: Owner, dry_run: bool, timeout: float) -> list[CleanupAction]:
+    """The run cgroups ``owner`` may remove: the empty stacks of a run whose process is gone
+    silently (:func:`stackfs.cgroup.remove_dead`: a live stack's stays, even empty); one
+    with processes left after its mounts and daemons went (the workload of a run whose runner
+    was SIGKILLed): ``cgroup.kill``, then ``rmdir``."""
+    out = []
+    for name, path in sorted(cgroup_mod.run_cgroups().items()):
+        pids = cgroup_mod.pids_under(path)
+        if not pids:
+            ours = owner.run_id is not None and name == mountinfo.run_label(owner.run_id)
+            if not dry_run and (owner.dead or owner.everything or ours):
+                cgroup_mod.remove_dead(path)
+            continue
+        mine = owner.mine and all(proc_uid(p) in (os.getuid(), None) for p in pids)
+        if owner.everything:
+            why = "--all"
+        elif owner.run_id is not None and name == mountinfo.run_label(owner.run_id):
+            why = f"run {owner.run_id}"
+        elif mine:
+            why = "yours"
+        else:
+            continue
+        listed = ", ".join(map(str, sorted(pids)))
+        if dry_run:
+            what = f"would kill pids {listed} of cgroup"
+            out.append(CleanupAction(str(path), None, what, why=why, cgroup=True))
+            continue
+        killed = cgroup_mod.kill(path, timeout)
+        cgroup_mod.remove(path)
+        if killed:
+            listed = ", ".join(map(str, sorted(killed)))
+            what = f"killed pids {listed} of cgroup"
+            out.append(CleanupAction(str(path), None, what, why=why, cgroup=True))
+    return out
 
 
 def _kill_proven(pid: int, info: dict[str, Any]) -> daemonid.Proof:

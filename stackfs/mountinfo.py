@@ -1,15 +1,17 @@
 """Reading ``/proc/self/mountinfo``: which FUSE mounts exist, and which of them are the testbed's.
 
-A testbed mount carries the fsname ``stackfs:KIND:PID`` (PID is the daemon's pid) and the fstype
-``fuse.stackfs``; :func:`testbed_mounts` finds them, and nothing else. A union mounted through
-mount(8) (``mount -t fuse.stackfs SOURCE MP``) keeps SOURCE as its fsname, as fstests' FUSE
-support expects: its daemon is then found through its run directory (``/run/stackfs/PID/
-info.json`` records the fsname, the mount point and the connection).
+A testbed mount carries the fsname ``stackfs:KIND:PID[:RUN]`` (PID is the daemon's pid, RUN its
+run id: :func:`testbed_fsname`) and the fstype ``fuse.stackfs``; :func:`testbed_mounts` finds
+them, and nothing else. A union mounted through mount(8) (``mount -t fuse.stackfs SOURCE MP``)
+keeps SOURCE as its fsname, as fstests' FUSE support expects: its daemon is then found through
+its run directory (``/run/stackfs/PID/info.json`` records the fsname, the mount point and the
+connection).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,21 @@ from stackfs import rundir
 
 FSNAME_PREFIX = "stackfs:"
 SUBTYPE = "stackfs"
+_LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def run_label(run_id: str) -> str:
+    """A run id as an fsname field and a cgroup name: ``[A-Za-z0-9._-]``, anything else ``_``
+    (a comma would split the mount options, a colon the fsname, a slash a path)."""
+    out = _LABEL_BAD.sub("_", run_id)[:120]
+    return out if out.strip(".") else "_"
+
+
+def testbed_fsname(kind: str, pid: int, run_id: str | None) -> str:
+    """``stackfs:KIND:PID`` or, in a run, ``stackfs:KIND:PID:RUN``: the kernel shows the mount's
+    run in mountinfo for as long as the mount exists, its daemon alive or not."""
+    base = f"{FSNAME_PREFIX}{kind}:{pid}"
+    return f"{base}:{run_label(run_id)}" if run_id else base
 
 
 def _unescape(field: str) -> str:
@@ -79,6 +96,17 @@ class MountEntry:
             return int(parts[2])
         found = self._run_info()
         return found[0] if found is not None else None
+
+    @property
+    def run_label(self) -> str | None:
+        """The run of the mount (:func:`run_label` of its run id): the fsname's fourth field, or
+        for a mount with a SOURCE of its own, its daemon's run directory."""
+        parts = self.source.split(":", 3)
+        if self.source.startswith(FSNAME_PREFIX) and len(parts) >= 3 and parts[2].isdigit():
+            return parts[3] if len(parts) == 4 else None
+        found = self._run_info()
+        rid = found[1].get("run_id") if found is not None else None
+        return run_label(rid) if isinstance(rid, str) and rid else None
 
     def _run_info(self) -> tuple[int, dict[str, object]] | None:
         """(pid, info) of the daemon whose run directory says it mounted this (fsname, mount

@@ -34,8 +34,9 @@ Fixtures (every mount goes down after the test, whatever happened):
 ``stackfs_watchdog``
     ``.run(argv, ..., timeout=, threshold=)`` starts real processes (argv lists or
     :class:`~stackfs.repro.scenario.Proc`) under the watchdog, waits for a verdict, recovers
-    after a finding, and returns an :class:`Outcome` (``observed``: ``deadlock``, ``oops``,
-    ``hang``, ``recursive_locking``, ``error``, ``completes``...; ``report``: the watchdog's).
+    after a finding, and returns a :class:`WatchResult` (``observed``, a
+    :class:`stackfs.repro.outcome.Outcome`: ``deadlock``, ``oops``, ``hang``,
+    ``recursive_locking``, ``error:ENAME``, ``completes``...; ``report``: the watchdog's).
 ``stackfs_repro``
     ``stackfs_repro("aufs-afs-copyup", "buggy", case="mv")`` runs a registered scenario once
     (forced mode) and returns its :class:`~stackfs.repro.runner.RunResult`.
@@ -52,7 +53,6 @@ the selected tests inside ``stackfs vm`` on each kernel and reports them here
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from stackfs.repro.outcome import COMPLETES, DEADLOCK, Expected, Observed, Outcome, judge
 
 if TYPE_CHECKING:
     from stackfs.repro.context import Layer, StackContext
@@ -87,10 +89,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @dataclass
-class Outcome:
-    """What a workload run under the watchdog came to."""
+class WatchResult:
+    """What a workload run under the watchdog came to: ``observed`` is judged from ``seen`` by
+    :func:`stackfs.repro.outcome.judge`, the runner's verdict."""
 
-    observed: str
+    observed: Outcome
     verdict: str
     summary: str
     report: Any
@@ -100,6 +103,8 @@ class Outcome:
     recovered: bool | None
     report_dir: Path
     notes: list[str] = field(default_factory=list)
+    #: what was seen (the watchdog's finding, the processes' exits), before recovery
+    seen: Observed = field(default_factory=lambda: Observed(None))
     _json: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -121,7 +126,7 @@ class Outcome:
         return "\n".join(lines)
 
 
-def _fail(outcome: Outcome, why: str) -> None:
+def _fail(outcome: WatchResult, why: str) -> None:
     from stackfs.repro.cli import excerpt
 
     key = "\n    ".join(excerpt(outcome.text())) if outcome.report is not None else ""
@@ -129,8 +134,8 @@ def _fail(outcome: Outcome, why: str) -> None:
 
 
 def assert_reproduces(
-    outcome: Outcome,
-    kind: str = "deadlock",
+    outcome: WatchResult,
+    kind: str = DEADLOCK,
     *,
     blocked: str | None = None,
     lock_via: str | None = None,
@@ -143,7 +148,7 @@ def assert_reproduces(
     in ``oops_comms``."""
     from stackfs.repro import evidence
 
-    if outcome.observed != kind:
+    if not judge(outcome.seen, Expected(kind)).reproduced:
         _fail(outcome, f"expected the bug to reproduce as {kind}, observed {outcome.observed}")
     problems: list[str] = []
     if blocked is not None:
@@ -156,9 +161,9 @@ def assert_reproduces(
         _fail(outcome, f"{kind} observed, but the evidence is not there: " + "; ".join(problems))
 
 
-def assert_does_not_reproduce(outcome: Outcome) -> None:
+def assert_does_not_reproduce(outcome: WatchResult) -> None:
     """Nothing found, and every process exited with the status it should."""
-    if outcome.observed != "completes":
+    if not judge(outcome.seen, Expected(COMPLETES)).matched:
         _fail(outcome, f"expected the workload to complete, observed {outcome.observed}")
 
 
@@ -256,10 +261,10 @@ class Watcher:
     def __init__(self, ctx: StackContext, out_dir: Path) -> None:
         self.ctx = ctx
         self.out_dir = out_dir
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[WatchResult] = []
 
     @property
-    def last(self) -> Outcome | None:
+    def last(self) -> WatchResult | None:
         return self.outcomes[-1] if self.outcomes else None
 
     def run(
@@ -269,13 +274,14 @@ class Watcher:
         threshold: float | None = None,
         ok_status: tuple[int, ...] = (0,),
         mounts: Sequence[str | os.PathLike[str]] | None = None,
-    ) -> Outcome:
+    ) -> WatchResult:
         """Start ``commands`` together, watch until a verdict, recover after a finding.
 
         ``threshold`` (hung-task) and ``timeout`` default to 1 s and 20 s times
-        ``$STACKFS_TIMEOUT_FACTOR``; an explicit ``threshold`` is used as given."""
+        ``$STACKFS_TIMEOUT_FACTOR``; an explicit ``threshold`` is used as given. The processes
+        run in the stack's cgroup and the watchdog sees only the test's stack (issue 24)."""
         from stackfs.repro.observe import machine_threshold, machine_timeout, observe, recover_run
-        from stackfs.repro.scenario import Proc, error
+        from stackfs.repro.scenario import Proc
 
         specs = [c if isinstance(c, Proc) else Proc(list(c), ok_status=ok_status) for c in commands]
         out = self.out_dir / f"run-{len(self.outcomes) + 1}"
@@ -285,29 +291,17 @@ class Watcher:
             out_dir=out / "workload",
             threshold=machine_threshold(threshold),
             timeout=machine_timeout(timeout),
+            stack=self.ctx.stack,
         )
+        seen = obs.seen()  # before recovery kills what is left, as the runner judges
         recover_run(
             obs,
             own_conns=[layer.mount.conn for layer in self.ctx.layers.values()],
             own_pids=[layer.mount.pid for layer in self.ctx.layers.values()],
         )
-        if obs.finding:
-            observed = obs.verdict
-        elif not obs.all_exited:
-            observed = "still-running"
-        elif all(r.ok for r in obs.workload.results):
-            observed = "completes"
-        else:
-            # a real process saw an errno ("error:ENOENT"), or exited wrongly without one
-            errs = {
-                errno.errorcode[e]
-                for r in obs.workload.results
-                if not r.ok and (e := r.errno) is not None and e in errno.errorcode
-            }
-            observed = error(*errs) if errs else "wrong-result"
         rec = obs.recovery
-        outcome = Outcome(
-            observed=observed,
+        outcome = WatchResult(
+            observed=judge(seen, Expected(COMPLETES)).observed,
             verdict=obs.verdict,
             summary=obs.report.summary,
             report=obs.report,
@@ -319,6 +313,7 @@ class Watcher:
             else None,
             report_dir=out,
             notes=obs.notes,
+            seen=seen,
         )
         obs.report.write(out, picture=obs.finding)
         self.outcomes.append(outcome)
@@ -327,7 +322,7 @@ class Watcher:
 
 @pytest.fixture
 def stackfs_watchdog(stackfs_stack: StackContext, tmp_path: Path) -> Watcher:
-    """``stackfs_watchdog.run(argv, ...)`` -> :class:`Outcome` (reports in tmp_path)."""
+    """``stackfs_watchdog.run(argv, ...)`` -> :class:`WatchResult` (reports in tmp_path)."""
     return Watcher(stackfs_stack, tmp_path / "stackfs-reports")
 
 
@@ -377,7 +372,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             "stackfs_watchdog.run(...) in the test"
         )
     if want is not None:
-        assert_reproduces(watcher.last, *(want.args or ("deadlock",)), **want.kwargs)
+        assert_reproduces(watcher.last, *(want.args or (DEADLOCK,)), **want.kwargs)
     if complete is not None:
         assert_does_not_reproduce(watcher.last)
     return result

@@ -18,6 +18,7 @@ import contextlib
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,13 +26,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from stackfs import control, rundir
 from stackfs.linux.proc import alive as proc_alive
 from stackfs.linux.proc import terminate
+
+if TYPE_CHECKING:
+    from stackfs.cgroup import RunCgroup
 
 
 class ServiceError(Exception):
@@ -102,12 +106,14 @@ def serve(
             await main(nursery, info)
             nursery.cancel_scope.cancel()
 
+    log = claim_temp_log()
     try:
         trio.run(_main)
     except KeyboardInterrupt:
         pass
     finally:
         rundir.remove(pid)
+        drop_empty_log(log)
     return 0
 
 
@@ -116,6 +122,33 @@ async def _signals(scope: trio.CancelScope) -> None:
         async for _sig in signals:
             scope.cancel()
             return
+
+
+#: the temporary log :func:`spawn_ready` made for the process it starts (its stdout and stderr)
+TEMP_LOG_ENV = "STACKFS_TEMP_LOG"
+
+
+def claim_temp_log() -> str | None:
+    """At start-up: the temporary log :func:`spawn_ready` made for this process, taken out of
+    the environment (so that no child of ours inherits the claim)."""
+    return os.environ.pop(TEMP_LOG_ENV, None) or None
+
+
+def drop_empty_log(name: str | None) -> None:
+    """At exit: remove this process's temporary log if nothing was written to it, so a
+    detached mount leaves no empty ``/tmp/stackfs-daemon-*.log`` behind. Only a regular file
+    of ours that is still this process's stdout (same device and inode as fd 1) is removed."""
+    if not name:
+        return
+    with contextlib.suppress(OSError):
+        out, st = os.fstat(1), os.lstat(name)
+        if (
+            (st.st_dev, st.st_ino) == (out.st_dev, out.st_ino)
+            and stat.S_ISREG(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and st.st_size == 0
+        ):
+            os.unlink(name)
 
 
 def ready(message: str = "ready") -> None:
@@ -175,24 +208,28 @@ def spawn_ready(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     timeout: float = 10.0,
+    cgroup: RunCgroup | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path, bytes]:
-    """Start a testbed process (mount daemon or service) in a session of its own and wait
-    until it reports on its ready pipe (``STACKFS_READY_FD``, see ``stackfs.daemon._ready``).
+    """Start a testbed process (mount daemon or service) in a session of its own (and in
+    ``cgroup``, the run's, before it execs) and wait until it reports on its ready pipe
+    (``STACKFS_READY_FD``, see ``stackfs.daemon._ready``).
 
     Its stdout and stderr go to ``log`` (a temporary file named ``log_prefix*.log`` by
     default). Returns the process, the log and the line it reported (``b"ready..."``, an error
     line, or ``b""`` if it exited or ``timeout`` x :func:`timeout_factor` seconds passed)."""
     deadline = time.monotonic() + timeout * timeout_factor()
+    child_env = dict(os.environ if env is None else env)
+    child_env.pop(TEMP_LOG_ENV, None)
     if log is None:
         fd, name = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
         os.close(fd)
         log = Path(name)
+        child_env[TEMP_LOG_ENV] = name  # the child removes it at its exit if it stayed empty
     rfd, wfd = os.pipe()
-    child_env = dict(os.environ if env is None else env)
     child_env["STACKFS_READY_FD"] = str(wfd)
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            list(argv),
+            cgroup.wrap(argv) if cgroup is not None else list(argv),
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
@@ -225,10 +262,13 @@ def start(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     timeout: float = 10.0,
+    cgroup: RunCgroup | None = None,
 ) -> Service:
-    """Start a service daemon; return once it reported ready (else :class:`ServiceError`).
-    ``timeout`` is multiplied by :func:`timeout_factor`."""
-    proc, log, msg = spawn_ready(argv, f"stackfs-{kind}-", env=env, log=log, timeout=timeout)
+    """Start a service daemon (in ``cgroup``, the run's); return once it reported ready (else
+    :class:`ServiceError`). ``timeout`` is multiplied by :func:`timeout_factor`."""
+    proc, log, msg = spawn_ready(
+        argv, f"stackfs-{kind}-", env=env, log=log, timeout=timeout, cgroup=cgroup
+    )
     svc = Service(kind, proc.pid, log, proc)
     if not msg.startswith(b"ready"):
         svc.stop(grace=0.5)

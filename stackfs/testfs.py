@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,13 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, InodeT, ModeT, RequestContext
 
-from stackfs.daemon import DaemonConfig, TestbedOperations, in_worker, serve
+from stackfs.daemon import (
+    EXIT_CONNECTION_ABORTED,
+    DaemonConfig,
+    TestbedOperations,
+    in_worker,
+    serve,
+)
 
 
 class _MemDir(TestbedOperations):
@@ -100,9 +107,16 @@ class HangFS(_MemDir):
 class LookupMkdirFS(_MemDir):
     """LOOKUP of ``trigger`` waits for a helper's mkdir through the same mount."""
 
+    #: the helper's mkdir failed with ENOTCONN: the kernel's answer on an aborted connection
+    saw_abort = False
+
     async def special_lookup(self, name: bytes) -> None:
         if name == b"trigger":
-            await in_worker(os.mkdir, str(self.mountpoint / "made-by-helper"))
+            try:
+                await in_worker(os.mkdir, str(self.mountpoint / "made-by-helper"))
+            except OSError as exc:  # the LOOKUP's reply carries the helper's errno
+                self.saw_abort = self.saw_abort or exc.errno == errno.ENOTCONN
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
 
 
 #: exit status of the ``crash`` test filesystem's daemon
@@ -129,4 +143,12 @@ FILESYSTEMS = {"hang": HangFS, "lookup-mkdir": LookupMkdirFS, "crash": CrashFS}
 
 def main(name: str, mountpoint: Path, debug: bool = False) -> int:
     ops = FILESYSTEMS[name](mountpoint.resolve())
-    return serve(ops, DaemonConfig(kind=f"testfs-{name}", mountpoint=mountpoint, debug=debug))
+    status = serve(ops, DaemonConfig(kind=f"testfs-{name}", mountpoint=mountpoint, debug=debug))
+    if getattr(ops, "saw_abort", False) and status != EXIT_CONNECTION_ABORTED:
+        # (serve said so already when the mount was still there)
+        print(
+            f"stackfs: the FUSE connection of {ops.mountpoint} was aborted (the helper's mkdir "
+            "got ENOTCONN) and the mount is gone; exiting",
+            file=sys.stderr,
+        )
+    return status

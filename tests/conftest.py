@@ -13,6 +13,11 @@ from stackfs import fusectl, lifecycle
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("STACKFS_RUN_ID", f"pytest-{os.getpid()}")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not os.environ["STACKFS_RUN_ID"].endswith(f"-{worker}"):
+        # pytest-xdist (./run-tests -n 2): a run id per worker, so that one worker's
+        # end-of-session cleanup never touches the mounts of a worker still running
+        os.environ["STACKFS_RUN_ID"] += f"-{worker}"
     fusectl.ensure_mounted()
 
 

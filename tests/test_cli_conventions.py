@@ -34,7 +34,37 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_version():
     res = stackfs("--version")
-    assert res.returncode == 0 and res.stdout == f"stackfs {__version__}\n"
+    assert res.returncode == 0 and res.stdout.startswith(f"stackfs {__version__} (checkout /")
+
+
+@pytest.mark.parametrize("args", [["repro", "list", "--ascii"],
+                                  ["repro", "run", "aufs-afs-copyup", "--ascii"],
+                                  ["demo", "--junit", "x.xml", "--ascii"],
+                                  ["backend", "mount", "afs", "/m", "--ascii", "--store", "/s"]])
+def test_global_options_are_accepted_after_the_verb_too(args):
+    assert build_parser().parse_args(args).ascii is True
+    assert build_parser().parse_args(["--ascii", "demo"]).ascii is True
+    assert build_parser().parse_args(["demo"]).ascii is False
+    res = stackfs("repro", "list", "--version")
+    assert res.returncode == 0 and res.stdout.startswith(f"stackfs {__version__}")
+
+
+def test_every_help_that_names_backends_names_every_backend():
+    import backends
+
+    all_parsers = parsers()
+    for path in ("stackfs backend mount", "stackfs server"):
+        text = " ".join(all_parsers[path].format_help().split())
+        assert all(kind in text for kind in backends.kinds()), (path, text)
+    top = " ".join(all_parsers["stackfs"].format_help().split())
+    assert "mount a backend (" + ", ".join(backends.kinds()) in top
+
+
+def test_vm_run_help_says_it_returns_the_commands_status():
+    text = " ".join(parsers()["stackfs vm run"].format_help().split())
+    statuses = text.split("Exit status: ", 1)[1]
+    assert statuses.startswith("that of CMD in the guest") and "124 when --timeout" in statuses
+    assert "1 the operation failed" not in statuses
 
 
 def test_every_verbs_help_lists_its_exit_statuses():

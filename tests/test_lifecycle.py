@@ -46,7 +46,10 @@ def test_mount_and_clean_unmount(tmp_path):
         entry = mountinfo.find(mp)
         assert entry is not None and entry.is_testbed
         assert entry.fstype == "fuse.stackfs"
-        assert entry.source == f"stackfs:testfs-hang:{m.pid}"
+        # the run id (conftest's STACKFS_RUN_ID) is the fsname's fourth field
+        run = mountinfo.run_label(os.environ["STACKFS_RUN_ID"])
+        assert entry.source == f"stackfs:testfs-hang:{m.pid}:{run}"
+        assert entry.run_label == run and entry.daemon_pid == m.pid
         assert m.conn == os.minor(os.stat(mp).st_dev)
         assert m.waiting() == 0
         os.mkdir(mp / "d")

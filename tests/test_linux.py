@@ -128,3 +128,23 @@ def test_renameat2_flags(tmp_path) -> None:
         libc.AT_FDCWD, os.fsencode(a), libc.AT_FDCWD, os.fsencode(b), libc.RENAME_EXCHANGE
     )
     assert (a.read_text(), b.read_text()) == ("B", "A")
+
+
+def test_descendants_reads_the_tree_children_of_children_included():
+    sh = subprocess.Popen(["sh", "-c", "sh -c 'sleep 30; :' & sleep 30 & wait"])
+    try:
+        want = ["sh", "sleep", "sleep"]  # the inner sh and its sleep, the outer sleep
+
+        def comms() -> list[str]:
+            return sorted(proc.comm_of(p) or "" for p in proc.descendants(sh.pid))
+
+        deadline = time.monotonic() + 5
+        while comms() != want and time.monotonic() < deadline:
+            time.sleep(0.01)  # the forks and execs are under way
+        assert comms() == want
+        assert proc.descendants(2**22 + 7) == set()  # no such process
+    finally:
+        for p in proc.descendants(sh.pid):
+            os.kill(p, 9)
+        sh.kill()
+        sh.wait()

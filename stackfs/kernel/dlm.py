@@ -45,19 +45,6 @@ def compatible(a: str, b: str) -> bool:
     return b in _COMPAT[check_mode(a)]
 
 
-def stronger(a: str, b: str) -> bool:
-    return _RANK[a] > _RANK[b]
-
-
-def demote_target(held: str, wanted: str) -> str:
-    """The strongest mode at most ``held`` that is compatible with another node's ``wanted``
-    (GFS2 demotes EX to SH for a remote SH request, to UN (here NL) for an EX request)."""
-    for mode in reversed(MODES[: _RANK[held] + 1]):
-        if compatible(mode, wanted):
-            return mode
-    return "NL"
-
-
 @dataclass
 class Request:
     node: str
@@ -126,16 +113,24 @@ class DLM:
             res = self.resources[key] = Resource(lockspace, name)
         return res
 
-    def lock(self, lockspace: str, name: str, node: str, mode: str, rid: int) -> list[Action]:
-        """``dlm_lock``: ask for (or convert to) ``mode``. A conversion down is granted at once."""
+    def lock(
+        self, lockspace: str, name: str, node: str, mode: str, rid: int, *, try_: bool = False
+    ) -> list[Action]:
+        """``dlm_lock``: ask for (or convert to) ``mode``. A conversion compatible with what the
+        other nodes hold is granted at once, ahead of queued requests (``_can_be_granted``
+        with ``now``: a conversion down always is). ``try_`` (``DLM_LKF_NOQUEUE``): a request
+        that cannot be granted at once is not queued; the node is answered with the mode it
+        holds (NL: none)."""
         check_mode(mode)
         res = self.resource(lockspace, name)
         held = res.granted.get(node)
         res.queue = [r for r in res.queue if r.node != node]  # a node has one request at most
-        if held is not None and not stronger(mode, held):
+        if held is not None and res.grantable(node, mode):
             res.granted[node] = mode
             res.basts = {(n, m) for n, m in res.basts if n != node}
             return [Action("grant", node, lockspace, name, mode, rid), *self._grant(res)]
+        if try_:
+            return [Action("grant", node, lockspace, name, held or "NL", rid), *self._grant(res)]
         res.queue.append(Request(node, mode, rid))
         return self._grant(res)
 

@@ -6,7 +6,9 @@ dependency detected" (``lock_inversion``), a ``BUG_ON`` (``oops``), or the testb
 ``barrier_timeout``. Each is one JSON object in the schema of docs/ARCHITECTURE.md::
 
     {"type": ..., "time": time.time(), "summary": "one line",
-     "tasks": [{"pid", "comm", "chain"}], "detail": {...}}
+     "tasks": [{"pid", "comm", "chain"}], "detail": {...}, "release": "4.7-rc1"}
+
+(``release`` only when the daemon's model declares the kernel release it stands for.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ class EventLog:
         self.hooks: list[Hook] = []
         #: events ever recorded, per type (not bounded by ``maxlen``)
         self.counts: dict[str, int] = {}
+        #: the kernel release the model stands for (e.g. ``"4.7-rc1"``, declared per variant by
+        #: the backend: :attr:`backends.base.StoreFS.releases`), stamped on every event as
+        #: ``"release"`` so a report prints the frames under that release, not the host's
+        self.release: str | None = None
 
     def record(
         self,
@@ -75,6 +81,8 @@ class EventLog:
     ) -> Event:
         """Append an event and run the hooks (a failing hook is logged, never raised)."""
         event = make_event(type, summary, tasks, detail)
+        if self.release is not None:
+            event["release"] = self.release
         self._events.append(event)
         self.counts[type] = self.counts.get(type, 0) + 1
         for hook in list(self.hooks):
@@ -93,5 +101,5 @@ class EventLog:
     def __len__(self) -> int:
         return len(self._events)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Event]:
         return iter(list(self._events))

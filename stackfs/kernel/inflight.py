@@ -26,7 +26,16 @@ class Request:
 
     __slots__ = ("id", "op", "ino", "name", "task", "since", "worker", "fh")
 
-    def __init__(self, rid, op, ino, name, task, since, fh) -> None:
+    def __init__(
+        self,
+        rid: int,
+        op: str,
+        ino: int | None,
+        name: bytes | str | None,
+        task: Task | int | None,
+        since: float,
+        fh: int | None,
+    ) -> None:
         self.id: int = rid
         self.op: str = op
         self.ino: int | None = ino

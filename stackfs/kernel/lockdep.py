@@ -130,7 +130,9 @@ class LockDep:
 
     # -- graph -----------------------------------------------------------------------------------
 
-    def _add(self, task: Task, held: HeldLock, ident: str, mode: str, chain: tuple[str, ...]):
+    def _add(
+        self, task: Task, held: HeldLock, ident: str, mode: str, chain: tuple[str, ...]
+    ) -> None:
         dep = Dependency(held.ident, ident, task, chain, held.chain, held.mode, mode, time.time())
         path = self._path(ident, held.ident)
         self._after.setdefault(held.ident, {})[ident] = dep

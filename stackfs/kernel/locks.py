@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,19 +102,27 @@ class RWSem:
 
     # -- acquire ---------------------------------------------------------------------------------
 
-    async def down_write(self, task: Task | None = None, chain: tuple[str, ...] | None = None):
+    async def down_write(
+        self, task: Task | None = None, chain: tuple[str, ...] | None = None
+    ) -> None:
         """Take the lock exclusively for ``task`` (default: the current task)."""
         await self._down(WRITE, task, chain)
 
-    async def down_read(self, task: Task | None = None, chain: tuple[str, ...] | None = None):
+    async def down_read(
+        self, task: Task | None = None, chain: tuple[str, ...] | None = None
+    ) -> None:
         """Take the lock shared for ``task`` (default: the current task)."""
         await self._down(READ, task, chain)
 
-    def down_write_trylock(self, task: Task | None = None, chain=None) -> bool:
+    def down_write_trylock(
+        self, task: Task | None = None, chain: tuple[str, ...] | None = None
+    ) -> bool:
         """Take the lock exclusively if that needs no waiting; True if taken."""
         return self._trylock(WRITE, task, chain)
 
-    def down_read_trylock(self, task: Task | None = None, chain=None) -> bool:
+    def down_read_trylock(
+        self, task: Task | None = None, chain: tuple[str, ...] | None = None
+    ) -> bool:
         """Take the lock shared if that needs no waiting; True if taken."""
         return self._trylock(READ, task, chain)
 
@@ -124,7 +133,7 @@ class RWSem:
             return not self.holders
         return not self.holders or self.holders[0].mode != WRITE
 
-    def _trylock(self, mode: str, task: Task | None, chain) -> bool:
+    def _trylock(self, mode: str, task: Task | None, chain: tuple[str, ...] | None) -> bool:
         task = task if task is not None else get_current_task()
         if not self._can_grant(mode):
             return False
@@ -327,7 +336,7 @@ class LockTable:
     def find(self, name: str, key: str) -> RWSem | None:
         return self._locks.get((name, key))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[RWSem]:
         return iter(list(self._locks.values()))
 
     def __len__(self) -> int:

@@ -21,7 +21,8 @@ bug replays) with the choice made by a :class:`Strategy`:
     go is demoted below every other;
 :class:`Prefix` with :class:`DFS`
     bounded depth-first enumeration: every run follows a prefix of choices then takes the first
-    waiting label in sorted order; :meth:`DFS.next` backtracks to the deepest step with an
+    waiting label in sorted order (a task passed over :data:`FAIR_BOUND` decisions in a row
+    goes first: fairness); :meth:`DFS.next` backtracks to the deepest step with an
     untried alternative, so every order of the decisions up to ``max_depth`` is run once.
 
 Labels are stable across runs: ``TASK@POINT#N``, TASK the workload process's role (its index
@@ -50,6 +51,9 @@ SETTLE = "settle"
 SCHEDULE_FORMAT = 1
 DEFAULT_SETTLE = 0.25
 DEFAULT_REPLAY_WAIT = 2.0
+#: DFS's fairness bound: after its prefix, a task passed over this many decisions in a row
+#: goes next (see :class:`Prefix`)
+FAIR_BOUND = 4
 
 
 class ScheduleError(Exception):
@@ -292,23 +296,37 @@ class PCT:
 
 
 class Prefix:
-    """Follow ``gos`` (one label per step), then the first waiting label in sorted order. A
-    prefix label that is not waiting (the run went differently) is noted in ``diverged``."""
+    """Follow ``gos`` (one label per step), then the first waiting label in sorted order,
+    unless a task has been passed over :data:`FAIR_BOUND` decisions in a row: then the task
+    passed over longest goes (fair stateless model checking, Musuvathi and Qadeer, PLDI 2008:
+    an unfair order is pruned, not run). Without it one task arriving at point after point
+    holds another at its point past the hung-task threshold, and the watchdog reports that
+    task hung once it blocks after its release (its FUSE request's wait counts from its
+    start). A prefix label that is not waiting (the run went differently) is noted in
+    ``diverged``."""
 
     name = "dfs"
 
     def __init__(self, gos: Sequence[str]) -> None:
         self.gos = list(gos)
         self.diverged: int | None = None
+        #: task -> decisions in a row it waited at a point while another went
+        self.passed: dict[str, int] = {}
 
     def choose(self, step: int, waiting: Sequence[str]) -> tuple[str, bool] | None:
+        go: str | None = None
         if step <= len(self.gos):
-            go = self.gos[step - 1]
-            if go in waiting:
-                return go, True
-            if self.diverged is None:
+            if self.gos[step - 1] in waiting:
+                go = self.gos[step - 1]
+            elif self.diverged is None:
                 self.diverged = step
-        return sorted(waiting)[0], True
+        if go is None:
+            starved = [w for w in waiting if self.passed.get(task_of(w), 0) >= FAIR_BOUND]
+            go = max(starved, key=lambda w: self.passed[task_of(w)]) if starved else None
+            go = go or sorted(waiting)[0]
+        tasks = {task_of(w) for w in waiting}
+        self.passed = {t: self.passed.get(t, 0) + 1 for t in tasks if t != task_of(go)}
+        return go, True
 
 
 class DFS:
@@ -352,7 +370,14 @@ class Scheduler:
     """Tasks arrive at points (:meth:`arrive`) and wait (:meth:`wait`); :meth:`drive` releases
     them one at a time, by ``strategy``, when ``quiescent()`` says the run is quiescent or
     nothing moved for ``settle`` seconds. Thread-safe. After :meth:`close` (the run is over, or
-    the schedule failed: ``error``) every waiting task is released and arrivals pass through."""
+    the schedule failed: ``error``) every waiting task is released and arrivals pass through.
+
+    A released task has not moved until it has taken its go (:meth:`wait` returned, or its
+    server says so: :meth:`taken`): the go of a daemon's task goes out over a socket, from a
+    thread the machine may not run at once, and until then neither the task nor anything it
+    wakes is running. No decision is taken while a release is on its way (neither by
+    quiescence nor by the settle bound), and :attr:`moves` counts every arrival, release,
+    take and withdrawal, so that a caller's quiescence starts afresh after each."""
 
     def __init__(
         self,
@@ -370,6 +395,10 @@ class Scheduler:
         self.error: ScheduleError | None = None
         self.closed = False
         self._waiting: list[Ticket] = []
+        #: released, the go not yet taken by the task
+        self._going: set[Ticket] = set()
+        #: every arrival, release, take and withdrawal (a caller's quiescence restarts on it)
+        self.moves = 0
         self._hits: dict[tuple[str, str], int] = {}
         self._cond = threading.Condition()
         self._moved = time.monotonic()
@@ -387,11 +416,26 @@ class Scheduler:
             else:
                 self._waiting.append(t)
                 self._moved = time.monotonic()
+                self.moves += 1
                 self._cond.notify_all()
             return t
 
     def wait(self, ticket: Ticket, timeout: float | None = None) -> bool:
-        return ticket.go.wait(timeout)
+        """Wait for ``ticket``'s go (True) and take it (:meth:`taken`); False on timeout."""
+        if not ticket.go.wait(timeout):
+            return False
+        self.taken(ticket)
+        return True
+
+    def taken(self, ticket: Ticket) -> None:
+        """The task of a released ``ticket`` has its go and runs on (a server: the go was
+        delivered): the scheduler may decide again once the run is quiescent."""
+        with self._cond:
+            if ticket in self._going:
+                self._going.discard(ticket)
+                self._moved = time.monotonic()
+                self.moves += 1
+                self._cond.notify_all()
 
     def waiting(self) -> list[str]:
         with self._cond:
@@ -404,6 +448,7 @@ class Scheduler:
             if ticket in self._waiting:
                 self._waiting.remove(ticket)
                 self._moved = time.monotonic()
+                self.moves += 1
                 self._cond.notify_all()
 
     def left(self) -> None:
@@ -411,15 +456,19 @@ class Scheduler:
         settle bound."""
         with self._cond:
             self._moved = time.monotonic()
+            self.moves += 1
             self._cond.notify_all()
 
     # -- the deciding side ---------------------------------------------------------------------
 
     def step(self, quiescent: bool) -> Decision | None:
-        """Take one decision if it is time (see the class docstring); None if not."""
+        """Take one decision if it is time (see the class docstring); None if not (also while
+        a released task has not taken its go)."""
         with self._cond:
             if self.closed or not self._waiting:
                 self._stuck_since = None
+                return None
+            if self._going:  # a released task has not taken its go: the run has not moved
                 return None
             now = time.monotonic()
             settled = now - self._moved >= self.settle
@@ -428,10 +477,13 @@ class Scheduler:
             by = QUIESCENT if quiescent else SETTLE
             labels = [t.label for t in self._waiting]
             n = len(self.decisions) + 1
-            if n > self.max_steps:
+            chosen = self.strategy.choose(n, labels)
+            # the limit gives back a run the strategy drives without end; the free run (a
+            # replay past its file: the earliest arrival, no choice) is bounded by the
+            # scenario's timeout, as a run without the scheduler
+            if chosen is not None and chosen[1] and self._choices() >= self.max_steps:
                 self._fail(f"more than {self.max_steps} decisions: giving the run back")
                 return None
-            chosen = self.strategy.choose(n, labels)
             if chosen is None:
                 self._stuck_since = self._stuck_since or now
                 stuck = now - self._stuck_since
@@ -455,9 +507,15 @@ class Scheduler:
             self.decisions.append(d)
             ticket = next(t for t in self._waiting if t.label == go)
             self._waiting.remove(ticket)
+            self._going.add(ticket)
             self._moved = now
+            self.moves += 1
             ticket.go.set()
             return d
+
+    def _choices(self) -> int:
+        """The decisions the strategy took so far (the free run's not counted)."""
+        return sum(1 for d in self.decisions if d.forced)
 
     def _fail(self, message: str) -> None:
         self.error = ScheduleError(message)
@@ -468,6 +526,7 @@ class Scheduler:
         for t in self._waiting:
             t.go.set()
         self._waiting.clear()
+        self._going.clear()
         self._cond.notify_all()
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ Modules, one job each:
 * :mod:`~stackfs.repro.observe` — a workload under the watchdog until a verdict; recovery
   restricted to the stack's own connections;
 * :mod:`~stackfs.repro.runner` — one run: mount, prepare, watch, recover, judge;
+* :mod:`~stackfs.repro.outcome` — the outcomes and the one verdict (``judge``) that the runner,
+  the explorer, the pytest plugin and the JUnit/KTAP writers share;
 * :mod:`~stackfs.repro.stats`, :mod:`~stackfs.repro.present`, :mod:`~stackfs.repro.cli`.
 
 Programmatic use::

@@ -17,10 +17,11 @@ from typing import Any
 
 from stackfs.cli import CLIError
 from stackfs.kernel.sched import Schedule, ScheduleError
-from stackfs.repro import harness, registry
+from stackfs.repro import harness, ktap, outcome, registry
+from stackfs.repro.outcome import COMPLETES
 from stackfs.repro.present import ProgressBar, Style, seconds, table, wrap
-from stackfs.repro.runner import SETUP_ERROR, RunResult, plan, run_plan
-from stackfs.repro.scenario import SCHEDULED
+from stackfs.repro.runner import RunResult, plan, run_plan
+from stackfs.repro.scenario import NATURAL, SCHEDULED
 from stackfs.repro.stats import OK, Summary, classify, median, summarize
 
 DEFAULT_REPORTS = "reports"
@@ -50,9 +51,10 @@ def _status(results: list[RunResult], summaries: list[Summary] | None = None) ->
     """2 on a set-up error; 1 when a run did not match, or a batch failed its variant
     (:attr:`Summary.failure`: in natural mode a buggy variant that never reproduced, or a run
     that neither reproduced the bug nor completed correctly); else 0."""
-    if any(r.observed == SETUP_ERROR for r in results):
+    statuses = [outcome.status(r.observed, r.matched) for r in results]
+    if outcome.ERROR in statuses:
         return 2
-    if not results or not all(r.matched for r in results):
+    if not results or outcome.FAIL in statuses:
         return 1
     return 1 if any(s.failure for s in summaries or ()) else 0
 
@@ -79,6 +81,13 @@ def _leftover_mounts() -> list[str]:
 # -- list -----------------------------------------------------------------------------------------
 
 
+def _expect_text(scenario, v) -> str:
+    """What variant ``v`` must show: one outcome, or one per case where they differ."""
+    if v.per_case:
+        return ", ".join(f"{c.name}: {v.expect_text(c.name)}" for c in scenario.cases)
+    return v.expect_text(scenario.cases[0].name)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     st = Style(sys.stdout)
     for s in registry.scenarios():
@@ -88,16 +97,48 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"    case {c.name}: {c.summary}")
         width = max(len(v.name) for v in s.variants)
         for v in s.variants:
-            exp = (
-                ", ".join(f"{c.name}: {v.expect_text(c.name)}" for c in s.cases)
-                if v.per_case
-                else v.expect_text(s.cases[0].name)
-            )
+            exp = _expect_text(s, v)
             print(f"    variant {v.name:<{width}}  -> {exp:<9}  {v.summary}")
         if args.verbose:
             print(wrap(s.description, indent="    "))
         print()
     return 0
+
+
+# -- show -----------------------------------------------------------------------------------------
+
+
+def show_lines(scenario) -> list[str]:
+    """``stackfs repro show``: per variant, what it stands for (the scenario's one
+    :attr:`~stackfs.repro.scenario.Scenario.history` table) and what it must show."""
+    out = [f"{scenario.name} (seed {scenario.seed}): {scenario.summary}"]
+    for v in scenario.variants:
+        h = scenario.history.get(v.name)
+        out.append(f"  variant {v.name} -> {_expect_text(scenario, v)}")
+        if h is None:
+            out.append("    history: not declared")
+            continue
+        out.append(f"    kernels: {h.kernels}")
+        out.append(f"    commit:  {h.commit or '-'}")
+        out.append(f"    mirrors: {', '.join(h.mirrors)}")
+        if h.note:
+            out.append(wrap(h.note, indent="    "))
+    for old, new in scenario.variant_aliases.items():
+        out.append(f"  alias {old} -> {new} (the old name still works)")
+    return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    for line in show_lines(_scenario(args.name)):
+        print(line)
+    return 0
+
+
+def alias_note(scenario, variant: str | None) -> None:
+    """Say on stderr that ``variant`` is an old name (the run goes on under the new one)."""
+    note = scenario.alias_note(variant)
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -106,7 +147,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _line(r: RunResult, st: Style) -> str:
     mark = st.green("ok") if r.matched else st.red("MISMATCH")
     t = f"  in {seconds(r.time_to_verdict)}" if r.reproduced else ""
-    if r.mode == "natural" and r.expected != "completes" and classify(r) == OK:
+    if r.mode == NATURAL and r.expected != COMPLETES and classify(r) == OK:
         t = "  (the bug did not happen this time)"
     if r.in_window:
         t = "  (in the window the fix leaves)"
@@ -180,6 +221,7 @@ def _schedule_arg(args: argparse.Namespace, scenario, p) -> Schedule | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     scenario = _scenario(args.name)
+    alias_note(scenario, args.variant)
     try:
         p = plan(scenario, args.variant, args.case, args.natural, args.iterations)
     except KeyError as exc:
@@ -198,6 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 harness.skipped_cases(p, why),
                 0.0,
             )
+        ktap.write(args, ktap.skipped(p, why))
         return harness.EXIT_SKIP
     root = _report_root(args.report_dir, f"{scenario.name}")
     st = Style(sys.stdout)
@@ -278,10 +321,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             seconds=time.monotonic() - t0,
             batches=summaries if args.natural else (),
         )
+    ktap.write(
+        args,
+        ktap.batches(results, summaries) if args.natural else [ktap.run_test(r) for r in results],
+    )
     return status
 
 
 # -- demo -----------------------------------------------------------------------------------------
+
+
+#: the lines of a kernel backtrace that are no frame (``dump_stack()``'s markers)
+_TRACE_MARKS = ("Call Trace:", "<TASK>", "</TASK>")
 
 
 def excerpt(text: str) -> list[str]:
@@ -308,7 +359,9 @@ def excerpt(text: str) -> list[str]:
 
     for i, ln in enumerate(lines):
         s = ln.strip()
-        if s.startswith("INFO: task "):
+        if s.startswith("INFO: task ") or (
+            s.startswith("task ") and " blocked in an interruptible FUSE wait " in s
+        ):
             out.append(s)
         elif s.startswith("WARNING: possible") and once("warning"):
             out.append(s)
@@ -318,8 +371,8 @@ def excerpt(text: str) -> list[str]:
             out += [ln.rstrip(), *following(i, 1)]
         elif s == "the wait-for cycle:" and once("cycle"):
             out += [ln.rstrip(), *following(i, 6)]
-        elif s.startswith("stack backtrace (model call chain") and once("backtrace"):
-            frames = [f.strip() for f in following(i, 6)]
+        elif s.startswith("stack backtrace") and once("backtrace"):
+            frames = [f.strip() for f in following(i, 9) if f.strip() not in _TRACE_MARKS][:6]
             out.append("model backtrace: " + " <- ".join(frames))
         elif s.startswith("kernel BUG at") and once("bug"):
             out.append(s)
@@ -328,7 +381,11 @@ def excerpt(text: str) -> list[str]:
         elif s.startswith("RIP: ") and once("rip"):
             out.append(s)
         elif s == "Call Trace:" and "bug" in done and once("trace"):
-            frames = [f.strip() for f in following(i) if not f.strip().startswith(("[", "---"))]
+            frames = [
+                f.strip()
+                for f in following(i)
+                if not f.strip().startswith(("[", "---")) and f.strip() not in _TRACE_MARKS
+            ]
             out.append("Call Trace: " + " <- ".join(frames))
         elif s.startswith("racing tasks") and once("racing"):
             tasks = [
@@ -347,7 +404,7 @@ def _demo_rows(results: list[RunResult], st: Style) -> list[list[str]]:
         if r.recovered:
             rec = (
                 f"yes ({seconds(r.recovery_seconds)})"
-                if r.reproduced or r.observed != "completes"
+                if r.reproduced or r.observed != COMPLETES
                 else "clean unmount"
             )
         else:
@@ -392,6 +449,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     done = 0
     bar = ProgressBar(total)
     skipped: list = []
+    tests: list[ktap.Test] = []  # --ktap: every run in order, skipped ones included
     for s in scenarios:
         print()
         print(st.bold(f"seed {s.seed}  {s.name}") + f": {s.summary}")
@@ -401,6 +459,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if why is not None:
             print(f"  SKIP: cannot run here: {why}")
             skipped += harness.skipped_cases(p, why)
+            tests += ktap.skipped(p, why)
             done += p.total
             continue
 
@@ -428,6 +487,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bar.clear()
         done += len(rs)
         results.extend(rs)
+        tests += [ktap.run_test(r) for r in rs]
     elapsed = time.monotonic() - t0
     print()
     print(st.bold("Results"))
@@ -504,6 +564,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _write_json(Path(args.json), payload)
     if args.junit:
         harness.write_junit(args.junit, "stackfs demo", results, skipped, elapsed)
+    if results:  # the demo's own check: nothing of its runs is left mounted
+        leftovers = ["still mounted: " + ", ".join(left)] if left else []
+        tests.append(
+            ktap.Test("nothing left mounted", outcome.FAIL if left else outcome.PASS, "", leftovers)
+        )
+    ktap.write(args, tests)
     if skipped and not results:
         return harness.EXIT_SKIP
     return status
@@ -524,6 +590,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ls = rsub.add_parser("list", help="list scenarios: name, seed, summary, variants")
     ls.add_argument("-v", "--verbose", action="store_true", help="also the descriptions")
     ls.set_defaults(func=cmd_list)
+
+    sh = rsub.add_parser(
+        "show",
+        help="what each variant of a scenario stands for: kernels, commit, functions mirrored",
+        description="Print, for each variant of scenario NAME, the kernel (or filesystem) "
+        "versions and the commit it stands for and the functions its model mirrors, from the "
+        "scenario's history table, and the variants' old names.",
+    )
+    sh.add_argument("name", metavar="NAME")
+    sh.set_defaults(func=cmd_show)
 
     r = rsub.add_parser(
         "run",
@@ -580,13 +656,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="also write JUnit XML: one test case per case x variant x iteration",
     )
+    ktap.add_option(r, "one result per run (natural mode: per batch, its runs nested)")
     r.add_argument(
         "--kmsg",
         action="store_true",
         help="also write each run's findings to /dev/kmsg (dmesg) in the kernel's "
         "own formats, tagged stackfs[PID] / stackfs-model[PID]",
     )
-    r.set_defaults(func=cmd_run)
+    r.epilog = harness.KSELFTEST_HELP
+    r.set_defaults(func=ktap.command(cmd_run))
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
 
     d = sub.add_parser(
@@ -607,6 +685,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="also write JUnit XML: one test case per scenario x case x variant",
     )
+    ktap.add_option(d, "one result per run, then whether anything was left mounted")
     d.add_argument(
         "--threshold",
         type=float,
@@ -614,4 +693,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="seconds before a blocked task counts as hung (default: each scenario's, "
         "times $STACKFS_TIMEOUT_FACTOR)",
     )
-    d.set_defaults(func=cmd_demo)
+    d.epilog = harness.KSELFTEST_HELP
+    d.set_defaults(func=ktap.command(cmd_demo))

@@ -39,10 +39,22 @@ from typing import Any
 
 from stackfs.cli import CLIError
 from stackfs.kernel.sched import DFS, PCT, Replay, Schedule, Strategy, minimise
-from stackfs.repro import harness, registry
-from stackfs.repro.runner import SETUP_ERROR, RunResult, run_with_retries
-from stackfs.repro.scenario import COMPLETES, Scenario
-from stackfs.repro.stats import BUG, OK, OTHER, WINDOW, classify
+from stackfs.repro import harness, ktap, registry
+from stackfs.repro.outcome import (
+    BUG,
+    COMPLETES,
+    ERROR,
+    FAIL,
+    OK,
+    OTHER,
+    PASS,
+    SETUP_ERROR,
+    SKIP,
+    WINDOW,
+)
+from stackfs.repro.runner import RunResult, run_with_retries
+from stackfs.repro.scenario import Scenario
+from stackfs.repro.stats import classify
 
 STRATEGIES = ("dfs", "pct")
 DEFAULT_BUDGET = 20
@@ -216,36 +228,62 @@ def explore(
     first = ex.runs[ex.first_failure - 1] if ex.first_failure else None
     if first is not None and first.schedule and minimise_runs > 0:
         failing = Schedule.from_json(first.schedule)
-        want = first.observed
-        tries = 0
-
-        def fails(candidate: Schedule) -> bool:
-            """The candidate gives the failure twice in a row (a decision left to the free
-            run is the earliest arrival, which the kernel's timing may change)."""
-            nonlocal tries
-            for _ in range(CONFIRM):
-                tries += 1
-                r = run_with_retries(
-                    scenario,
-                    variant,
-                    case,
-                    index=tries,
-                    report_root=report_root / "minimise",
-                    threshold=threshold,
-                    strategy=Replay(candidate),
-                )
-                if r.observed != want or r.schedule_error:
-                    return False
-            return True
-
-        ex.minimised, _candidates = minimise(failing, fails, max_tests=minimise_runs)
-        ex.minimise_runs = tries
-        ex.minimised.meta.update(failing.meta)
+        ex.minimised, ex.minimise_runs = minimise_failing(
+            scenario,
+            variant,
+            case,
+            failing,
+            first.observed,
+            report_root=report_root,
+            minimise_runs=minimise_runs,
+            threshold=threshold,
+        )
         ex.minimised.meta["minimised_from"] = first.files.get("schedule")
         path = report_root / "minimised.json"
         ex.minimised.write(path)
         ex.minimised_path = str(path)
     return ex
+
+
+def minimise_failing(
+    scenario: type[Scenario],
+    variant: str,
+    case: str,
+    failing: Schedule,
+    want: str,
+    *,
+    report_root: Path,
+    minimise_runs: int = MINIMISE_RUNS,
+    threshold: float | None = None,
+) -> tuple[Schedule, int]:
+    """ddmin over the forced decisions of ``failing`` (a schedule whose replay gives the
+    outcome ``want``): the smallest schedule found whose replay still gives ``want``
+    :data:`CONFIRM` times in a row, and the number of runs it took (their reports under
+    ``report_root/minimise``). Used by :func:`explore` and ``bench/minimise_schedule.py``."""
+    tries = 0
+
+    def fails(candidate: Schedule) -> bool:
+        """The candidate gives the failure twice in a row (a decision left to the free
+        run is the earliest arrival, which the kernel's timing may change)."""
+        nonlocal tries
+        for _ in range(CONFIRM):
+            tries += 1
+            r = run_with_retries(
+                scenario,
+                variant,
+                case,
+                index=tries,
+                report_root=report_root / "minimise",
+                threshold=threshold,
+                strategy=Replay(candidate),
+            )
+            if r.observed != want or r.schedule_error:
+                return False
+        return True
+
+    small, _candidates = minimise(failing, fails, max_tests=minimise_runs)
+    small.meta.update(failing.meta)
+    return small, tries
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -306,6 +344,8 @@ def report_lines(ex: Exploration) -> list[str]:
 def cmd_explore(args: argparse.Namespace) -> int:
     try:
         scenario = registry.get(args.name)
+        if (note := scenario.alias_note(args.variant)) is not None:
+            print(f"note: {note}", file=sys.stderr)
         variants = (
             [scenario.variant(args.variant).name]
             if args.variant
@@ -320,6 +360,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
     why = scenario.unsupported()
     if why is not None:
         print(f"{scenario.name}: SKIP: cannot run here: {why}")
+        skips = [
+            ktap.Test(f"{scenario.name}/{c}/{v}/explore", SKIP, why)
+            for v in variants
+            for c in cases
+        ]
+        ktap.write(args, skips)
         return harness.EXIT_SKIP
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = Path(args.report_dir or f"reports/explore-{scenario.name}-{stamp}")
@@ -366,6 +412,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         )
         + "\n"
     )
+    ktap.write(args, [ktap_test(e) for e in results])
     if any(r.observed == SETUP_ERROR for e in results for r in e.runs):
         print("set-up error", flush=True)
         return 2
@@ -379,6 +426,21 @@ def cmd_explore(args: argparse.Namespace) -> int:
         + f"; reports in {root}/"
     )
     return 0 if ok else 1
+
+
+def ktap_test(ex: Exploration) -> ktap.Test:
+    """An exploration as a KTAP test (``--ktap``): its runs nested, each passing unless it is
+    ``other`` (:func:`~stackfs.repro.outcome.kind`); it passes when it matched."""
+    runs = []
+    for r in ex.runs:
+        t = ktap.run_test(r, f"run {r.iteration}")
+        if t.status == FAIL and classify(r) != OTHER:
+            t.status = PASS  # a schedule that did not show the bug, or the window a fix leaves
+        t.diagnostics[0] += f" [{classify(r)}]"
+        runs.append(t)
+    name = f"{ex.scenario}/{ex.case}/{ex.variant}/explore"
+    status = ERROR if any(t.status == ERROR for t in runs) else PASS if ex.matched else FAIL
+    return ktap.Test(name, status, "set-up error" if status == ERROR else "", [ex.verdict()], runs)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -428,4 +490,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds before a blocked task counts as hung (default: the scenario's)",
     )
-    p.set_defaults(func=cmd_explore)
+    ktap.add_option(p, "one result per variant and case, its runs nested")
+    p.epilog = harness.KSELFTEST_HELP
+    p.set_defaults(func=ktap.command(cmd_explore))

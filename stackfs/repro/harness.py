@@ -26,11 +26,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stackfs.repro.runner import SETUP_ERROR, Plan, RunResult
+from stackfs.repro import outcome
+from stackfs.repro.runner import Plan, RunResult
 from stackfs.repro.stats import Summary
 
 #: kselftest's exit status for "skipped" (tools/testing/selftests/kselftest.h KSFT_SKIP)
 EXIT_SKIP = 4
+
+#: what ``--help`` of ``stackfs repro run``, ``stackfs explore`` and ``stackfs demo`` says of
+#: kselftest (docs/kselftest.md)
+KSELFTEST_HELP = (
+    "Under kselftest: the exit statuses 0, 1 and 4 are kselftest's KSFT_PASS, KSFT_FAIL and "
+    "KSFT_SKIP (kselftest's runner.sh reports a set-up error's 2 as not ok); --ktap FILE or - "
+    "writes KTAP version 1 (docs/kselftest.md)."
+)
 
 #: the ``Exit status:`` paragraph of ``stackfs repro run --help`` and ``stackfs demo --help``
 EXIT_STATUS_HELP = (
@@ -87,10 +96,11 @@ def _case(r: RunResult) -> ET.Element:
         time=f"{r.total_seconds:.3f}",
     )
     msg = f"expected {r.expected}, observed {r.observed}"
-    if r.observed == SETUP_ERROR:
-        el = ET.SubElement(tc, "error", message=r.error or "set-up error", type="setup-error")
+    status = outcome.status(r.observed, r.matched)
+    if status == outcome.ERROR:
+        el = ET.SubElement(tc, "error", message=r.error or "set-up error", type=r.observed)
         el.text = xml_text("\n".join(r.problems or [r.error or r.summary or ""]))
-    elif not r.matched:
+    elif status == outcome.FAIL:
         el = ET.SubElement(tc, "failure", message=msg, type="mismatch")
         el.text = xml_text("\n".join(r.problems or [r.summary or ""]))
     ET.SubElement(tc, "system-out").text = xml_text(
@@ -147,9 +157,9 @@ def write_junit(
     """One ``<testsuite>`` in a ``<testsuites>``: every run, the batches' verdicts (natural
     mode), then the skipped ones."""
     cases = [_case(r) for r in results] + [batch_case(s) for s in batches] + list(skipped)
-    failures = sum(1 for r in results if not r.matched and r.observed != SETUP_ERROR)
-    failures += sum(1 for s in batches if s.failure is not None)
-    errors = sum(1 for r in results if r.observed == SETUP_ERROR)
+    statuses = [outcome.status(r.observed, r.matched) for r in results]
+    failures = statuses.count(outcome.FAIL) + sum(1 for s in batches if s.failure is not None)
+    errors = statuses.count(outcome.ERROR)
     total = seconds if seconds is not None else sum(r.total_seconds for r in results)
     attrs: dict[str, Any] = {
         "name": suite,

@@ -8,8 +8,9 @@ is what seed 004's deadlock needs::
 maps ``count`` bytes of ``B`` at ``src-offset`` (MAP_SHARED, not touched: the kernel faults the
 pages in while it pins the buffer for the write) and ``pwrite``\\ s them to ``A`` at ``offset``
 with ``O_DIRECT`` (``--buffered`` without), repeating after a short write as any careful program
-does. ``--read`` does the opposite direction: ``pread`` from ``A`` into a writable mapping of
-``B``. ``--go DIR --parties K`` starts the I/O only when K helpers are ready (each creates
+does. ``--read`` does the opposite direction: ``read(2)`` from ``A`` (at ``offset``, after an
+``lseek``) into a writable shared mapping of ``B``, whose copy-out faults ``B``'s pages for
+write. ``--go DIR --parties K`` starts the I/O only when K helpers are ready (each creates
 ``DIR/ready.PID``): the workload's common start line. The process's comm is ``mmapio``.
 
 Exit status 0 when all ``count`` bytes were transferred; 1 with ``mmapio: ...: <strerror>`` on
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import mmap
 import os
 import sys
@@ -86,13 +88,15 @@ def run(args: argparse.Namespace) -> int:
     if args.go:
         _go(args.go, args.parties)
     view = memoryview(m)
+    reader = io.FileIO(fd, "r", closefd=False)  # readinto: read(2) into the mapping
     done = 0
     try:
         while done < args.count:
             if args.write:
                 n = os.pwrite(fd, view[done:], args.offset + done)
             else:
-                n = os.preadv(fd, [view[done:]], args.offset + done)
+                os.lseek(fd, args.offset + done, os.SEEK_SET)
+                n = reader.readinto(view[done:]) or 0
             if n == 0:
                 break
             done += n

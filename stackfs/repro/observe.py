@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stackfs.repro.outcome import DEADLOCK, Observed, failures
 from stackfs.repro.scenario import Proc
 from stackfs.repro.workload import ProcResult, Workload
 
 if TYPE_CHECKING:
+    from stackfs.lifecycle import Stack
     from stackfs.watchdog import Watchdog
     from stackfs.watchdog.recover import Recovery
     from stackfs.watchdog.report import Report
@@ -67,6 +69,17 @@ class Observation:
     def time_to_verdict(self) -> float | None:
         return self.t_verdict - self.workload.started if self.t_verdict else None
 
+    def seen(self, problems: Sequence[str] = ()) -> Observed:
+        """What was seen, for :func:`stackfs.repro.outcome.judge` (the runner's and the
+        plugin's alike; before recovery, which kills what is left): the watchdog's finding;
+        else whether every process exited, and those that did not exit as they should.
+        ``problems``: what the caller's checks found wrong (evidence, data)."""
+        if self.finding:
+            return Observed(self.verdict, problems=tuple(problems))
+        if not self.workload.poll():
+            return Observed(None, exited=False)
+        return Observed(None, failed=failures(self.workload.results), problems=tuple(problems))
+
 
 def machine_threshold(threshold: float | None, default: float = 1.0) -> float:
     """The hung-task threshold of a run: an explicit ``threshold`` (``--threshold``) as given,
@@ -99,6 +112,7 @@ def observe(
     expected_errors: Iterable[str] = (),
     on_start: Callable[[Workload], None] | None = None,
     gated: bool = False,
+    stack: Stack | None = None,
 ) -> Observation:
     """Start ``specs`` and watch ``mounts`` until a verdict (see the module docstring).
 
@@ -107,17 +121,22 @@ def observe(
     watchdog as an unexpected error; the runner judges it. ``on_start`` is called once every
     process has started (a scheduled run learns the workload's pids); ``gated``: the
     processes wait to exec until ``on_start``'s caller opens their gates
-    (:meth:`Workload.start`)."""
+    (:meth:`Workload.start`). ``stack``: the run's :class:`~stackfs.lifecycle.Stack`; its
+    cgroup takes the workload's processes, and the watchdog sees only that run (its cgroup,
+    else its run id: :class:`~stackfs.watchdog.scope.RunScope`)."""
     from stackfs.watchdog import Watchdog
+    from stackfs.watchdog.scope import RunScope
 
-    wd = Watchdog(mounts=[os.fspath(m) for m in mounts], threshold=threshold)
+    cg = stack.cgroup if stack is not None else None
+    scope = RunScope(stack.run_id, cg.path if cg else None) if stack is not None else None
+    wd = Watchdog(mounts=[os.fspath(m) for m in mounts], threshold=threshold, scope=scope)
     work = Workload(out_dir)
     notes: list[str] = []
     actions = sorted(timed, key=lambda a: a[0])
     for off, act in (a for a in actions if a[0] < 0):
         notes.append(f"{-off * 1000:.1f} ms before the workload: {act()}")
         time.sleep(-off)
-    work.start(list(specs), env=env, gated=gated)
+    work.start(list(specs), env=env, gated=gated, cgroup=cg)
     if on_start is not None:
         on_start(work)
     elapsed = 0.0
@@ -172,7 +191,7 @@ def _confirm_hang(wd, first, stop: Callable[[], bool], threshold: float, notes: 
     threshold) for the hang it causes, and report both together; if the workload gets going
     again, the event alone is the finding."""
     later = wd.run(timeout=threshold + 0.5, stop=stop)
-    if later.found and later.verdict in ("deadlock", "hang"):
+    if later.found and later.verdict in (DEADLOCK, "hang"):
         later.events = list(first.events) + [e for e in later.events if e not in first.events]
         notes.append(
             f"the watchdog reported {first.verdict} first, then the hang it causes "

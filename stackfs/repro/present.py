@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 #: symbols that mailing lists and old terminals mangle, and what ``--ascii`` prints instead
 ASCII_SYMBOLS = str.maketrans(
@@ -44,7 +44,7 @@ class AsciiStream:
     def write(self, text: str) -> int:
         return self._stream.write(text.translate(ASCII_SYMBOLS))
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
@@ -83,9 +83,6 @@ class Style:
 
     def red(self, t: str) -> str:
         return self._w("31;1", t)
-
-    def yellow(self, t: str) -> str:
-        return self._w("33", t)
 
 
 def visible_len(text: str) -> int:

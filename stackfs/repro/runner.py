@@ -13,8 +13,9 @@ One run (:func:`run_once`) is one case of one variant, on a stack of its own:
    reaps; leftover workload processes are killed by pid; then the stack goes down top-down and
    the runner checks that nothing of the run is mounted or alive;
 5. the OBSERVED outcome (``deadlock``, ``oops``, ``completes``, or whatever else was seen) is
-   judged against the variant's expectation, with the scenario's evidence checks for a finding
-   and its data checks (union and branches) for a run that completed.
+   judged against the variant's expectation by :func:`stackfs.repro.outcome.judge` (the one
+   verdict, the plugin's and the explorer's too), with the scenario's evidence checks for a
+   finding and its data checks (union and branches) for a run that completed.
 
 Each run writes a directory: ``report.txt``/``report.json``/``waitgraph.svg``/``.png`` (the
 watchdog's), ``result.json`` and ``summary.txt`` (the runner's), the workload's output and the
@@ -24,7 +25,7 @@ daemons' logs.
 from __future__ import annotations
 
 import contextlib
-import errno
+import dataclasses
 import json
 import os
 import random
@@ -52,8 +53,8 @@ from stackfs.repro.observe import (
     observe,
     recover_run,
 )
+from stackfs.repro.outcome import SETUP_ERROR, STILL_RUNNING, Expected, Observed, judge
 from stackfs.repro.scenario import (
-    COMPLETES,
     FORCED,
     NATURAL,
     SCHEDULED,
@@ -61,15 +62,9 @@ from stackfs.repro.scenario import (
     Scenario,
     ServerAction,
     Variant,
-    error,
-    error_names,
 )
 from stackfs.repro.schedserver import RunScheduler
 from stackfs.repro.workload import ProcResult, Workload
-
-SETUP_ERROR = "setup-error"
-WRONG_RESULT = "wrong-result"
-STILL_RUNNING = "still-running"
 
 
 @dataclass
@@ -212,6 +207,11 @@ def run_once(
         with lifecycle.Stack(run_id=run_id, log_dir=out / "logs") as st:
             run = Run(scen, v, c, run_mode, index, scratch, out, st, rng)
             run.notes.extend(forcing)
+            run.notes.append(
+                f"the run's processes live in cgroup {st.cgroup.path}"
+                if st.cgroup is not None
+                else f"{st.cgroup_note}; its processes are reaped by pid"
+            )
             try:
                 scen.mount(run)
                 scen.prepare(run)
@@ -227,7 +227,7 @@ def run_once(
                 obs = _observe(scen, run, out, threshold, strategy, result)
                 report, work = obs.report, obs.workload
                 # the data is checked while the stack is up (only when nothing was found)
-                checked = _check(result, scen, run, obs)
+                seen = _check(result, scen, run, obs)
                 t_rec = time.monotonic()
                 recover_run(
                     obs,
@@ -253,6 +253,11 @@ def run_once(
         except rundir.RunDirError as exc:  # an untrusted run root: say so, touch nothing
             left = []
             leftovers.append(f"cleanup refused: {exc}")
+        if st.cgroup_killed:  # escaped the runner's reaping by pid (a workload's grandchild)
+            result.recovery_notes.append(
+                "cgroup.kill reaped what was left in the run's cgroup: pids "
+                + ", ".join(map(str, sorted(st.cgroup_killed)))
+            )
         if left:
             leftovers.append(
                 "cleanup had to remove: " + ", ".join(f"{a.what} {a.mountpoint}" for a in left)
@@ -270,7 +275,7 @@ def run_once(
         result.aborted_by_run += [r.mountpoint for r in st.reports if r.aborted]
         if obs is None:
             return result  # a set-up error: nothing was observed
-        _judge(result, v, mode, obs, checked)
+        _judge(result, seen, mode, obs)
         result.time_to_verdict = obs.time_to_verdict
         result.detection_latency = obs.report.latency if obs.finding else None
         result.latency_from = obs.report.timing.get("latency_from") if obs.finding else None
@@ -346,6 +351,7 @@ def _observe_workload(scen: Scenario, run: Run, out: Path, hung: float, **kw: An
         threshold=hung,
         timeout=machine_timeout(scen.timeout),
         expected_errors=_allowed_errors(run.variant, run.case.name),
+        stack=run.stack,
         **kw,
     )
 
@@ -412,7 +418,7 @@ def _observe_scheduled(
 
 def _allowed_errors(v: Variant, case: str) -> frozenset[str]:
     """The errno names the variant explains in ``case``: its expectation's and its window's."""
-    return error_names(v.expect_for(case)) | error_names(v.window_for(case) or "")
+    return Expected(v.expect_for(case), v.window_for(case)).explained_errors
 
 
 def _open_gate(work: Workload, i: int):
@@ -430,83 +436,49 @@ def _server_action(run: Run, ch: ServerAction):
     return act
 
 
-def _check(result: RunResult, scen: Scenario, run: Run, obs: Observation) -> bool:
-    """While the stack is up: the scenario's evidence checks for a finding of the expected
-    kind, its data checks for a run in which every process exited and nothing was found."""
+def _check(result: RunResult, scen: Scenario, run: Run, obs: Observation) -> Observed:
+    """While the stack is up: what the run saw, with the scenario's evidence checks for a
+    finding of the expected kind and its data checks for a run in which every process exited
+    and nothing was found."""
+    problems: list[str] = []
     if obs.finding:
         if obs.verdict in (result.expected, result.window):
-            result.problems.extend(scen.evidence(run, obs.report.to_json()))
-        return True
-    if not obs.workload.poll():
-        return False
-    # the errno names the variant explains in this case: its expectation's and its window's
-    expected_errors = error_names(result.expected) | error_names(result.window or "")
-    for r in obs.workload.results:
-        if r.ok:
-            continue
-        name = errno.errorcode.get(r.errno or 0)
-        if name is not None and name not in result.errors:
-            result.errors.append(name)
-        if name is not None and name in expected_errors:
-            continue  # the error this variant's bug makes a real process see
-        result.problems.append(
-            f"{r.render()}, expected exit {' or '.join(map(str, r.ok_status or ()))}"
-        )
-    result.errors.sort()
-    result.problems.extend(scen.verify(run, obs.workload.results))
-    return True
+            problems = scen.evidence(run, obs.report.to_json())
+    elif obs.workload.poll():
+        problems = scen.verify(run, obs.workload.results)
+    return obs.seen(problems)
 
 
-def _judge(result: RunResult, v: Variant, mode: str, obs: Observation, checked: bool) -> None:
-    """Decide the OBSERVED outcome from what was seen, then compare it with the expectation."""
+def _judge(result: RunResult, seen: Observed, mode: str, obs: Observation) -> None:
+    """:func:`~stackfs.repro.outcome.judge` what the run saw (with its schedule and its
+    recovery) against the variant's expectation in this case; the result says it."""
+    seen = dataclasses.replace(
+        seen,
+        schedule_error=result.schedule_error,
+        recovered=result.recovered,
+        recovery_notes=tuple(result.recovery_notes),
+    )
+    j = judge(seen, Expected(result.expected, result.window, rate=mode == NATURAL))
     result.verdict = obs.verdict
+    result.observed = j.observed
+    result.errors = list(j.errors)
+    result.problems = list(j.problems)
+    result.matched, result.reproduced, result.in_window = j.matched, j.reproduced, j.in_window
     if obs.finding:
-        result.observed = obs.verdict
         result.summary = obs.report.summary
-    elif not checked:
-        result.observed = STILL_RUNNING
+    elif j.observed == STILL_RUNNING:
         result.summary = "no finding, but the workload was still running at the end: " + "; ".join(
             r.render() for r in obs.workload.results if not r.exited
         )
-    elif result.errors:
+    elif j.errors:
         # a real process saw an errno: that is the outcome, whatever the variant expected
-        result.observed = error(*result.errors)
-        seen = [r.render() for r in obs.workload.results if not r.ok]
+        seen_by = [r.render() for r in obs.workload.results if not r.ok]
         result.summary = (
-            "a real process saw "
-            + ", ".join(result.errors)
-            + ": "
-            + "; ".join(seen + result.problems)
+            "a real process saw " + ", ".join(j.errors) + ": " + "; ".join(seen_by + list(j.found))
         )
     else:
-        result.observed = COMPLETES if not result.problems else WRONG_RESULT
-        result.summary = (
-            "every process exited as it should and the data is right"
-            if not result.problems
-            else "; ".join(result.problems)
-        )
-    if result.schedule_error:
-        result.problems.append(f"schedule: {result.schedule_error}")
-    expect = result.expected  # the variant's expectation in this case
-    exact = result.observed == expect and not result.problems
-    result.reproduced = expect != COMPLETES and result.observed == expect
-    if mode == NATURAL and expect != COMPLETES:
-        # natural mode measures a rate: a run in which the bug did not happen is fine, as long
-        # as it then completed correctly
-        result.matched = exact or (result.observed == COMPLETES and not result.problems)
-    else:
-        result.matched = exact
-    # a fix that narrows the window: the bug's outcome in an interleaving the fix left open
-    result.in_window = (
-        result.window is not None and result.observed == result.window and not result.problems
-    )
-    result.matched = result.matched or result.in_window
-    if not result.recovered:
-        result.matched = False
-        result.problems.append(
-            "recovery incomplete: "
-            + "; ".join(n for n in result.recovery_notes if not n.startswith("unmount "))
-        )
+        fine = "every process exited as it should and the data is right"
+        result.summary = "; ".join(j.found) if j.found else fine
 
 
 def _write_result(result: RunResult, out: Path, scenario: type[Scenario], report) -> None:

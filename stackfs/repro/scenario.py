@@ -31,33 +31,25 @@ A new scenario is a short module in :mod:`stackfs.repro.scenarios` that subclass
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+# the outcomes, the variants' expectations among them: stackfs.repro.outcome (re-exported here
+# for the scenarios)
+from stackfs.repro.outcome import COMPLETES as COMPLETES
+from stackfs.repro.outcome import DEADLOCK as DEADLOCK
+from stackfs.repro.outcome import ERROR_PREFIX as ERROR_PREFIX
+from stackfs.repro.outcome import EXPECTATIONS as EXPECTATIONS
+from stackfs.repro.outcome import OOPS as OOPS
+from stackfs.repro.outcome import error as error
+from stackfs.repro.outcome import error_names as error_names
+from stackfs.repro.outcome import valid_outcome as valid_outcome
+
 if TYPE_CHECKING:
     from stackfs.repro.context import Run
     from stackfs.repro.workload import ProcResult
-
-#: expected / observed outcomes
-DEADLOCK = "deadlock"
-OOPS = "oops"
-COMPLETES = "completes"
-EXPECTATIONS = (DEADLOCK, OOPS, COMPLETES)
-#: prefix of the outcome "a real process saw this errno" (see :func:`error`)
-ERROR_PREFIX = "error:"
-
-
-def error(*names: str) -> str:
-    """The outcome "a real process saw errno NAME": ``error("ENOENT") == "error:ENOENT"``.
-
-    Several names (sorted, comma-separated) mean that processes saw each of them."""
-    bad = [n for n in names if not isinstance(getattr(errno, n, None), int)]
-    if not names or bad:
-        raise ValueError(f"error(): not errno names: {bad or names}")
-    return ERROR_PREFIX + ",".join(sorted(set(names)))
 
 
 def forced_barrier(point: str, n: int, bound: float = 5.0) -> str:
@@ -67,20 +59,6 @@ def forced_barrier(point: str, n: int, bound: float = 5.0) -> str:
     from stackfs.service import timeout_factor
 
     return f"{point}=barrier:{n}:{bound * timeout_factor():g}"
-
-
-def error_names(outcome: str) -> frozenset[str]:
-    """The errno names of an ``error:...`` outcome (empty for any other outcome)."""
-    if not outcome.startswith(ERROR_PREFIX):
-        return frozenset()
-    return frozenset(outcome[len(ERROR_PREFIX) :].split(","))
-
-
-def valid_outcome(outcome: str) -> bool:
-    if outcome in EXPECTATIONS:
-        return True
-    names = error_names(outcome)
-    return bool(names) and all(isinstance(getattr(errno, n, None), int) for n in names)
 
 
 #: window modes
@@ -153,6 +131,24 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class History:
+    """What one variant stands for in the kernel's (or the filesystem's) history: the versions
+    whose code it models, the commit that made that code (None: the code before any fix), and
+    the functions the model mirrors, so that a developer can check the mapping against the
+    sources. A scenario declares one table of them, :attr:`Scenario.history`, which ``stackfs
+    repro show`` prints."""
+
+    kernels: str
+    commit: str | None
+    mirrors: tuple[str, ...]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kernels or not self.mirrors:
+            raise ValueError("History: kernels and mirrors must not be empty")
+
+
+@dataclass(frozen=True)
 class Case:
     """One form of the workload or of the stack (each runs on a stack of its own)."""
 
@@ -216,6 +212,10 @@ class Scenario:
     #: a paragraph: the stack, the workload, what the kernel/daemons do, what the variants change
     description: ClassVar[str]
     variants: ClassVar[tuple[Variant, ...]]
+    #: variant name -> what it stands for (``stackfs repro show``): one entry per variant
+    history: ClassVar[Mapping[str, History]] = {}
+    #: old variant name -> its name now (a rename keeps the old name working, with a note)
+    variant_aliases: ClassVar[Mapping[str, str]] = {}
     cases: ClassVar[tuple[Case, ...]] = (Case("default", ""),)
     #: seconds without progress before the watchdog calls a task hung
     threshold: ClassVar[float] = 1.0
@@ -232,11 +232,22 @@ class Scenario:
 
     @classmethod
     def variant(cls, name: str) -> Variant:
+        name = cls.variant_aliases.get(name, name)
         for v in cls.variants:
             if v.name == name:
                 return v
         known = ", ".join(v.name for v in cls.variants)
         raise KeyError(f"scenario {cls.name} has no variant {name!r} (known: {known})")
+
+    @classmethod
+    def alias_note(cls, name: str | None) -> str | None:
+        """The note to show when ``name`` is an old name of a variant, else None."""
+        if name is None or name not in cls.variant_aliases:
+            return None
+        return (
+            f"{cls.name}: variant {name!r} is now called {cls.variant_aliases[name]!r} "
+            "(the old name still works)"
+        )
 
     @classmethod
     def case(cls, name: str) -> Case:
@@ -287,12 +298,6 @@ class Scenario:
         """For a finding (the report's JSON form): what is missing from the evidence that tells
         this bug from another (empty if it is all there)."""
         return []
-
-    # -- presentation ------------------------------------------------------------------------
-
-    @classmethod
-    def row_name(cls, case: Case) -> str:
-        return cls.name if len(cls.cases) == 1 else f"{cls.name} ({case.name})"
 
 
 #: the type of a factory the registry accepts

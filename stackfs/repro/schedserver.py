@@ -15,9 +15,10 @@
   lets it act, and each workload process waits at ``start`` (a gate before its exec) until
   the scheduler lets it start (:meth:`actor`);
 * it decides when the run is quiescent (:meth:`quiescent`): the workload has started, every
-  server action is waiting or done, and no thread of a workload process (or of its children)
-  or of a daemon of the run is running (``R`` in ``/proc/PID/task/TID/stat``) on three samples
-  in a row; the scheduler's settle bound is the fallback, recorded in the decision.
+  server action is waiting or done, every released task has been told (its go delivered), and
+  no thread of a workload process (or of its children) or of a daemon of the run is running
+  (``R`` in ``/proc/PID/task/TID/stat``) on three samples in a row, all taken after the last
+  arrival or release; the scheduler's settle bound is the fallback, recorded in the decision.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import psutil
 
 from stackfs import control
 from stackfs.kernel.sched import DEFAULT_REPLAY_WAIT, Schedule, Scheduler, Strategy
-from stackfs.linux.proc import comm_of, tgid_of, thread_states
+from stackfs.linux.proc import comm_of, descendants, tgid_of, thread_states
 
 #: samples in a row with nothing running before the run counts as quiescent
 QUIET_SAMPLES = 3
@@ -47,8 +48,6 @@ RUN_SETTLE = 0.25
 #: how long an arrival's task may take to be recognised (a workload process that reached a
 #: point before the runner recorded its pid)
 RESOLVE_WAIT = 0.3
-#: seconds between two walks of /proc for the workload processes' children
-CHILDREN_EVERY = 0.05
 
 
 class RunScheduler:
@@ -71,8 +70,7 @@ class RunScheduler:
         self._workload: dict[int, str] | None = None
         self._actors: dict[str, bool] = {}
         self._quiet = 0
-        self._children: set[int] = set()
-        self._children_at = 0.0
+        self._moves = -1
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -149,6 +147,9 @@ class RunScheduler:
             while not ticket.go.wait(0.05):
                 if self._stop.is_set():
                     return
+            # taken: from here until it has acted, quiescent() counts it as running (an
+            # action may itself reach a scheduled point: the settle bound stays the fallback)
+            self.sched.taken(ticket)
             try:
                 self.notes.append(f"{ticket.label}: {act()}")
             except Exception as exc:  # noqa: BLE001 - the run's problem, said in its notes
@@ -162,24 +163,19 @@ class RunScheduler:
     # -- quiescence ----------------------------------------------------------------------------
 
     def _running(self) -> bool:
-        """Whether any thread of the workload (children included) or of a daemon runs. The
-        workload's children are looked up at most every :data:`CHILDREN_EVERY` seconds (a
-        walk of every process in /proc)."""
+        """Whether any thread of the workload (children included, read afresh on every
+        sample: :func:`descendants` reads only the tree) or of a daemon runs."""
         assert self._workload is not None
-        now = time.monotonic()
-        if now - self._children_at >= CHILDREN_EVERY:
-            self._children_at, self._children = now, set()
-            for pid in list(self._workload):
-                with contextlib.suppress(psutil.Error):
-                    self._children.update(
-                        c.pid for c in psutil.Process(pid).children(recursive=True)
-                    )
-        pids = set(self._workload) | set(self.daemons) | self._children
+        pids = set(self._workload) | set(self.daemons)
+        for pid in list(self._workload):
+            pids |= descendants(pid)
         return any("R" in thread_states(pid).values() for pid in pids)
 
     def quiescent(self, waiting: Sequence[str]) -> bool:
         if self._workload is None:
             return False
+        if self.sched.moves != self._moves:  # count the quiet samples after the last move
+            self._moves, self._quiet = self.sched.moves, 0
         held = {w.partition("@")[0] for w in waiting}
         if any(not done and task not in held for task, done in self._actors.items()):
             self._quiet = 0
@@ -216,16 +212,20 @@ class RunScheduler:
             except (OSError, ValueError, KeyError, TypeError):
                 return
             ticket = self.sched.arrive(task, point)
-            conn.setblocking(False)
-            while not ticket.go.wait(0.05):
-                if self._stop.is_set():
-                    break
-                if _peer_gone(conn):  # the daemon's task was cancelled, or the daemon died
-                    self.sched.withdraw(ticket)
-                    return
-            with contextlib.suppress(OSError):
-                conn.setblocking(True)
-                conn.sendall(b'{"go": true}\n')
+            try:
+                conn.setblocking(False)
+                while not ticket.go.wait(0.05):
+                    if self._stop.is_set():
+                        break
+                    if _peer_gone(conn):  # the daemon's task was cancelled, or it died
+                        self.sched.withdraw(ticket)
+                        return
+                with contextlib.suppress(OSError):
+                    conn.setblocking(True)
+                    conn.sendall(b'{"go": true}\n')
+            finally:
+                # delivered (the daemon's thread woken by it: running), or nobody to tell
+                self.sched.taken(ticket)
 
     def resolve(self, tid: int, comm: str) -> str:
         """The stable name of task ``tid`` (see the module docstring)."""

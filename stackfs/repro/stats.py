@@ -24,33 +24,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackfs.repro.runner import SETUP_ERROR, RunResult
-from stackfs.repro.scenario import COMPLETES, NATURAL
-
-#: the kinds of a run (:func:`classify`)
-BUG = "bug"
-OK = COMPLETES
-OTHER = "other"
-#: a fix that narrows the window showed the bug's outcome (``Variant.window``): it matches
-WINDOW = "window"
+from stackfs.repro.outcome import BUG as BUG
+from stackfs.repro.outcome import COMPLETES, OK, OTHER, SETUP_ERROR, WINDOW, kind
+from stackfs.repro.runner import RunResult
+from stackfs.repro.scenario import NATURAL
 
 
 def classify(r: RunResult) -> str:
-    """``bug``, ``completes`` or ``other`` (see the module docstring).
-
-    Read off what the run observed and what is wrong with it (``problems``: missing evidence,
-    wrong data, unexpected errors, an incomplete recovery, a schedule that could not be
-    followed), never off ``matched``: a run is ``bug`` only when it showed the variant's buggy
-    outcome with nothing wrong, ``completes`` only when it completed with nothing wrong, and
-    ``window`` when a fix that only narrows the window showed the bug's outcome it allows
-    (``RunResult.in_window``: with the evidence, nothing wrong)."""
-    if r.in_window:
-        return WINDOW
-    if r.expected != COMPLETES and r.observed == r.expected and not r.problems:
-        return BUG
-    if r.observed == COMPLETES and not r.problems:
-        return OK
-    return OTHER
+    """``bug``, ``completes``, ``window`` or ``other`` (see the module docstring): the
+    :func:`~stackfs.repro.outcome.kind` of what the run observed and what is wrong with it
+    (``problems``: missing evidence, wrong data, unexpected errors, an incomplete recovery, a
+    schedule that could not be followed), never of ``matched``."""
+    return kind(r.observed, r.expected, r.problems, r.in_window)
 
 
 def other_name(r: RunResult) -> str:
@@ -109,7 +94,7 @@ class Summary:
 
     @property
     def is_bug(self) -> bool:
-        return self.expected != "completes"
+        return self.expected != COMPLETES
 
     @property
     def all_matched(self) -> bool:

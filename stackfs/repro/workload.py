@@ -17,9 +17,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackfs.repro.scenario import Proc
+
+if TYPE_CHECKING:
+    from stackfs.cgroup import RunCgroup
 
 #: strerror text (C locale: Python never sets LC_MESSAGES) -> errno, longest message first,
 #: to read "cat: f: Stale file handle" back into ESTALE
@@ -125,9 +128,14 @@ class Workload:
     gates: list[int] = field(default_factory=list)
 
     def start(
-        self, specs: list[Proc], env: Mapping[str, str] | None = None, gated: bool = False
+        self,
+        specs: list[Proc],
+        env: Mapping[str, str] | None = None,
+        gated: bool = False,
+        cgroup: RunCgroup | None = None,
     ) -> None:
-        """Start every process of ``specs`` (in its own session, in the C locale).
+        """Start every process of ``specs`` (in its own session, in the C locale; in
+        ``cgroup``, the run's, before it execs: :meth:`stackfs.cgroup.RunCgroup.wrap`).
 
         ``gated`` (a scheduled run): each process starts as ``sh`` blocked reading a pipe, and
         execs its command once :meth:`open_gate` writes to it (or the pipe closes): the
@@ -145,6 +153,8 @@ class Workload:
                 self.gates.append(w)
                 cmd = ["/bin/sh", "-c", 'read _; exec "$@" </dev/null', "sh", *argv]
                 stdin = r
+            if cgroup is not None:
+                cmd = cgroup.wrap(cmd)
             out = open(self.out_dir / f"proc{i}.out", "wb")  # noqa: SIM115 - closed below
             err = open(self.out_dir / f"proc{i}.err", "wb")  # noqa: SIM115
             try:

@@ -85,7 +85,7 @@ class Branch:
             os.close(self.fd)
             self.fd = -1
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "path": self.path,
@@ -228,7 +228,8 @@ class Branch:
         self.call_at(lambda name, dir_fd: os.symlink(target, name, dir_fd=dir_fd), path)
 
     def readlink(self, path: Path) -> bytes:
-        return self.call_at(os.readlink, path)
+        target: bytes = self.call_at(os.readlink, path)
+        return target
 
     def mknod(self, path: Path, mode: int, rdev: int) -> None:
         self.call_at(os.mknod, path, mode, rdev)

@@ -111,7 +111,7 @@ def run(o: uopts.UnionOptions, mountpoint: str, source: str | None = None) -> in
         return 1
     # the generic flags go to the kernel mount (libfuse's fuse_kern_mount); without an upper
     # branch (none given, or ``ro``) the kernel mount is read-only too
-    fuse_opts = o.mount_flags() + ([] if ops.upper is not None else ["ro"])
+    fuse_opts = o.mount_flags() + ([] if ops.sbi.upper is not None else ["ro"])
     cfg = DaemonConfig(
         kind="union",
         mountpoint=Path(mountpoint),
@@ -128,7 +128,7 @@ def run(o: uopts.UnionOptions, mountpoint: str, source: str | None = None) -> in
         ops.close()
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "mount",
         help="mount the aufs-like union filesystem",

@@ -38,6 +38,7 @@ import random
 import stat as stat_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from stackfs.union import whiteout
 
@@ -49,6 +50,8 @@ NAMES = ("f0", "f1", "f2", "f3", "f4", "f5", "h0", "h1", "n0", "n1", "dA", "dB",
 #: names the tree is built of (the rest of NAMES is made by the operations)
 FILE_NAMES = ("f0", "f1", "f2", "f3", "f4", "f5", "n0", "n1", "s0")
 XATTR_NAMES = ("user.a", "user.b")
+#: what is compared of one name (:func:`describe`)
+Described = tuple[Any, ...]
 #: xattr names of the union's metadata in one mode or the other, and values that would mean
 #: something to it (docs/security.md)
 META_XATTR_NAMES = (
@@ -90,7 +93,7 @@ class Layers:
 @dataclass
 class Op:
     name: str
-    args: tuple
+    args: tuple[Any, ...]
 
     def __str__(self) -> str:
         return f"{self.name}{self.args!r}"
@@ -291,7 +294,7 @@ def is_meta(op: Op, userxattr: bool) -> bool:
     """Is ``op`` aimed at the union's own metadata (refused by the union, not run on the plain
     directory)?"""
     if op.name in ("setxattr", "removexattr"):
-        return op.args[1].startswith(whiteout.meta_xattrs(userxattr))
+        return bool(op.args[1].startswith(whiteout.meta_xattrs(userxattr)))
     if op.name == "mknod":
         return stat_mod.S_ISCHR(op.args[1]) and op.args[2] == 0
     return op.name in ("open", "mkdir") and os.path.basename(op.args[0]).startswith(".wh.")
@@ -399,7 +402,7 @@ def apply(root: str, op: Op) -> Result:
     return Result(0)
 
 
-def describe(root: str, rel: str) -> tuple:
+def describe(root: str, rel: str) -> Described:
     """What is compared of one name: errno or (type, mode, nlink, uid, gid, size, content,
     xattrs)."""
     path = os.path.join(root, rel)
@@ -419,7 +422,7 @@ def describe(root: str, rel: str) -> tuple:
     elif stat_mod.S_ISDIR(fmt):
         size = nlink = None
         content = "\0".join(sorted(os.listdir(path))).encode()
-    xattrs: tuple = ()
+    xattrs: tuple[tuple[str, bytes], ...] = ()
     if stat_mod.S_ISREG(fmt) or stat_mod.S_ISDIR(fmt):
         names = sorted(os.listxattr(path, follow_symlinks=False))
         xattrs = tuple((n, os.getxattr(path, n, follow_symlinks=False)) for n in names)
@@ -427,9 +430,9 @@ def describe(root: str, rel: str) -> tuple:
     return (fmt, mode, nlink, st.st_uid, st.st_gid, size, content, xattrs)
 
 
-def snapshot(root: str) -> tuple[dict[str, tuple], list[list[str]]]:
+def snapshot(root: str) -> tuple[dict[str, Described], list[list[str]]]:
     """Every name under ``root`` described, and the hard-link classes (names sharing st_ino)."""
-    out: dict[str, tuple] = {}
+    out: dict[str, Described] = {}
     by_ino: dict[int, list[str]] = {}
     for dirpath, dirs, files in os.walk(root):
         for n in dirs + files:

@@ -40,7 +40,7 @@ import itertools
 import os
 import stat as stat_mod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -51,17 +51,13 @@ from stackfs.union import whiteout
 from stackfs.union.branches import Branch, Path
 from stackfs.union.inode import Node
 from stackfs.union.renamegate import RenameGate
+from stackfs.union.sbinfo import PLINK_DIR, TMP_DIR, SbInfo, plink_path
 from stackfs.union.xino import Xino
-
-if TYPE_CHECKING:
-    from stackfs.union.fs import UnionFS
 
 CHUNK = 16 << 20
 #: a copy-up between plain directories of a file up to this size runs in the trio thread (it
 #: costs less than the hop to a worker thread)
 INLINE_MAX = 256 << 10
-TMP_DIR = b"tmp"
-PLINK_DIR = b"plink"
 _counter = itertools.count()
 
 
@@ -291,7 +287,7 @@ class CopyUp:
             # the copy IS the pseudo-link; the lower names but the removed one still see it
             self.xino.set_lower_names(self.uino, st.st_nlink - 1)
         elif self.plink and not stat_mod.S_ISDIR(st.st_mode) and st.st_nlink > 1:
-            pl = (PLINK_DIR, str(self.uino).encode())
+            pl = plink_path(self.uino)
             try:
                 w.unlink(pl)
             except FileNotFoundError:
@@ -340,7 +336,7 @@ def link_up(
 ) -> os.stat_result:
     """Copy up one more name of a hard-linked file whose data is already up (the pseudo-link):
     link ``WORK/plink/UINO`` into place (aufs ``au_cpup_or_link`` / ``au_plink_lkup``)."""
-    pl = (PLINK_DIR, str(uino).encode())
+    pl = plink_path(uino)
     tmp: Path = (TMP_DIR, f"ln.{uino}.{os.getpid()}.{next(_counter)}".encode())
     work.link(pl, work, tmp)
     try:
@@ -368,27 +364,34 @@ class CopyUpper:
     file: the lower names not copied up yet read their data and attributes there, and
     ``xino.lower_names`` counts them (st_nlink = the pseudo-link's links less itself, plus
     those). A lower name that is hidden (unlink, renamed over) first gets the pseudo-link too,
-    so the names left count one less. ``fs`` is the union (branches, work directory, xino,
-    injection points, stats, and ``_resolve``/``_changed``/``_inval_attrs``).
+    so the names left count one less. ``sbi`` is the mount's state (branches, work directory,
+    xino, nodes, injection points, stats, and ``resolve``/``dir_modified``/``inval_attrs``): this
+    class never sees the FUSE operations (:mod:`stackfs.union.fs`), as overlayfs' ``copy_up.c``
+    reaches the rest only through ``overlayfs.h``.
     """
 
-    def __init__(self, fs: UnionFS) -> None:
-        self.fs = fs
+    def __init__(self, sbi: SbInfo) -> None:
+        self.sbi = sbi
         #: union inode numbers that have a pseudo-link
         self.plinks: set[int] = set()
         self._locks: dict[int, trio.Lock] = {}
         #: copy-ups (shared) against renames (exclusive): the paths a copy-up uses stay put
         self.gate = RenameGate()
-        if fs.work is not None:
-            for n in fs.work.listdir((PLINK_DIR,)):
+        if sbi.work is not None:
+            for n in sbi.work.listdir((PLINK_DIR,)):
                 if n.isdigit():
                     self.plinks.add(int(n))
+        sbi.kernel.inject.declare(
+            "copy_up",
+            "in copy-up, after the lower file is taken (locked with copyup=aufs) and opened, "
+            "before its data is copied",
+        )
 
     # -- what the handlers ask -------------------------------------------------------------------
 
     def data_loc(self, node: Node) -> tuple[Branch, Path] | None:
         """The pseudo-link of ``node`` if its data is there (a lower name of a copied-up file)."""
-        work = self.fs.work
+        work = self.sbi.work
         if node.plink and node.top != 0 and work is not None:
             return work, plink_path(node.uino)
         return None
@@ -396,20 +399,20 @@ class CopyUpper:
     def nlink(self, uino: int, st: os.stat_result) -> int:
         """st_nlink of a non-directory (``st`` is its top object or its pseudo-link)."""
         if uino in self.plinks:
-            return max(st.st_nlink - 1, 0) + self.fs.xino.get_lower_names(uino)
+            return max(st.st_nlink - 1, 0) + self.sbi.xino.get_lower_names(uino)
         return st.st_nlink
 
     def lower_name_gone(self, uino: int) -> None:
         """One lower name of pseudo-linked ``uino`` was hidden (synchronous: inside the
         handler's branch syscalls); drops the pseudo-link when no name is left."""
-        xino = self.fs.xino
+        xino = self.sbi.xino
         xino.set_lower_names(uino, xino.get_lower_names(uino) - 1)
         self.gc_plink(uino)
 
     def gc_plink(self, uino: int) -> None:
         """Drop the pseudo-link once no union name refers to the inode; else move its ctime
         (a name went, as unlink(2) says, whether or not a syscall touched the inode)."""
-        work, xino = self.fs.work, self.fs.xino
+        work, xino = self.sbi.work, self.sbi.xino
         if uino not in self.plinks or work is None:
             return
         pl = plink_path(uino)
@@ -430,24 +433,24 @@ class CopyUpper:
         give the inode its pseudo-link first, holding the data for the names left, which now
         count one less (aufs ``au_plink_append``). True if it was made now (the hidden name is
         not counted any more: no :meth:`lower_name_gone` for it)."""
-        fs = self.fs
+        sbi = self.sbi
         if probe.top == 0 or stat_mod.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
             return False
-        if probe.uino in self.plinks or fs.work is None:
+        if probe.uino in self.plinks or sbi.work is None:
             return False
         await self.copy_up_orphan(probe)
-        node = fs.nodes.get(probe.uino)
+        node = sbi.nodes.get(probe.uino)
         if node is not None and node.top != 0:
             node.plink = True
         return True
 
     async def copy_up_dir(self, node: Node) -> None:
         """Give directory ``node`` an upper directory, parents first (aufs ``au_cpup_dirs``)."""
-        fs = self.fs
-        upper = fs._need_upper()
+        sbi = self.sbi
+        upper = sbi.need_upper()
         if node.parent is None:
             return
-        await fs._resolve(node)
+        await sbi.resolve(node)
         if node.layers[0] == 0:
             return
         async with self.gate.shared(), self._lock(node.uino):
@@ -459,21 +462,21 @@ class CopyUpper:
                 await in_worker(job.run)
             node.layers = (0, *node.layers)
             if len(node.layers) == 2:
-                fs._inval_attrs(node)  # a merged directory reports st_nlink 1 from now on
-            fs.stats["copy_up"] += 1
-            fs._changed(node.parent)
+                sbi.inval_attrs(node)  # a merged directory reports st_nlink 1 from now on
+            sbi.stats["copy_up"] += 1
+            sbi.dir_modified(node.parent)
 
     async def copy_up(self, node: Node) -> None:
         """Copy a non-directory up before it is modified (aufs ``au_sio_cpup_simple``)."""
         if node.is_dir:
             await self.copy_up_dir(node)
             return
-        fs = self.fs
-        upper = fs._need_upper()
+        sbi = self.sbi
+        upper = sbi.need_upper()
         if node.top == 0:
             return
         parent = node.parent
-        assert parent is not None and fs.work is not None
+        assert parent is not None and sbi.work is not None
         lock = self._locks.get(node.uino)
         if (
             (lock is None or not lock.locked())
@@ -504,12 +507,12 @@ class CopyUpper:
                 await in_worker(
                     functools.partial(
                         link_up,
-                        work=fs.work,
+                        work=sbi.work,
                         upper=upper,
                         uino=node.uino,
                         dst_parent=parent.path(0),
                         name=node.name,
-                        xino=fs.xino,
+                        xino=sbi.xino,
                     )
                 )
             else:
@@ -526,21 +529,21 @@ class CopyUpper:
         """Copy up an object whose name is gone (unlinked while open, or a lower name about to
         be hidden while other hard links remain): the copy goes to the pseudo-link only (aufs
         keeps such copies in ``.wh..wh.plnk``/``.wh..wh.orph``)."""
-        fs = self.fs
-        assert fs.work is not None
+        sbi = self.sbi
+        assert sbi.work is not None
         if node.uino in self.plinks:
             node.plink = True
             return
         job = CopyUp(
-            src=fs.branches[node.top],
+            src=sbi.branches[node.top],
             src_path=node.path(node.top),
-            upper=fs.work,
+            upper=sbi.work,
             dst_parent=(PLINK_DIR,),
             name=str(node.uino).encode(),
-            work=fs.work,
-            xino=fs.xino,
+            work=sbi.work,
+            xino=sbi.xino,
             uino=node.uino,
-            mode=fs.opts.copyup,
+            mode=sbi.opts.copyup,
             hit=self._hit_from_thread,
             restore_parent_times=False,
         )
@@ -549,7 +552,7 @@ class CopyUpper:
             await in_worker(job.run)
         self.plinks.add(node.uino)
         node.plink = True
-        fs.stats["copy_up"] += 1
+        sbi.stats["copy_up"] += 1
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -562,17 +565,17 @@ class CopyUpper:
     def _job(self, node: Node, upper: Branch, **how: Any) -> CopyUp:
         """The copy-up of ``node`` into ``upper``; by default in the mount's copy-up order,
         with pseudo-links and the ``copy_up`` injection point (``how`` overrides)."""
-        fs = self.fs
-        assert node.parent is not None and fs.work is not None
-        how = {"mode": fs.opts.copyup, "plink": True, "hit": self._hit_from_thread, **how}
+        sbi = self.sbi
+        assert node.parent is not None and sbi.work is not None
+        how = {"mode": sbi.opts.copyup, "plink": True, "hit": self._hit_from_thread, **how}
         return CopyUp(
-            src=fs.branches[node.top],
+            src=sbi.branches[node.top],
             src_path=node.path(node.top),
             upper=upper,
             dst_parent=node.parent.path(0),
             name=node.name,
-            work=fs.work,
-            xino=fs.xino,
+            work=sbi.work,
+            xino=sbi.xino,
             uino=node.uino,
             **how,
         )
@@ -582,9 +585,9 @@ class CopyUpper:
             self.plinks.add(node.uino)
         node.layers = (0,)
         node.plink = False
-        self.fs.stats["copy_up"] += 1
+        self.sbi.stats["copy_up"] += 1
         assert node.parent is not None
-        self.fs._changed(node.parent)
+        self.sbi.dir_modified(node.parent)
 
     def _inline(self, job: CopyUp) -> bool:
         """May ``job`` run in the trio thread? Only between plain directories (no FUSE branch
@@ -593,7 +596,7 @@ class CopyUpper:
         stops at its injection point, keeps its own worker thread."""
         if job.src.blocking or job.upper.blocking or job.work.blocking:
             return False
-        if self.fs.kernel.inject["copy_up"].action.kind != "off":
+        if self.sbi.kernel.inject["copy_up"].action.kind != "off":
             return False
         st = job.src.lstat(job.src_path)
         if st is None or st.st_size > INLINE_MAX:
@@ -602,7 +605,7 @@ class CopyUpper:
         return True
 
     def _hit_from_thread(self, point: str) -> None:
-        inject = self.fs.kernel.inject
+        inject = self.sbi.kernel.inject
         p = inject[point]
         if p.action.kind == "off":
             p.hits += 1  # what hit() does for a point that is off, without the trip to trio
@@ -610,9 +613,4 @@ class CopyUpper:
         trio.from_thread.run(inject.hit, point)
 
     def _hit_inline(self, point: str) -> None:
-        self.fs.kernel.inject[point].hits += 1  # only used while the point is off
-
-
-def plink_path(uino: int) -> Path:
-    """``WORK/plink/UINO``."""
-    return (PLINK_DIR, str(uino).encode())
+        self.sbi.kernel.inject[point].hits += 1  # only used while the point is off

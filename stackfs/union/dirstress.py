@@ -28,6 +28,8 @@ NAMES = ("d0", "d1", "d2", "d3")
 SUB = "s"
 MODES = (0o755, 0o700, 0o750, 0o777)
 OPS = ("mkdir", "rmdir", "rename", "stat", "chmod")
+#: what a worker process sends back: its operations, and their outcomes counted
+WorkerCounts = tuple[int, dict[tuple[str, str], int]]
 #: what the mix may answer; anything else (ESTALE, EIO) is a bug of the filesystem under test
 EXPECTED = frozenset({errno.EEXIST, errno.ENOENT, errno.ENOTEMPTY, errno.ENOTDIR, errno.EINVAL})
 
@@ -75,7 +77,9 @@ def _one(base: str, op: str, rng: random.Random) -> None:
         os.chmod(path, rng.choice(MODES))
 
 
-def _worker(base: str, seed: int, deadline: float, budget: int, out: multiprocessing.Queue) -> None:
+def _worker(
+    base: str, seed: int, deadline: float, budget: int, out: multiprocessing.Queue[WorkerCounts]
+) -> None:
     rng = random.Random(seed)
     counts: Counter[tuple[str, str]] = Counter()
     n = 0
@@ -97,7 +101,7 @@ def run(
     ``seconds`` and ``ops`` operations in all; returns the summed counts."""
     os.makedirs(base, exist_ok=True)
     ctx = multiprocessing.get_context("fork")
-    q: multiprocessing.Queue = ctx.Queue()
+    q: multiprocessing.Queue[WorkerCounts] = ctx.Queue()
     t0 = time.monotonic()
     deadline = t0 + seconds
     per = max(1, ops // procs)

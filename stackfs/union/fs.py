@@ -2,7 +2,9 @@
 
 One writable upper branch (index 0) over read-only lower branches, or read-only branches only.
 Lookup, readdir, copy-up, whiteouts, inode numbers and branch access live in their own modules;
-this class ties them to FUSE requests:
+the mount's state (branches, work directory, xino, node table, resolution, invalidation) is
+:class:`~stackfs.union.sbinfo.SbInfo`, which copy-up receives too (the two never import each
+other: overlayfs' ``overlayfs.h``); this class ties them to FUSE requests:
 
 * every modification of a lower object copies it up first (:meth:`UnionFS.copy_up`), parents
   first; copy-up and pseudo-links are one module (:class:`~stackfs.union.copy_up.CopyUpper`);
@@ -19,8 +21,6 @@ this class ties them to FUSE requests:
 from __future__ import annotations
 
 import errno
-import fcntl
-import functools
 import itertools
 import logging
 import os
@@ -28,7 +28,7 @@ import stat as stat_mod
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext
@@ -36,40 +36,23 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext
 from stackfs import crosslock
 from stackfs.daemon import TestbedOperations, in_worker
 from stackfs.fuseattr import entry_attributes, negative_entry, statvfs_data
+from stackfs.fuseerr import fuse_errors
 from stackfs.kernel.locks import RWSem
 from stackfs.kernel.task import calls
 from stackfs.linux.libc import RENAME_EXCHANGE, RENAME_NOREPLACE
-from stackfs.union import copy_up as cu
 from stackfs.union import fastpath, whiteout
 from stackfs.union import readdir as rd
 from stackfs.union.branches import Branch, Path
-from stackfs.union.inode import Node, NodeTable
+from stackfs.union.copy_up import CopyUpper
+from stackfs.union.inode import Node
 from stackfs.union.lookup import Found, lookup_child
 from stackfs.union.options import UnionOptions
-from stackfs.union.xino import ROOT, Xino
+from stackfs.union.sbinfo import TMP_DIR, SbInfo, branch_call, plink_path, rmtree
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _XATTR_CREATE, _XATTR_REPLACE = 1, 2
 _TRUSTED = "trusted."
-
-
-def fuse_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an OSError of a handler into the FUSEError that carries its errno."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any) -> Any:
-        try:
-            return await fn(*args)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-
-    return wrapper
-
-
-def _erofs() -> OSError:
-    return OSError(errno.EROFS, "read-only union (no upper branch)")
 
 
 @dataclass(slots=True, eq=False)
@@ -101,33 +84,17 @@ class UnionFS(TestbedOperations):
 
     def __init__(self, opts: UnionOptions) -> None:
         super().__init__()
-        self.opts = opts
-        from stackfs.union.branches import open_branches
-
-        self.branches: list[Branch] = open_branches([(b.path, b.writable) for b in opts.branches])
-        self.upper: Branch | None = self.branches[0] if self.branches[0].writable else None
-        self.work: Branch | None = None
-        self._work_lock_fd = -1
-        self.xino = Xino(None)
-        if self.upper is not None:
-            assert opts.workdir is not None
-            self.work = self._setup_workdir(opts.workdir)
-            self.upper.whiteout_style = self.work.whiteout_style = opts.whiteout
-        for br in self.branches if self.work is None else [*self.branches, self.work]:
-            br.userxattr = opts.userxattr
+        #: the mount's state (branches, work directory, xino, nodes): what copy-up gets too
+        self.sbi = SbInfo(opts, self.kernel)
         #: the union's own xattr names (docs/security.md): hidden, EPERM to set or remove
         self.meta_xattrs = whiteout.meta_xattrs(opts.userxattr)
         #: copy-up and pseudo-links: everything the handlers need of them goes through here
-        self.cu = cu.CopyUpper(self)
-        st = self.branches[0].stat(())
-        root = Node(ROOT, None, b"", st.st_mode, tuple(range(len(self.branches))))
-        self.nodes = NodeTable(root)
+        self.cu = CopyUpper(self.sbi)
         self.handles: dict[int, BranchFile] = {}
         self.dirs: dict[int, MergedDirHandle] = {}
         self._next_dh = 1
         #: names removed from directories that have open streams: dir uino -> name -> when
         self._gone: dict[int, dict[bytes, int]] = {}
-        self.listings = rd.ListingCache()
         self.fast = fastpath.FastPaths.from_options(opts)
         #: the by-inode files in the order they were opened (the oldest are closed first)
         self._inode_files: dict[int, None] = {}
@@ -140,99 +107,31 @@ class UnionFS(TestbedOperations):
         self.negative_timeout = (
             opts.negative_timeout if opts.negative_timeout is not None else opts.entry_timeout
         )
-        blocking = [b.index for b in self.branches if b.blocking]
-        #: the lowest branch that may block (lookups from a parent whose top is above it do)
-        self.blocking_max = max(blocking) if blocking else -1
-        self.kernel.inject.declare(
-            "copy_up",
-            "in copy-up, after the lower file is taken (locked with copyup=aufs) and opened, "
-            "before its data is copied",
-        )
-        self.stats = {"copy_up": 0, "lookup": 0, "readdir_kept": 0}
         self._euid, self._egid = os.geteuid(), os.getegid()
-        self._live = False
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def _setup_workdir(self, path: str) -> Branch:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        w = Branch.open_branch(-1, path, True)
-        fd = w.open((b"lock",), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            w.close()
-            raise OSError(errno.EBUSY, f"workdir {path} is in use by another mount") from None
-        self._work_lock_fd = fd
-        self.xino = Xino(os.path.join(path, "xino"))
-        for d in (cu.TMP_DIR, cu.PLINK_DIR):
-            try:
-                w.mkdir((d,), 0o700)
-            except FileExistsError:
-                pass
-        if not w.stat((cu.TMP_DIR,)).st_mode & stat_mod.S_ISGID:
-            w.new_owner = (os.geteuid(), os.getegid())
-        # what a SIGKILL left in the middle of a copy-up: never visible, now garbage
-        for n in w.listdir((cu.TMP_DIR,)):
-            st = w.lstat((cu.TMP_DIR, n))
-            if st is not None:
-                self.xino.drop_override(st.st_ino)  # its number may be reused
-            try:
-                if st is not None and stat_mod.S_ISDIR(st.st_mode):
-                    _rmtree(w, (cu.TMP_DIR, n))
-                else:
-                    w.unlink((cu.TMP_DIR, n))
-            except OSError:
-                pass
-        return w
-
     def close(self) -> None:
-        for b in self.branches:
-            b.close()
-        if self.work is not None:
-            self.work.close()
-        if self._work_lock_fd >= 0:
-            os.close(self._work_lock_fd)
-            self._work_lock_fd = -1
-        self.xino.close()
+        self.sbi.close()
 
     def describe(self) -> dict[str, Any]:
         return {
-            "branches": [b.describe() for b in self.branches],
-            "workdir": self.opts.workdir,
-            "copyup": self.opts.copyup,
-            "nodes": len(self.nodes),
+            "branches": [b.describe() for b in self.sbi.branches],
+            "workdir": self.sbi.opts.workdir,
+            "copyup": self.sbi.opts.copyup,
+            "nodes": len(self.sbi.nodes),
             "plinks": len(self.plinks),
-            "stats": dict(self.stats),
+            "stats": dict(self.sbi.stats),
             "fastpath": self.fast.describe(),
         }
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _sys(self, blocking: bool, fn: Callable[..., T], *args: Any) -> T:
-        """Run branch syscalls: in a worker thread if a FUSE branch is involved, else inline."""
-        if blocking:
-            return await in_worker(fn, *args)
-        return fn(*args)
-
-    def _blk(self, bi: int) -> bool:
-        return bi >= 0 and self.branches[bi].blocking
-
-    def _blk_from(self, bi: int) -> bool:
-        """Does a walk over branch ``bi`` and those below touch a FUSE branch?"""
-        return self.blocking_max >= bi
-
     def _node(self, ino: int) -> Node:
-        node = self.nodes.nodes.get(ino)
+        node = self.sbi.nodes.nodes.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return node
-
-    def _need_upper(self) -> Branch:
-        if self.upper is None:
-            raise _erofs()
-        return self.upper
 
     @property
     def plinks(self) -> set[int]:
@@ -241,7 +140,7 @@ class UnionFS(TestbedOperations):
 
     def _data_loc(self, node: Node) -> tuple[Branch, Path]:
         """Where the object's data and attributes are (its top branch, or its pseudo-link)."""
-        return self.cu.data_loc(node) or (self.branches[node.top], node.path(node.top))
+        return self.cu.data_loc(node) or (self.sbi.branches[node.top], node.path(node.top))
 
     def _nlink(self, node_uino: int, st: os.stat_result, layers: int) -> int:
         if stat_mod.S_ISDIR(st.st_mode):
@@ -265,7 +164,7 @@ class UnionFS(TestbedOperations):
             # the name went behind the union's back: another name of a hard link may do
             for p, name in reversed(node.aliases):
                 alt = br.lstat(p.path(node.top) + (name,))
-                if alt is not None and self.xino.uino(node.top, alt.st_ino) == node.uino:
+                if alt is not None and self.sbi.xino.uino(node.top, alt.st_ino) == node.uino:
                     node.add_name(p, name)
                     return alt
             for fd in node.fds:
@@ -279,11 +178,11 @@ class UnionFS(TestbedOperations):
         inode number (ext4 reuses a freed one at once): answering for it would hand the
         kernel another object's attributes under this node id (a type change is
         ``fuse_make_bad``: EIO for good)."""
-        if node.parent is None or br is not self.branches[node.top]:
+        if node.parent is None or br is not self.sbi.branches[node.top]:
             return True  # the root; a pseudo-link
         if node.unlinked or whiteout.is_ovl_whiteout(st):
             return False
-        return self.xino.uino(node.top, st.st_ino) == node.uino
+        return self.sbi.xino.uino(node.top, st.st_ino) == node.uino
 
     def _orphan_fd(self, node: Node) -> int | None:
         """An open fd of ``node`` if it has no name left in the branches (unlinked while open,
@@ -302,65 +201,28 @@ class UnionFS(TestbedOperations):
 
     def _node_from_found(self, parent: Node, name: bytes, f: Found) -> Node:
         top = f.layers[0]
-        uino = self.xino.uino(top, f.st.st_ino)
+        uino = self.sbi.xino.uino(top, f.st.st_ino)
         plink = top != 0 and uino in self.plinks
         return Node(uino, parent, name, f.st.st_mode, f.layers, f.redirect, plink)
 
     async def _lookup(self, parent: Node, name: bytes, first: int = 0) -> Found | None:
         if not parent.resolved:
-            await self._resolve(parent)
-        self.stats["lookup"] += 1
-        if self.blocking_max >= parent.layers[0]:
-            return await in_worker(lookup_child, self.branches, parent, name, first)
-        return lookup_child(self.branches, parent, name, first)
-
-    async def _resolve(self, node: Node) -> None:
-        """Make sure directory ``node`` knows its layers (readdirplus nodes do not yet)."""
-        if node.resolved or node.parent is None:
-            return
-        await self._resolve(node.parent)
-        f = await self._sys(
-            self._blk_from(node.parent.top), lookup_child, self.branches, node.parent, node.name, 0
-        )
-        if f is None:
-            raise OSError(errno.ENOENT, "directory vanished from its branches")
-        node.layers, node.redirect, node.mode = f.layers, f.redirect, f.st.st_mode
-        node.resolved = True
+            await self.sbi.resolve(parent)
+        self.sbi.stats["lookup"] += 1
+        if self.sbi.blocking_max >= parent.layers[0]:
+            return await in_worker(lookup_child, self.sbi.branches, parent, name, first)
+        return lookup_child(self.sbi.branches, parent, name, first)
 
     async def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Register ``node`` (one kernel lookup) and return its entry attributes."""
-        node = self.nodes.add(node)
+        node = self.sbi.nodes.add(node)
         return await self._getattr_node(node)
 
     def init(self) -> None:
         """pyfuse3: the FUSE session is up (notifications to the kernel work from now on)."""
-        self._live = True
-        if self.opts.read_ahead_kb and self.fast.no_open:
-            fastpath.raise_read_ahead_after_init(self.opts.read_ahead_kb)
-
-    def _inval_attrs(self, node: Node) -> None:
-        """Drop the kernel's cached attributes of ``node`` after the union changed them behind
-        its back (attributes only: no page-cache invalidation, so no inode lock is taken and
-        it is safe inside a request handler)."""
-        if not self._live:
-            return
-        try:
-            pyfuse3.invalidate_inode(node.uino, attr_only=True)
-        except OSError:
-            pass  # the kernel does not hold this inode
-
-    def _changed(self, *dirs: Node) -> None:
-        """The entries of ``dirs`` changed: drop their listings, and the replies their parents
-        keep for them (a directory's mtime, ctime and st_nlink moved)."""
-        for d in dirs:
-            self.listings.invalidate(d.uino)
-            self._attrs_changed(d)
-
-    def _attrs_changed(self, node: Node) -> None:
-        """``node``'s attributes changed through the union: its directory's cached readdirplus
-        replies must not hand out the old ones."""
-        if node.parent is not None:
-            self.listings.drop_replies(node.parent.uino)
+        self.sbi.live = True
+        if self.sbi.opts.read_ahead_kb and self.fast.no_open:
+            fastpath.raise_read_ahead_after_init(self.sbi.opts.read_ahead_kb)
 
     def _name_gone(self, parent: Node, name: bytes) -> None:
         """``name`` left ``parent`` through the union: streams open on ``parent`` must not
@@ -407,16 +269,16 @@ class UnionFS(TestbedOperations):
         f = await self._lookup(parent, name)
         if f is None:
             return negative_entry(self.negative_timeout)
-        node = self.nodes.add(self._node_from_found(parent, name, f))
+        node = self.sbi.nodes.add(self._node_from_found(parent, name, f))
         if node.plink:
             return await self._getattr_node(node)
         return self._attr(f.st, node.uino, len(f.layers))
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for ino, n in inode_list:
-            self.nodes.forget(ino, n)
+            self.sbi.nodes.forget(ino, n)
             if -ino in self.handles or -ino in self.dirs:
-                node = self.nodes.get(ino)
+                node = self.sbi.nodes.get(ino)
                 if node is not None and node.nlookup <= 0:
                     self._drop_inode_handles(node)
 
@@ -445,10 +307,10 @@ class UnionFS(TestbedOperations):
         ofd = self._orphan_fd(node)
         if ofd is not None:
             # unlinked while open (a write that kills suid, fchmod, ftruncate): no name is left
-            await self._sys(
+            await branch_call(
                 upper.blocking, _setattr_fd, ofd if h is None else h.fd, attr, fields, node.mode
             )
-            self._attrs_changed(node)
+            self.sbi.attrs_changed(node)
             return await self._getattr_node(node)
 
         def apply() -> None:
@@ -483,37 +345,42 @@ class UnionFS(TestbedOperations):
                 )
 
         with calls("notify_change", "aufs_setattr"):
-            await self._sys(upper.blocking, apply)
-        self._attrs_changed(node)
+            await branch_call(upper.blocking, apply)
+        self.sbi.attrs_changed(node)
         return await self._getattr_node(node)
 
     @fuse_errors
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
         node = self._node(inode)
         br, path = self._data_loc(node)
-        return await self._sys(br.blocking, br.readlink, path)
+        return await branch_call(br.blocking, br.readlink, path)
 
     # -- creating names --------------------------------------------------------------------------
 
-    def _owner(self, parent: Node, ctx) -> tuple[int, int]:
+    def _owner(self, parent: Node, ctx: RequestContext) -> tuple[int, int]:
         gid = ctx.gid
         if parent.mode & stat_mod.S_ISGID:
             gid = -1  # the kernel gave it the directory's group (BSD group semantics)
         return ctx.uid, gid
 
     async def _create(
-        self, parent: Node, name: bytes, ctx, make: Callable[[Branch, Path], Any], is_dir=False
+        self,
+        parent: Node,
+        name: bytes,
+        ctx: RequestContext,
+        make: Callable[[Branch, Path], Any],
+        is_dir: bool = False,
     ) -> tuple[Node, os.stat_result, Any]:
         """Create ``name`` in the upper copy of ``parent`` with ``make(upper, path)``; remove a
         whiteout there (a directory made over one is opaque). Returns (node, stat, make's result).
         """
         whiteout.check_name(name)
-        upper = self._need_upper()
+        upper = self.sbi.need_upper()
         await self.copy_up_dir(parent)
         ppath = parent.path(0)
         check_wh = len(parent.layers) > 1 or parent.redirect is not None
-        assert self.work is not None
-        work = self.work
+        assert self.sbi.work is not None
+        work = self.sbi.work
 
         def do() -> tuple[os.stat_result, Any]:
             had_wh = check_wh and whiteout.has_whiteout(upper, ppath, name)
@@ -524,7 +391,7 @@ class UnionFS(TestbedOperations):
             if is_dir and had_wh:
                 pst = upper.stat(ppath)
                 # build the opaque directory in the work dir, then move it over the whiteout
-                tmp: Path = (cu.TMP_DIR, f"mk.{os.getpid()}.{id(path)}".encode())
+                tmp: Path = (TMP_DIR, f"mk.{os.getpid()}.{id(path)}".encode())
                 res = make(work, tmp)
                 whiteout.make_opaque(work, tmp)
                 work.chown(tmp, uid, gid if gid != -1 else pst.st_gid)
@@ -532,7 +399,7 @@ class UnionFS(TestbedOperations):
                     st0 = work.stat(tmp)
                     work.chmod(tmp, stat_mod.S_IMODE(st0.st_mode) | stat_mod.S_ISGID)
                 if upper.exists(path):
-                    _rmtree(work, tmp)
+                    rmtree(work, tmp)
                     raise OSError(errno.EEXIST, "exists")
                 work.rename(tmp, upper, path)
             else:
@@ -542,18 +409,18 @@ class UnionFS(TestbedOperations):
             if had_wh:
                 whiteout.remove_whiteout(upper, ppath, name)
             st = upper.stat(path)
-            self.xino.drop_override(st.st_ino)
+            self.sbi.xino.drop_override(st.st_ino)
             return st, res
 
         with calls("vfs_create", "aufs_create"):
-            st, res = await self._sys(upper.blocking, do)
-        uino = self.xino.natural(0, st.st_ino)
-        if self.nodes.get(uino) is not None:
+            st, res = await branch_call(upper.blocking, do)
+        uino = self.sbi.xino.natural(0, st.st_ino)
+        if self.sbi.nodes.get(uino) is not None:
             # the upper reused the inode number of a removed object the kernel still holds
             # under this node id (fuse_iget would take its dead inode): a number of its own
-            uino = self.xino.renumber(st.st_ino)
+            uino = self.sbi.xino.renumber(st.st_ino)
         node = Node(uino, parent, name, st.st_mode, (0,))
-        self._changed(parent)
+        self.sbi.dir_modified(parent)
         return node, st, res
 
     @fuse_errors
@@ -566,7 +433,7 @@ class UnionFS(TestbedOperations):
             raise OSError(errno.EPERM, "a 0/0 character device is a whiteout")
         parent = self._node(parent_inode)
         node, st, _ = await self._create(parent, name, ctx, lambda br, p: br.mknod(p, mode, rdev))
-        node = self.nodes.add(node)
+        node = self.sbi.nodes.add(node)
         return self._attr(st, node.uino)
 
     @fuse_errors
@@ -577,7 +444,7 @@ class UnionFS(TestbedOperations):
         node, st, _ = await self._create(
             parent, name, ctx, lambda br, p: br.mkdir(p, mode), is_dir=True
         )
-        node = self.nodes.add(node)
+        node = self.sbi.nodes.add(node)
         return self._attr(st, node.uino)
 
     @fuse_errors
@@ -586,7 +453,7 @@ class UnionFS(TestbedOperations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         node, st, _ = await self._create(parent, name, ctx, lambda br, p: br.symlink(target, p))
-        node = self.nodes.add(node)
+        node = self.sbi.nodes.add(node)
         return self._attr(st, node.uino)
 
     @fuse_errors
@@ -604,9 +471,9 @@ class UnionFS(TestbedOperations):
             return br.open(p, oflags, mode)
 
         node, st, fd = await self._create(parent, name, ctx, make)
-        node = self.nodes.add(node)
+        node = self.sbi.nodes.add(node)
         self._add_handle(
-            fd, node, self._need_upper().blocking, (flags & os.O_ACCMODE) != os.O_RDONLY
+            fd, node, self.sbi.need_upper().blocking, (flags & os.O_ACCMODE) != os.O_RDONLY
         )
         return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._attr(st, node.uino)
 
@@ -617,7 +484,7 @@ class UnionFS(TestbedOperations):
         whiteout.check_name(new_name)
         node = self._node(inode)
         parent = self._node(new_parent_inode)
-        upper = self._need_upper()
+        upper = self.sbi.need_upper()
         await self.copy_up(node)
         await self.copy_up_dir(parent)
         src = node.path(0)
@@ -633,28 +500,28 @@ class UnionFS(TestbedOperations):
                 whiteout.remove_whiteout(upper, ppath, new_name)
             return upper.stat(ppath + (new_name,))
 
-        st = await self._sys(upper.blocking, do)
-        self._changed(parent)
-        self._attrs_changed(node)
-        new = self.nodes.add(Node(node.uino, parent, new_name, st.st_mode, (0,)))
+        st = await branch_call(upper.blocking, do)
+        self.sbi.dir_modified(parent)
+        self.sbi.attrs_changed(node)
+        new = self.sbi.nodes.add(Node(node.uino, parent, new_name, st.st_mode, (0,)))
         return self._attr(st, new.uino)
 
     # -- removing names --------------------------------------------------------------------------
 
     def _is_empty(self, node: Node) -> bool:
         layers = [(b, node.path(b)) for b in node.layers]
-        return not rd.merge(self.branches, layers)
+        return not rd.merge(self.sbi.branches, layers)
 
     @fuse_errors
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
-        upper = self._need_upper()
+        upper = self.sbi.need_upper()
         f = await self._lookup(parent, name)
         if f is None:
             raise OSError(errno.ENOENT, "no such entry")
         if stat_mod.S_ISDIR(f.st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
-        uino = self.xino.uino(f.layers[0], f.st.st_ino)
+        uino = self.sbi.xino.uino(f.layers[0], f.st.st_ino)
         await self.copy_up_dir(parent)
         ppath = parent.path(0)
         top = f.layers[0]
@@ -663,14 +530,14 @@ class UnionFS(TestbedOperations):
         await self._pin_open_data(uino, top)
 
         def do() -> None:
-            below = lookup_child(self.branches, parent, name, 1)
+            below = lookup_child(self.sbi.branches, parent, name, 1)
             wh_first = below is not None and not whiteout.takes_name(upper)
             if wh_first:
                 whiteout.make_whiteout(upper, ppath, name)
             if top == 0:
                 upper.unlink(ppath + (name,))
                 if f.st.st_nlink <= 1 and uino not in self.plinks:
-                    self.xino.drop_override(f.st.st_ino)
+                    self.sbi.xino.drop_override(f.st.st_ino)
             if below is not None and not wh_first:
                 whiteout.make_whiteout(upper, ppath, name)
             if top != 0 and not counted and uino in self.plinks:
@@ -679,15 +546,15 @@ class UnionFS(TestbedOperations):
                 self.cu.gc_plink(uino)
 
         with calls("vfs_unlink", "aufs_unlink"):
-            await self._sys(self._blk_from(parent.top), do)
-        node = self.nodes.get(uino)
+            await branch_call(self.sbi.blk_from(parent.top), do)
+        node = self.sbi.nodes.get(uino)
         if node is not None:
             await self._name_removed(node, parent, name)
             if not node.unlinked:
                 # st_nlink and st_ctime of the other names moved (the last name gone: the
                 # kernel's fuse_unlink drops the inode's nlink and its cached attributes itself)
-                self._inval_attrs(node)
-        self._changed(parent)
+                self.sbi.inval_attrs(node)
+        self.sbi.dir_modified(parent)
         self._name_gone(parent, name)
 
     async def _name_removed(self, node: Node, parent: Node, name: bytes) -> None:
@@ -704,7 +571,7 @@ class UnionFS(TestbedOperations):
                 return
             assert node.parent is not None
             f = await self._lookup(node.parent, node.name)
-            if f is not None and self.xino.uino(f.layers[0], f.st.st_ino) == node.uino:
+            if f is not None and self.sbi.xino.uino(f.layers[0], f.st.st_ino) == node.uino:
                 node.layers, node.redirect, node.resolved = f.layers, f.redirect, True
                 node.plink = f.layers[0] != 0 and node.uino in self.plinks
                 return
@@ -713,21 +580,21 @@ class UnionFS(TestbedOperations):
     @fuse_errors
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self._node(parent_inode)
-        upper = self._need_upper()
+        upper = self.sbi.need_upper()
         f = await self._lookup(parent, name)
         if f is None:
             raise OSError(errno.ENOENT, "no such entry")
         if not stat_mod.S_ISDIR(f.st.st_mode):
             raise OSError(errno.ENOTDIR, "not a directory")
         probe = self._node_from_found(parent, name, f)
-        blk = self._blk_from(parent.top)
-        if not await self._sys(blk, self._is_empty, probe):
+        blk = self.sbi.blk_from(parent.top)
+        if not await branch_call(blk, self._is_empty, probe):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
         await self.copy_up_dir(parent)
         ppath = parent.path(0)
 
         def do() -> None:
-            below = lookup_child(self.branches, parent, name, 1)
+            below = lookup_child(self.sbi.branches, parent, name, 1)
             wh_first = below is not None and not whiteout.takes_name(upper)
             if wh_first:
                 whiteout.make_whiteout(upper, ppath, name)
@@ -738,11 +605,11 @@ class UnionFS(TestbedOperations):
                 whiteout.make_whiteout(upper, ppath, name)
 
         with calls("vfs_rmdir", "aufs_rmdir"):
-            await self._sys(blk, do)
-        node = self.nodes.get(probe.uino)
+            await branch_call(blk, do)
+        node = self.sbi.nodes.get(probe.uino)
         if node is not None:
             node.unlinked = True
-        self._changed(parent)
+        self.sbi.dir_modified(parent)
         self._name_gone(parent, name)
 
     # -- rename ----------------------------------------------------------------------------------
@@ -751,17 +618,17 @@ class UnionFS(TestbedOperations):
         """Make ``node`` movable within the upper branch: copy a file up; give a directory an
         upper directory and, if lower branches hold parts of it, a redirect to where they see
         it, so the upper directory can move anywhere and take its lower parts along."""
-        upper = self._need_upper()
+        upper = self.sbi.need_upper()
         if not node.is_dir:
             await self.copy_up(node)
             return
-        await self._resolve(node)
+        await self.sbi.resolve(node)
         lower = [b for b in node.layers if b != 0]
         await self.copy_up_dir(node)
         if lower and (node.redirect is None or node.redirect[0] != 0):
             target = node.path(lower[0])
             path = node.path(0)
-            await self._sys(upper.blocking, whiteout.write_redirect, upper, path, target)
+            await branch_call(upper.blocking, whiteout.write_redirect, upper, path, target)
             node.redirect = (0, target)
 
     @fuse_errors
@@ -775,7 +642,7 @@ class UnionFS(TestbedOperations):
         ctx: RequestContext,
     ) -> None:
         whiteout.check_name(name_new)
-        upper = self._need_upper()
+        upper = self.sbi.need_upper()
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
             RENAME_NOREPLACE | RENAME_EXCHANGE
         ):
@@ -784,28 +651,44 @@ class UnionFS(TestbedOperations):
         new_p = self._node(parent_inode_new)
         # no copy-up of another task runs while the branch paths move (renamegate)
         async with self.cu.gate.exclusive():
-            fs = await self._lookup(old_p, name_old)
-            if fs is None:
+            found_old = await self._lookup(old_p, name_old)
+            if found_old is None:
                 raise OSError(errno.ENOENT, "no such entry")
-            fd_ = await self._lookup(new_p, name_new)
-            if fd_ is not None and not flags & RENAME_EXCHANGE:
-                uino = self.xino.uino(fd_.layers[0], fd_.st.st_ino)
-                await self._pin_open_data(uino, fd_.layers[0])
-            src = self.nodes.add(self._node_from_found(old_p, name_old, fs))
+            found_new = await self._lookup(new_p, name_new)
+            if found_new is not None and not flags & RENAME_EXCHANGE:
+                uino = self.sbi.xino.uino(found_new.layers[0], found_new.st.st_ino)
+                await self._pin_open_data(uino, found_new.layers[0])
+            src = self.sbi.nodes.add(self._node_from_found(old_p, name_old, found_old))
             try:
-                await self._rename(src, fs, old_p, name_old, new_p, name_new, fd_, flags, upper)
+                await self._rename(
+                    src, found_old, old_p, name_old, new_p, name_new, found_new, flags, upper
+                )
             finally:
-                self.nodes.forget(src.uino, 1)
-                self._changed(old_p, new_p)
+                self.sbi.nodes.forget(src.uino, 1)
+                self.sbi.dir_modified(old_p, new_p)
 
-    async def _rename(self, src, fs, old_p, name_old, new_p, name_new, fd_, flags, upper):
+    async def _rename(
+        self,
+        src: Node,
+        found_old: Found,
+        old_p: Node,
+        name_old: bytes,
+        new_p: Node,
+        name_new: bytes,
+        found_new: Found | None,
+        flags: int,
+        upper: Branch,
+    ) -> None:
+        """Rename ``old_p/name_old`` (node ``src``, found as ``found_old``) to ``new_p/name_new``
+        (``found_new``: what is there now) in the upper branch (``vfs_rename`` ->
+        ``aufs_rename``, overlayfs ``ovl_rename``), under the rename gate."""
         exchange = bool(flags & RENAME_EXCHANGE)
-        src_dir = stat_mod.S_ISDIR(fs.st.st_mode)
+        src_dir = stat_mod.S_ISDIR(found_old.st.st_mode)
         dst: Node | None = None
-        if fd_ is not None:
+        if found_new is not None:
             if flags & RENAME_NOREPLACE:
                 raise OSError(errno.EEXIST, "target exists")
-            dst = self.nodes.add(self._node_from_found(new_p, name_new, fd_))
+            dst = self.sbi.nodes.add(self._node_from_found(new_p, name_new, found_new))
         elif exchange:
             raise OSError(errno.ENOENT, "no target to exchange with")
         try:
@@ -818,8 +701,8 @@ class UnionFS(TestbedOperations):
                 if not src_dir and dst_dir:
                     raise OSError(errno.EISDIR, "target is a directory")
                 if dst_dir:
-                    await self._resolve(dst)
-                    if not await self._sys(self._blk_from(dst.top), self._is_empty, dst):
+                    await self.sbi.resolve(dst)
+                    if not await branch_call(self.sbi.blk_from(dst.top), self._is_empty, dst):
                         raise OSError(errno.ENOTEMPTY, "target directory not empty")
             await self.copy_up_dir(old_p)
             await self.copy_up_dir(new_p)
@@ -828,8 +711,8 @@ class UnionFS(TestbedOperations):
                 assert dst is not None
                 await self._prepare_move(dst)
             dst_counted = False
-            if dst is not None and not exchange and fd_ is not None:
-                dst_counted = await self.cu.hide_lower_name(dst, fd_.st)
+            if dst is not None and not exchange and found_new is not None:
+                dst_counted = await self.cu.hide_lower_name(dst, found_new.st)
             old_pp, new_pp = old_p.path(0), new_p.path(0)
             src_redirected = src.redirect is not None and src.redirect[0] == 0
 
@@ -845,18 +728,18 @@ class UnionFS(TestbedOperations):
                 # the name below the upper, merged into the target or hidden by it (an opaque
                 # target: its layers do not show it), must stay hidden (ovl_rename's opaque)
                 if src_dir and not src_redirected:
-                    if had_wh or lookup_child(self.branches, new_p, name_new, 1) is not None:
+                    if had_wh or lookup_child(self.sbi.branches, new_p, name_new, 1) is not None:
                         whiteout.make_opaque(upper, old_pp + (name_old,))
                 upper.rename(
                     old_pp + (name_old,), upper, new_pp + (name_new,), flags & RENAME_NOREPLACE
                 )
                 if had_wh:
                     whiteout.remove_whiteout(upper, new_pp, name_new)
-                if lookup_child(self.branches, old_p, name_old, 1) is not None:
+                if lookup_child(self.sbi.branches, old_p, name_old, 1) is not None:
                     whiteout.make_whiteout(upper, old_pp, name_old)
 
             with calls("vfs_rename", "aufs_rename"):
-                await self._sys(self._blk_from(min(old_p.top, new_p.top)), do)
+                await branch_call(self.sbi.blk_from(min(old_p.top, new_p.top)), do)
             if not exchange:
                 self._name_gone(old_p, name_old)
             # the moved nodes now live at their new names: look them up again
@@ -865,12 +748,12 @@ class UnionFS(TestbedOperations):
                 assert dst is not None
                 moved.append((dst, old_p, name_old))
             elif dst is not None:
-                if dst.uino in self.plinks and self.work is not None:
-                    lower = fd_ is not None and fd_.layers[0] != 0 and not dst_counted
+                if dst.uino in self.plinks and self.sbi.work is not None:
+                    lower = found_new is not None and found_new.layers[0] != 0 and not dst_counted
                     gone = self.cu.lower_name_gone if lower else self.cu.gc_plink
-                    await self._sys(self.work.blocking, gone, dst.uino)
+                    await branch_call(self.sbi.work.blocking, gone, dst.uino)
                 await self._name_removed(dst, new_p, name_new)
-                self._inval_attrs(dst)
+                self.sbi.inval_attrs(dst)
             for (n, p, name), (op, oname) in zip(
                 moved, [(old_p, name_old), (new_p, name_new)], strict=False
             ):
@@ -886,7 +769,7 @@ class UnionFS(TestbedOperations):
                     n.plink = False
         finally:
             if dst is not None:
-                self.nodes.forget(dst.uino, 1)
+                self.sbi.nodes.forget(dst.uino, 1)
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -906,10 +789,10 @@ class UnionFS(TestbedOperations):
         br, path = self._data_loc(node)
         oflags = fastpath.open_flags(flags, self.fast.writeback_cache)
         with calls("do_dentry_open", "aufs_open_nondir"):
-            fd = await self._sys(br.blocking, br.open, path, oflags)
+            fd = await branch_call(br.blocking, br.open, path, oflags)
         self._add_handle(fd, node, br.blocking, bool(writing))
         if writing:
-            self._attrs_changed(node)
+            self.sbi.attrs_changed(node)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     @fuse_errors
@@ -926,7 +809,7 @@ class UnionFS(TestbedOperations):
         h = self.handles.get(fh)
         if h is None or h.loc is not None:
             h = await self._inode_handle(fh, True)
-            self._attrs_changed(h.node)
+            self.sbi.attrs_changed(h.node)
         if h.blocking:
             return await in_worker(os.pwrite, h.fd, buf, off)
         return os.pwrite(h.fd, buf, off)
@@ -946,12 +829,12 @@ class UnionFS(TestbedOperations):
         if h is not None and h.loc == loc and (h.writable or not writing):
             return h
         br, path = self._data_loc(node)
-        fd, writable = await self._sys(
+        fd, writable = await branch_call(
             br.blocking,
             fastpath.open_data,
             br,
             path,
-            writing or br is self.upper or br is self.work,
+            writing or br is self.sbi.upper or br is self.sbi.work,
         )
         if writing and not writable:
             os.close(fd)
@@ -978,13 +861,13 @@ class UnionFS(TestbedOperations):
             if h is not None and not h.node.unlinked and not h.blocking:
                 del self.handles[fh]
                 self._close_inode_handle(h)
-                self.nodes.closed(h.node)
+                self.sbi.nodes.closed(h.node)
 
     async def _pin_open_data(self, uino: int, top: int) -> None:
         """``no_open``: before an upper file's name goes (unlink, renamed over), keep its data
         reachable by a branch fd until FORGET: the kernel's inode may be open, and no OPEN
         told the union (the kernel keeps an unlinked open file's inode, the union its data)."""
-        node = self.nodes.get(uino)
+        node = self.sbi.nodes.get(uino)
         if self.fast.no_open and top == 0 and node is not None and stat_mod.S_ISREG(node.mode):
             await self._inode_handle(-uino, False)
 
@@ -1003,7 +886,7 @@ class UnionFS(TestbedOperations):
         if dh is not None:
             node.opened -= 1
             self._gone.pop(node.uino, None)
-        self.nodes.closed(node)
+        self.sbi.nodes.closed(node)
 
     # no flush(): the base class answers ENOSYS once and the kernel stops sending FLUSH at
     # every close(2) (fc->no_flush); release closes the branch fd.
@@ -1016,8 +899,8 @@ class UnionFS(TestbedOperations):
         h.node.opened -= 1
         h.node.discard_fd(fh)
         if h.writable:
-            self._attrs_changed(h.node)
-        self.nodes.closed(h.node)
+            self.sbi.attrs_changed(h.node)
+        self.sbi.nodes.closed(h.node)
         if h.blocking:
             await in_worker(os.close, fh)
         else:
@@ -1028,7 +911,7 @@ class UnionFS(TestbedOperations):
         h = self.handles.get(fh)
         if h is None or h.loc is not None:
             h = await self._inode_handle(fh, False)
-        await self._sys(h.blocking, os.fdatasync if datasync else os.fsync, h.fd)
+        await branch_call(h.blocking, os.fdatasync if datasync else os.fsync, h.fd)
 
     # -- directories -----------------------------------------------------------------------------
 
@@ -1037,7 +920,7 @@ class UnionFS(TestbedOperations):
         if self.fast.no_opendir:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # fc->no_opendir: readdir comes by inode
         node = self._node(inode)
-        await self._resolve(node)
+        await self.sbi.resolve(node)
         dh = self._next_dh
         self._next_dh += 1
         self.dirs[dh] = MergedDirHandle(node)
@@ -1053,7 +936,7 @@ class UnionFS(TestbedOperations):
         if ino is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         node = self._node(ino)
-        await self._resolve(node)
+        await self.sbi.resolve(node)
         dh = self.dirs[fh] = MergedDirHandle(node)
         node.opened += 1
         return dh
@@ -1061,37 +944,39 @@ class UnionFS(TestbedOperations):
     def _listing(self, node: Node) -> rd.Listing:
         layers = [(b, node.path(b)) for b in node.layers]
         made = time.time_ns()
-        stamp = rd.layer_stamp(self.branches, layers)
-        listing = self.listings.get(node.uino, stamp)
+        stamp = rd.layer_stamp(self.sbi.branches, layers)
+        listing = self.sbi.listings.get(node.uino, stamp)
         if listing is None:
-            listing = self.listings.put(node.uino, stamp, rd.merge(self.branches, layers), made)
+            listing = self.sbi.listings.put(
+                node.uino, stamp, rd.merge(self.sbi.branches, layers), made
+            )
         return listing
 
     def _entry_replies(self, node: Node, entries: list[rd.Entry]) -> list[rd.Reply | None]:
         """The readdirplus replies of ``entries`` of ``node`` (:func:`readdir.make_replies`)."""
         return rd.make_replies(
-            self.branches,
+            self.sbi.branches,
             node,
             entries,
-            uino_of=self.xino.uino,
+            uino_of=self.sbi.xino.uino,
             plink_stat=self._plink_stat if self.plinks else None,
             attr=self._attr,
         )
 
     def _plink_stat(self, uino: int) -> os.stat_result | None:
-        if uino not in self.plinks or self.work is None:
+        if uino not in self.plinks or self.sbi.work is None:
             return None
-        return self.work.lstat(cu.plink_path(uino))
+        return self.sbi.work.lstat(plink_path(uino))
 
     @fuse_errors
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         dh = self.dirs.get(fh) or await self._inode_dir_handle(fh)
         node = dh.node
-        blk = self._blk_from(node.top)
+        blk = self.sbi.blk_from(node.top)
         if dh.listing is None or start_id == 0:
             dh.made = time.monotonic_ns()
             with calls("iterate_dir", "aufs_iterate_shared"):
-                dh.listing = await self._sys(blk, self._listing, node)
+                dh.listing = await branch_call(blk, self._listing, node)
         listing = dh.listing
         entries = listing.entries
         gone = self._gone.get(node.uino)
@@ -1122,7 +1007,7 @@ class UnionFS(TestbedOperations):
             replies = listing.replies = [rd.UNSET] * len(entries)
             listing.replies_ns = now
         left = (ttl - (now - listing.replies_ns)) / 1e9 if ttl > 0 else 0.0
-        nodes = self.nodes
+        nodes = self.sbi.nodes
         batch = 32
         n = len(entries)
         while idx - 2 < n:
@@ -1131,7 +1016,7 @@ class UnionFS(TestbedOperations):
             batch = 256
             fresh: set[int] | None = None
             if replies is None:
-                chunk = await self._sys(blk, self._entry_replies, node, entries[lo:hi])
+                chunk = await branch_call(blk, self._entry_replies, node, entries[lo:hi])
             else:
                 # make the replies not made yet, and those of files open or hard-linked (their
                 # attributes may have moved without their directory changing)
@@ -1141,13 +1026,13 @@ class UnionFS(TestbedOperations):
                     if (r := replies[k]) is rd.UNSET or r is not None and r.may_have_moved(nodes)
                 ]
                 if need:
-                    made = await self._sys(
+                    made = await branch_call(
                         blk, self._entry_replies, node, [entries[k] for k in need]
                     )
                     for k, r in zip(need, made, strict=True):
                         replies[k] = r
                     fresh = set(need)
-                self.stats["readdir_kept"] += hi - lo - len(need)
+                self.sbi.stats["readdir_kept"] += hi - lo - len(need)
                 chunk = replies[lo:hi]
             for k, r in enumerate(chunk, lo):
                 idx += 1
@@ -1169,15 +1054,15 @@ class UnionFS(TestbedOperations):
             dh.node.opened -= 1
             if dh.node.opened <= 0:
                 self._gone.pop(dh.node.uino, None)
-            self.nodes.closed(dh.node)
+            self.sbi.nodes.closed(dh.node)
 
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         return None
 
     @fuse_errors
     async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
-        br = self.upper or self.branches[0]
-        sv = await self._sys(br.blocking, br.statvfs)
+        br = self.sbi.upper or self.sbi.branches[0]
+        sv = await branch_call(br.blocking, br.statvfs)
         return statvfs_data(sv, namemax=max(sv.f_namemax - len(whiteout.WH_PREFIX), 1))
 
     # -- xattrs ----------------------------------------------------------------------------------
@@ -1190,7 +1075,8 @@ class UnionFS(TestbedOperations):
         if os.fsdecode(name).startswith(self.meta_xattrs):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
-            return await self._xattr(node, "getxattr", name)
+            value: bytes = await self._xattr(node, "getxattr", name)
+            return value
         except OSError as e:
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
@@ -1217,7 +1103,7 @@ class UnionFS(TestbedOperations):
         self._check_meta_xattr(name)
         await self.copy_up(node)
         await self._xattr(node, "setxattr", name, value)
-        self._attrs_changed(node)
+        self.sbi.attrs_changed(node)
 
     @fuse_errors
     async def removexattr(self, inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
@@ -1227,7 +1113,7 @@ class UnionFS(TestbedOperations):
             return
         self._check_meta_xattr(name)
         await self.copy_up(node)
-        self._attrs_changed(node)
+        self.sbi.attrs_changed(node)
         try:
             await self._xattr(node, "removexattr", name)
         except OSError as e:
@@ -1249,8 +1135,8 @@ class UnionFS(TestbedOperations):
         br, path = self._data_loc(node)
         ofd = self._orphan_fd(node)
         if ofd is not None:
-            return await self._sys(br.blocking, getattr(os, call), ofd, *args)
-        return await self._sys(br.blocking, getattr(br, call), path, *args)
+            return await branch_call(br.blocking, getattr(os, call), ofd, *args)
+        return await branch_call(br.blocking, getattr(br, call), path, *args)
 
     # cross-layer lock: a union stacked on this one takes our inode's i_rwsem through an xattr
     def _i_rwsem(self, node: Node) -> RWSem:
@@ -1280,15 +1166,3 @@ def _setattr_fd(
                 attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns,
             ),
         )
-
-
-def _rmtree(br: Branch, path: Path) -> None:
-    st = br.lstat(path)
-    if st is None:
-        return
-    if not stat_mod.S_ISDIR(st.st_mode):
-        br.unlink(path)
-        return
-    for n in br.listdir(path):
-        _rmtree(br, path + (n,))
-    br.rmdir(path)

@@ -74,11 +74,6 @@ class Node:
             self.aliases = ()
         self.parent, self.name = parent, name
 
-    def has_name(self, parent: Node, name: bytes) -> bool:
-        if self.parent is parent and self.name == name:
-            return True
-        return any(p is parent and n == name for p, n in self.aliases)
-
     def drop_name(self, parent: Node, name: bytes) -> bool:
         """``parent/name`` was removed (unlink, rename away, renamed over). Returns True when no
         known name is left (the node is reachable only through open files or the pseudo-link);

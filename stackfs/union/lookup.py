@@ -95,10 +95,3 @@ def lookup_child(branches: list[Branch], parent: Node, name: bytes, first: int =
     if top_st is None:
         return None
     return Found(top_st, tuple(layers), redirect, opaque)
-
-
-def resolve_dir(branches: list[Branch], node: Node) -> Found | None:
-    """Recompute the layers of directory ``node`` (its parent's view of its name)."""
-    if node.parent is None:
-        return None
-    return lookup_child(branches, node.parent, node.name)

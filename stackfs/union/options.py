@@ -33,7 +33,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from stackfs.optvalue import OptionError, integer, seconds
+from stackfs.optvalue import OptionError as OptionError  # part of this module's interface
+from stackfs.optvalue import integer, seconds
 from stackfs.union import whiteout
 
 COPYUP_MODES = ("plain", "aufs", "aufs-unlock")

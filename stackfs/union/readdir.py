@@ -123,11 +123,15 @@ def make_replies(
     return out
 
 
+#: (branch, st_ino, st_mtime_ns) of every layer directory of a merged directory
+Stamp = tuple[tuple[int, int, int], ...]
+
+
 @dataclass
 class Listing:
     entries: list[Entry]
-    #: (branch, st_ino, st_mtime_ns) of every layer directory when the list was made
-    stamp: tuple[tuple[int, int, int], ...]
+    #: of every layer directory when the list was made (None: not kept)
+    stamp: Stamp | None
     made_ns: int
     #: readdirplus replies of the entries (index -> reply), kept for the attribute timeout so a
     #: warm ``ls`` does not stat every entry again (aufs keeps its vdir ``rdcache`` seconds)
@@ -158,7 +162,8 @@ def _scan(br: Branch, path: Path) -> list[tuple[bytes, bool | None]]:
     return out
 
 
-def layer_stamp(branches: list[Branch], layers: list[tuple[int, Path]]):
+def layer_stamp(branches: list[Branch], layers: list[tuple[int, Path]]) -> Stamp | None:
+    """The :data:`Stamp` of ``layers``; None if one of them is gone."""
     out = []
     for bi, path in layers:
         st = branches[bi].lstat(path)
@@ -198,7 +203,7 @@ class ListingCache:
     max_entries: int = 64
     listings: dict[int, Listing] = field(default_factory=dict)
 
-    def get(self, uino: int, stamp) -> Listing | None:
+    def get(self, uino: int, stamp: Stamp | None) -> Listing | None:
         lst = self.listings.get(uino)
         if lst is None or stamp is None or lst.stamp != stamp:
             return None
@@ -207,7 +212,7 @@ class ListingCache:
             return None
         return lst
 
-    def put(self, uino: int, stamp, entries: list[Entry], made_ns: int) -> Listing:
+    def put(self, uino: int, stamp: Stamp | None, entries: list[Entry], made_ns: int) -> Listing:
         """Keep ``entries``; ``made_ns`` is the time the stamp was taken (before the scan)."""
         lst = Listing(entries, stamp, made_ns)
         if stamp is None:

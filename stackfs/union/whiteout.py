@@ -83,21 +83,12 @@ def _overlay_style(br: Branch) -> bool:
     return br.whiteout_style == "overlay"
 
 
-def is_reserved(name: bytes) -> bool:
-    """``name`` belongs to the union (whiteouts, meta files): hidden and refused."""
-    return name.startswith(WH_PREFIX)
-
-
 def check_name(name: bytes) -> None:
     """Refuse names the union cannot represent (EPERM for ``.wh.*``, ENAMETOOLONG)."""
     if len(name) > NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, "name too long for a union (NAME_MAX less '.wh.')")
     if name.startswith(WH_PREFIX):
         raise OSError(errno.EPERM, "names beginning with .wh. are the union's own")
-
-
-def wh_name(name: bytes) -> bytes:
-    return WH_PREFIX + name
 
 
 def has_whiteout(br: Branch, parent: Path, name: bytes) -> bool:
@@ -188,13 +179,6 @@ def dir_meta(br: Branch, path: Path) -> tuple[bool, Path | None]:
             if not opaque:
                 redirect = _ovl_redirect(br, path, names)
     return opaque, redirect
-
-
-def is_opaque(br: Branch, path: Path) -> bool:
-    if br.meta_exists(path + (OPAQUE,)):
-        return True
-    names = _ovl_xattrs(br, path)
-    return bool(names) and _ovl_value(br, path, names, "opaque") == b"y"
 
 
 def make_opaque(br: Branch, path: Path) -> None:

@@ -18,11 +18,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from stackfs.vm.hungtask import kernel_timeout
 from stackfs.vm.kernels import Kernel
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -80,6 +82,16 @@ def timeout_factor(kvm: bool) -> str:
     return os.environ.get("STACKFS_TIMEOUT_FACTOR") or ("1" if kvm else str(TCG_TIMEOUT_FACTOR))
 
 
+#: the watchdog's default hung-task threshold (``stackfs watchdog``, a scenario's default)
+WATCHDOG_THRESHOLD = 1.0
+
+
+def hung_task_secs(factor: str, threshold: float = WATCHDOG_THRESHOLD) -> int:
+    """The guest kernel's ``hung_task_timeout_secs`` for the watchdog's threshold on this
+    guest (``threshold`` times the timeout factor): :func:`stackfs.vm.hungtask.kernel_timeout`."""
+    return kernel_timeout(threshold * float(factor))
+
+
 def guest_argv(cmd: list[str], results: Path, factor: str = "1") -> list[str]:
     """The guest side (:mod:`stackfs.vm.guest`); CMD goes in ``results/cmd.json``: virtme-ng
     carries ``--exec`` on the kernel command line, which a long CMD would overflow (the kernel
@@ -93,6 +105,8 @@ def guest_argv(cmd: list[str], results: Path, factor: str = "1") -> list[str]:
         str(results),
         "--timeout-factor",
         factor,
+        "--hung-task-secs",
+        str(hung_task_secs(factor)),
         "--cmd-file",
         str(results / "cmd.json"),
     ]
@@ -163,6 +177,20 @@ class VMRun:
         }
 
 
+#: the VMs this process started and has not yet seen exit (``stop_all``)
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def stop_all() -> None:
+    """Stop every VM this process is still running (an interrupted ``matrix``: its VMs run in
+    worker threads, which then return)."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        _stop(proc)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Stop the VM we started: SIGTERM to vng's process group (virtme-run and qemu are in it),
     then SIGKILL to whatever of the group is left, even once vng itself has exited."""
@@ -215,6 +243,8 @@ def run(
         stderr=subprocess.STDOUT if output is not None else None,
         start_new_session=True,
     )
+    with _running_lock:
+        _running.add(proc)
     timed_out = False
     try:
         status = proc.wait(timeout=timeout)
@@ -225,6 +255,9 @@ def run(
     except BaseException:
         _stop(proc)
         raise
+    finally:
+        with _running_lock:
+            _running.discard(proc)
     guest = None
     gj = results / "guest.json"
     if gj.exists():

@@ -5,12 +5,16 @@ keyring): ``apt-get download`` of ``linux-image-RELEASE``, then ``dpkg-deb -x`` 
 store and ``depmod``. FUSE is a module in Debian's kernels (``fs/fuse/fuse.ko``), so the modules
 matter; no root filesystem is built: the guest sees the host's.
 
-A suite the host's sources do not list (``bookworm-backports`` on a plain bookworm host) is read
-from the host's own mirror for its release, with a private apt state directory under the store:
-the host's ``/etc/apt`` and ``/var/lib/apt`` are never changed.
+A suite the host's sources do not list (``bookworm-backports`` on a plain bookworm host, ``sid``)
+is read from the host's own mirror (:func:`mirror_for`), with a private apt state directory
+under the store: the host's ``/etc/apt`` and ``/var/lib/apt`` are never changed. A split kernel
+package (sid's since 7.x: ``linux-image-RELEASE`` depends on ``linux-binary-``,
+``linux-modules-`` and ``linux-base-RELEASE``, in the usr-merged layout) is fetched with its
+parts (:func:`parts`, :func:`usr_merged`).
 
-VERSION is a suite (``bookworm``: its ``linux-image-amd64``; ``bookworm-backports``: the newest
-there), a release (``6.1.0-56-amd64``), a package name (``linux-image-6.1.0-56-amd64``) or a
+VERSION is a suite (``bookworm``: its ``linux-image-amd64``; ``bookworm-backports``, ``trixie``,
+``trixie-backports``, ``sid``: any suite the host's Debian mirror serves, its newest kernel), a
+release (``6.1.0-56-amd64``), a package name (``linux-image-6.1.0-56-amd64``) or a
 version prefix (``6.1``, ``6.12``: the newest candidate whose release starts with it).
 """
 
@@ -99,15 +103,27 @@ class Apt:
         return debs[-1]
 
 
+def mirror_for(suite: str, sources: list[tuple[str, str]], codename: str) -> str | None:
+    """The host's mirror to read ``suite`` from: the one its sources use for the suite's release
+    (``trixie`` for ``trixie-backports``), else the one for the host's own release, since a
+    Debian mirror serves every suite (``sid``, ``trixie``, ``trixie-backports``). Security
+    suites live on another archive and are never taken for the main one."""
+    release = suite.split("-", 1)[0]
+    for want in (release, codename):
+        for uri, s in sources:
+            if s == want:
+                return uri
+    return None
+
+
 def apt_for(suite: str, store: Path) -> Apt:
     """The host's apt if its sources list ``suite``; else private sources on the host's mirror."""
     sources = host_sources()
     if any(s == suite for _uri, s in sources):
         return Apt(suite)
-    release = suite.split("-", 1)[0]
-    mirror = next((uri for uri, s in sources if s == release), None)
+    mirror = mirror_for(suite, sources, host_release())
     if mirror is None:
-        raise KernelError(f"the host's apt sources have no {release} mirror to read {suite} from")
+        raise KernelError(f"the host's apt sources have no Debian mirror to read {suite} from")
     state = store / ".apt" / suite
     for d in (state / "lists" / "partial", state / "archives" / "partial", state / "parts"):
         d.mkdir(parents=True, exist_ok=True)
@@ -162,6 +178,11 @@ def choose(spec: str, store: Path) -> Choice:
     spec = spec.strip()
     codename = host_release()
     suites = [codename, f"{codename}-backports"]
+    suites += sorted(  # suites fetched from before (sid, trixie-backports): their lists are here
+        d.name
+        for d in (store / ".apt").glob("*")
+        if (d / "lists").is_dir() and d.name not in suites
+    )
     if re.fullmatch(r"[a-z]+(-[a-z]+)*", spec):  # a suite
         c = _candidate(apt_for(spec, store))
         if c is None:
@@ -188,13 +209,47 @@ def choose(spec: str, store: Path) -> Choice:
     raise KernelError(f"no Debian kernel package matches {spec!r} in {', '.join(suites)}{why}")
 
 
-def unpack(deb: Path, dest: Path, release: str) -> None:
-    """dpkg-deb -x, then depmod (Debian's packages ship no modules.dep)."""
-    proc = _run(["dpkg-deb", "-x", str(deb), str(dest)])
-    if proc.returncode != 0:
-        raise KernelError(f"dpkg-deb -x {deb.name}: {proc.stderr.strip()}")
+#: the packages a split kernel package (sid since 7.x) depends on for the same release: the
+#: image (``usr/lib/modules/RELEASE/vmlinuz``), its modules and its config
+SPLIT_PARTS = ("linux-binary-", "linux-modules-", "linux-base-")
+
+
+def parts(apt: Apt, package: str, release: str) -> list[str]:
+    """``linux-image-RELEASE`` and, where it is only a dependency package, its split parts."""
+    deps = [
+        d for d in apt.depends(package) if d.startswith(SPLIT_PARTS) and d.endswith(f"-{release}")
+    ]
+    return [package, *deps]
+
+
+def usr_merged(dest: Path, release: str) -> None:
+    """A package of the usr-merged layout (``usr/lib/modules/RELEASE/vmlinuz`` and ``config``)
+    seen as the store's (``boot/vmlinuz-RELEASE``, ``boot/config-RELEASE``,
+    ``lib/modules/RELEASE``), by symbolic links: virtme-ng, depmod and :mod:`kernels` read
+    that."""
+    mods = dest / "usr" / "lib" / "modules" / release
+    if not (mods / "vmlinuz").is_file() or (dest / "boot" / f"vmlinuz-{release}").exists():
+        return
+    (dest / "boot").mkdir(exist_ok=True)
+    (dest / "boot" / f"vmlinuz-{release}").symlink_to(f"../usr/lib/modules/{release}/vmlinuz")
+    if (mods / "config").is_file():
+        (dest / "boot" / f"config-{release}").symlink_to(f"../usr/lib/modules/{release}/config")
+    if not (dest / "lib").exists():
+        (dest / "lib").symlink_to("usr/lib")
+
+
+def unpack(debs: list[Path], dest: Path, release: str) -> None:
+    """dpkg-deb -x of each package, then depmod (Debian's packages ship no modules.dep)."""
+    for deb in debs:
+        proc = _run(["dpkg-deb", "-x", str(deb), str(dest)])
+        if proc.returncode != 0:
+            raise KernelError(f"dpkg-deb -x {deb.name}: {proc.stderr.strip()}")
+    usr_merged(dest, release)
     if not (dest / "boot" / f"vmlinuz-{release}").is_file():
-        raise KernelError(f"{deb.name} has no boot/vmlinuz-{release}")
+        raise KernelError(
+            f"{', '.join(d.name for d in debs)}: no boot/vmlinuz-{release} "
+            f"or usr/lib/modules/{release}/vmlinuz"
+        )
     depmod = shutil.which("depmod") or "/sbin/depmod"
     proc = _run([depmod, "-a", "-b", str(dest), release])
     if proc.returncode != 0:
@@ -211,9 +266,12 @@ def fetch(spec: str, store: Path | None = None, force: bool = False) -> Kernel:
         return next(k for k in fetched(root) if k.release == choice.release)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
         work = Path(tmp)
-        deb = choice.apt.download(choice.package, work)
+        debs = [
+            choice.apt.download(p, work) for p in parts(choice.apt, choice.package, choice.release)
+        ]
+        deb = debs[0]
         tree = work / "tree"
-        unpack(deb, tree, choice.release)
+        unpack(debs, tree, choice.release)
         (tree / META).write_text(
             json.dumps(
                 {
@@ -222,6 +280,7 @@ def fetch(spec: str, store: Path | None = None, force: bool = False) -> Kernel:
                     "version": choice.version,
                     "suite": choice.apt.suite,
                     "deb": deb.name,
+                    "debs": [d.name for d in debs],
                     "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 },
                 indent=1,

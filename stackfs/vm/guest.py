@@ -4,9 +4,11 @@ holds about 2 KiB, so the host writes a long CMD to the shared directory instead
 
 Runs as root inside the virtme-ng guest (the host's root filesystem, copy-on-write): makes FUSE
 ready the way provision.sh does on a host (``modprobe fuse``, the fusectl filesystem on
-/sys/fs/fuse/connections), runs CMD, then saves the guest's kernel log (``dmesg``) and a
-``guest.json`` (kernel release, CMD, exit status, seconds) in DIR, a directory shared with the
-host read-write. Exits with CMD's status (127: CMD not found; 125: FUSE could not be set up).
+/sys/fs/fuse/connections), sets the kernel's own hung-task detector to the watchdog's threshold
+(``--hung-task-secs``, :mod:`stackfs.vm.hungtask`), runs CMD, then saves the guest's kernel
+log (``dmesg``) and a ``guest.json`` (kernel release, CMD, exit status, seconds) in DIR, a
+directory shared with the host read-write. Exits with CMD's status (127: CMD not found; 125:
+FUSE could not be set up).
 """
 
 from __future__ import annotations
@@ -46,6 +48,35 @@ def fuse_ready() -> str | None:
     return None
 
 
+def in_virtme_guest(cmdline: Path = Path("/proc/cmdline")) -> bool:
+    """Whether this is a kernel virtme-ng booted (its options on the kernel command line), not
+    a host the guest side runs on (the unit tests' stand-in ``vng``)."""
+    try:
+        return "virtme_hostname=" in cmdline.read_text()
+    except OSError:
+        return False
+
+
+def hung_task_detector(timeout: int) -> dict[str, str | None]:
+    """Set ``khungtaskd`` up (:func:`stackfs.vm.hungtask.sysctls`); each /proc/sys/kernel file
+    -> the value now in it, None where this kernel has no such file (the check interval before
+    4.19; no ``CONFIG_DETECT_HUNG_TASK``). Only in a virtme-ng guest: a host's detector (a
+    shared machine's) is left as it is."""
+    from stackfs.vm.hungtask import sysctls
+
+    if not in_virtme_guest():
+        return {"skipped": "not a virtme-ng guest: the host's detector is left alone"}
+    out: dict[str, str | None] = {}
+    for name, value in sysctls(timeout).items():
+        path = Path("/proc/sys/kernel") / name
+        try:
+            path.write_text(value + "\n")
+            out[name] = path.read_text().strip()
+        except OSError:
+            out[name] = None
+    return out
+
+
 def _uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
@@ -69,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="CMD as a JSON list (the kernel command line that carries --exec is short)",
     )
+    p.add_argument(
+        "--hung-task-secs",
+        type=int,
+        metavar="N",
+        help="kernel.hung_task_timeout_secs for the kernel's own detector (check interval 1 s)",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
     args = p.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -84,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PATH"] = f"{venv_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     t0 = time.monotonic()
     booted = _uptime()  # seconds from the guest kernel's start to this shell
+    hung_task = hung_task_detector(args.hung_task_secs) if args.hung_task_secs else {}
     why = fuse_ready()
     if why is not None:
         print(f"stackfs vm guest: {why}", file=sys.stderr)
@@ -104,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cmd": cmd,
                 "status": status,
                 "setup_error": why,
+                "hung_task": hung_task,
                 "seconds": round(time.monotonic() - t0, 3),
                 "boot_to_shell": booted,
                 "uptime": _uptime(),

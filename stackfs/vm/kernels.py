@@ -13,8 +13,13 @@ Three sources, in this order:
 ``boot``
     other images in ``/boot`` with their modules in ``/lib/modules``.
 
-``--kernel`` takes a path to an image, ``running``, a release (``6.1.0-56-amd64``) or a version
-prefix (``6.1``, ``6.12``: the newest known release that starts with it).
+``--kernel`` takes ``running``, ``newest`` (the newest known release), a release
+(``6.1.0-56-amd64``), a version prefix (``6.1``, ``6.12``: the newest known release that starts
+with it) or a path: a kernel build tree (``arch/x86/boot/bzImage``, ``.config`` and the modules
+built in the tree, which virtme-ng links into the guest's ``/lib/modules`` itself: its
+``--run DIR``) or a vmlinuz with its modules (``../lib/modules/RELEASE`` next to the image, the
+same release in the store or ``/lib/modules``, or a directory given as ``modules``:
+``lib/modules/RELEASE`` itself or an ``INSTALL_MOD_PATH`` holding it).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 DEFAULT_STORE = "/var/cache/stackfs/kernels"
 META = "stackfs-kernel.json"
+BZIMAGE = "arch/x86/boot/bzImage"
 
 
 class KernelError(Exception):
@@ -38,7 +44,7 @@ class Kernel:
     release: str  # uname -r in the guest
     image: str  # the vmlinuz virtme-ng boots
     moddir: str | None  # its modules (lib/modules/RELEASE), if any
-    source: str  # running, fetched, boot or path
+    source: str  # running, fetched, boot, path or tree (a kernel build tree)
     package: str = ""  # Debian package and version, for fetched kernels
     version: str = ""
 
@@ -116,6 +122,68 @@ def discover(store: Path | None = None) -> list[Kernel]:
     return list(seen.values())
 
 
+def from_tree(tree: Path) -> Kernel:
+    """A kernel build tree (``make bzImage modules``): virtme-ng boots ``arch/x86/boot/bzImage``
+    and links the modules built in the tree (``modules.order``) into the guest itself, so the
+    image virtme-ng is given is the tree (``vng --run DIR``, as with ``vng`` in a kernel tree)."""
+    bz = tree / BZIMAGE
+    if not _readable(bz):
+        raise KernelError(f"kernel tree {tree}: no {BZIMAGE} (make bzImage modules)")
+    if not (tree / ".config").is_file():
+        raise KernelError(f"kernel tree {tree}: no .config")
+    rel_file = tree / "include" / "config" / "kernel.release"  # written by kbuild
+    release = rel_file.read_text().strip() if rel_file.is_file() else _banner_release(bz)
+    mods = str(tree) if (tree / "modules.order").is_file() else None
+    return Kernel(release, str(tree.resolve()), mods, "tree")
+
+
+def _banner_release(image: Path) -> str:
+    """The release in a bzImage's version string (stored uncompressed in its setup header)."""
+    with open(image, "rb") as f:
+        m = re.search(rb"(\d+\.\d+[\w.+\-~]*) \(", f.read(64 * 1024))
+    return m.group(1).decode() if m else image.name
+
+
+def _modules_of(moddir: Path, release: str) -> Path:
+    """``lib/modules/RELEASE`` given itself, or an ``INSTALL_MOD_PATH`` that holds it."""
+    for cand in (moddir, moddir / "lib" / "modules" / release, moddir / release):
+        if (cand / "kernel").is_dir() or (cand / "modules.order").is_file():
+            return cand
+    raise KernelError(f"modules {moddir}: no lib/modules/{release} with kernel/ in it")
+
+
+def staged(image: Path, release: str, moddir: Path, store: Path | None = None) -> Path:
+    """A vmlinuz and a modules directory from two places, laid out as virtme-ng finds them
+    (it takes the modules from ``lib/modules/RELEASE`` beside the image's ``boot/``): two
+    symbolic links under the store's ``.paths/RELEASE``; returns the image to boot."""
+    root = (store or store_dir()) / ".paths" / release
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    (root / "lib" / "modules").mkdir(parents=True, exist_ok=True)
+    for link, target in (
+        (root / "boot" / f"vmlinuz-{release}", image.resolve()),
+        (root / "lib" / "modules" / release, moddir.resolve()),
+    ):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return root / "boot" / f"vmlinuz-{release}"
+
+
+def from_path(path: Path, modules: Path | None = None, store: Path | None = None) -> Kernel:
+    """A path the user names: a kernel build tree, or a vmlinuz (with ``modules``, its modules
+    directory from elsewhere)."""
+    if path.is_dir():
+        if modules is not None:
+            raise KernelError(f"{path} is a kernel tree: its modules are the tree's own")
+        return from_tree(path)
+    k = from_image(path)
+    if modules is None:
+        return k
+    mods = _modules_of(modules, k.release)
+    image = staged(path, k.release, mods, store)
+    return Kernel(k.release, str(image), str(mods), "path")
+
+
 def from_image(path: Path) -> Kernel:
     """A vmlinuz the user names: its release from the file name or the image's banner."""
     if not _readable(path):
@@ -124,9 +192,7 @@ def from_image(path: Path) -> Kernel:
     if path.name.startswith("vmlinuz-"):
         release = path.name[len("vmlinuz-") :]
     else:
-        with open(path, "rb") as f:  # bzImage: the version string is stored uncompressed
-            m = re.search(rb"(\d+\.\d+[\w.+\-~]*) \(", f.read(64 * 1024))
-        release = m.group(1).decode() if m else path.name
+        release = _banner_release(path)
     mods = None
     for cand in (
         path.parent.parent / "lib" / "modules" / release,  # an unpacked package: boot/, lib/
@@ -139,14 +205,17 @@ def from_image(path: Path) -> Kernel:
     return Kernel(release, str(path), mods, "path")
 
 
-def resolve(spec: str, store: Path | None = None) -> Kernel:
-    """``--kernel SPEC`` -> a kernel; KernelError with the known ones if there is none."""
+def resolve(spec: str, store: Path | None = None, modules: Path | None = None) -> Kernel:
+    """``--kernel SPEC`` -> a kernel; KernelError with the known ones if there is none.
+    ``modules``: the modules directory of a vmlinuz path (``--modules``)."""
     spec = spec.strip()
     if not spec:
         raise KernelError("empty kernel name")
     if "/" in spec:
-        return from_image(Path(spec))
+        return from_path(Path(spec), modules, store)
     known = discover(store)
+    if spec == "newest" and known:
+        return max(known, key=lambda k: _release_key(k.release))
     if spec in ("running", "host"):
         run = running()
         if run is None:
@@ -172,14 +241,48 @@ def resolve(spec: str, store: Path | None = None) -> Kernel:
     )
 
 
-def resolve_list(specs: str, store: Path | None = None) -> list[Kernel]:
+def resolve_list(
+    specs: str, store: Path | None = None, modules: Path | None = None
+) -> list[Kernel]:
     """``--kernels K1,K2`` -> kernels (duplicates dropped, order kept)."""
     out: list[Kernel] = []
     for spec in specs.split(","):
         if spec.strip():
-            k = resolve(spec, store)
+            k = resolve(spec, store, modules)
             if k.release not in {o.release for o in out}:
                 out.append(k)
     if not out:
         raise KernelError("no kernel named (--kernels K1,K2)")
+    return out
+
+
+def config_file(k: Kernel) -> Path | None:
+    """The kernel's build configuration: a tree's ``.config``, else ``config-RELEASE`` beside
+    the image (Debian's packages ship it in ``boot/``), else the running kernel's
+    ``/proc/config.gz`` (``CONFIG_IKCONFIG_PROC``)."""
+    image = Path(k.image)
+    cands = [image / ".config"] if image.is_dir() else []
+    cands += [image.parent / f"config-{k.release}", image.resolve().parent / f"config-{k.release}"]
+    if k.source == "running":
+        cands.append(Path("/proc/config.gz"))
+    return next((c for c in cands if c.is_file()), None)
+
+
+def config(k: Kernel) -> dict[str, str]:
+    """``CONFIG_X`` -> its value (``y``, ``m``, a number) from :func:`config_file`; empty
+    when the configuration is not known."""
+    path = config_file(k)
+    if path is None:
+        return {}
+    import gzip
+
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for line in raw.decode(errors="replace").splitlines():
+        name, eq, value = line.partition("=")
+        if eq and name.startswith("CONFIG_"):
+            out[name] = value.strip('"')
     return out

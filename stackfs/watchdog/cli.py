@@ -6,12 +6,16 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from stackfs.cli import CLIError
 from stackfs.watchdog.detect import DEFAULT_THRESHOLD
 
+if TYPE_CHECKING:
+    from stackfs.watchdog.report import Report
 
-def _to_kmsg(args: argparse.Namespace, report) -> None:
+
+def _to_kmsg(args: argparse.Namespace, report: Report) -> None:
     """--kmsg: the report's findings into the kernel log, in the kernel's formats."""
     if not getattr(args, "kmsg", False) or not report.found:
         return
@@ -26,6 +30,7 @@ def _to_kmsg(args: argparse.Namespace, report) -> None:
 def cmd_watch(args: argparse.Namespace) -> int:
     from stackfs import mountinfo
     from stackfs.watchdog.monitor import Watchdog
+    from stackfs.watchdog.scope import RunScope
 
     if os.geteuid() != 0:
         print(
@@ -46,6 +51,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         json_file=args.json,
         picture=not args.no_picture,
         since=0.0 if args.once else None,
+        scope=RunScope.of_run(args.run) if args.run else None,
     )
     if not wd.fusectl_ok:
         print(
@@ -89,7 +95,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "watch",
         help="watch FUSE mounts, report hung tasks with the kernel's words, optionally recover",
@@ -106,6 +112,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "reported (or only slow work), 1 when something was.",
     )
     p.add_argument("mountpoints", metavar="MOUNTPOINT", nargs="*")
+    p.add_argument(
+        "--run",
+        metavar="ID",
+        help="only the run ID's tasks, mounts, daemons and services (its cgroup, else its run "
+        "id in the mounts' fsname); without it, everything on the machine",
+    )
     p.add_argument(
         "--threshold",
         type=float,

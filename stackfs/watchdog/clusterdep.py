@@ -10,78 +10,93 @@ every daemon's order and returns the cycles whose dependencies come from more th
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from stackfs.watchdog.daemons import DaemonView
+from stackfs.kernel.snapshot import LockOrderSnap
+from stackfs.watchdog.daemons import DaemonView, ServiceView
 
 MAX = 8
 
 
-def merged(views: dict[int, DaemonView]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Dep:
+    """One daemon's ``lock_order`` entry, with the daemon that recorded it."""
+
+    order: LockOrderSnap
+    daemon: int | None
+    fsname: str
+    mountpoint: str
+
+    @property
+    def first(self) -> str:
+        return self.order.first
+
+    @property
+    def then(self) -> str:
+        return self.order.then
+
+
+def merged(views: dict[int, DaemonView]) -> list[Dep]:
     """Every daemon's ``lock_order`` entry, with the daemon (pid, fsname) that recorded it."""
-    out = []
-    for v in views.values():
-        for dep in (v.state or {}).get("lock_order") or []:
-            out.append({**dep, "daemon": v.pid, "fsname": v.fsname, "mountpoint": v.mountpoint})
-    return out
+    return [
+        Dep(dep, v.pid, v.fsname, v.mountpoint)
+        for v in views.values()
+        for dep in v.snapshot.lock_order
+    ]
 
 
-def inversions(views: dict[int, DaemonView]) -> list[list[dict[str, Any]]]:
+def inversions(views: dict[int, DaemonView]) -> list[list[Dep]]:
     """Cycles of the merged order that more than one daemon contributed to (each once)."""
     deps = merged(views)
-    succ: dict[str, list[dict[str, Any]]] = {}
+    succ: dict[str, list[Dep]] = {}
     for d in deps:
-        succ.setdefault(d["first"], []).append(d)
-    found: list[list[dict[str, Any]]] = []
+        succ.setdefault(d.first, []).append(d)
+    found: list[list[Dep]] = []
     seen: set[frozenset[tuple[str, str]]] = set()
 
-    def walk(start: str, node: str, path: list[dict[str, Any]]) -> None:
+    def walk(start: str, node: str, path: list[Dep]) -> None:
         for d in succ.get(node, []):
             if len(found) >= MAX:
                 return
-            if d["then"] == start:
+            if d.then == start:
                 cyc = path + [d]
-                key = frozenset((x["first"], x["then"]) for x in cyc)
-                if len({x["daemon"] for x in cyc}) > 1 and key not in seen:
+                key = frozenset((x.first, x.then) for x in cyc)
+                if len({x.daemon for x in cyc}) > 1 and key not in seen:
                     seen.add(key)
                     found.append(cyc)
-            elif d["then"] > start and all(d["then"] != x["first"] for x in path):
-                walk(start, d["then"], path + [d])
+            elif d.then > start and all(d.then != x.first for x in path):
+                walk(start, d.then, path + [d])
 
     for start in sorted(succ):
         walk(start, start, [])
     return found
 
 
-def render(cycle: list[dict[str, Any]]) -> str:
+def render(cycle: list[Dep]) -> str:
     parts = [
-        f"{d['first']} -> {d['then']} ({(d.get('task') or {}).get('comm', '?')}/"
-        f"{(d.get('task') or {}).get('pid', '?')} in {d['fsname']})"
+        f"{d.first} -> {d.then} ({d.order.task.name() if d.order.task else '?/?'} in {d.fsname})"
         for d in cycle
     ]
     return (
         "circular locking dependency across daemons (lock order merged from "
-        f"{len({d['daemon'] for d in cycle})} daemons): " + "; ".join(parts)
+        f"{len({d.daemon for d in cycle})} daemons): " + "; ".join(parts)
     )
 
 
-def dlm_lines(services: dict[int, dict[str, Any]]) -> list[str]:
+def dlm_lines(services: dict[int, ServiceView]) -> list[str]:
     """What each lock manager holds, one line per contended resource: granted modes per node,
     queued requests, blocking ASTs sent (the DLM's side of a cluster deadlock)."""
     out = []
     for pid, svc in sorted(services.items()):
-        dlm = (svc.get("state") or {}).get("dlm") or {}
-        for res in dlm.get("resources") or []:
-            if not res.get("queue"):
+        for res in svc.dlm.resources:
+            if not res.queue:
                 continue
-            granted = ", ".join(f"{g['node']} {g['mode']}" for g in res.get("granted") or [])
-            queued = ", ".join(
-                f"{q['node']} {q['mode']} ({q.get('age', 0):.2f} s)" for q in res["queue"]
-            )
-            basts = ", ".join(f"{b['node']} (for {b['wanted']})" for b in res.get("basts") or [])
+            granted = ", ".join(f"{g.node} {g.mode}" for g in res.granted)
+            queued = ", ".join(f"{q.node} {q.mode} ({q.age or 0:.2f} s)" for q in res.queue)
+            basts = ", ".join(f"{b.node} (for {b.wanted})" for b in res.basts)
             out.append(
-                f"lock manager {svc.get('kind')}/{pid} (modelled DLM): resource "
-                f"{res['lockspace']}:{res['name']} granted [{granted}], queued "
+                f"lock manager {svc.kind}/{pid} (modelled DLM): resource "
+                f"{res.lockspace}:{res.name} granted [{granted}], queued "
                 f"[{queued}], blocking AST sent to [{basts or 'none'}]"
             )
     return out

@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stackfs import control
+from stackfs.kernel import snapshot
+from stackfs.kernel.snapshot import DlmSnap, KernelSnapshot, RequestSnap
 from stackfs.linux import proc
 from stackfs.linux.proc import alive, comm_of
 from stackfs.mountinfo import MountEntry
 
-__all__ = ["DaemonView", "alive", "comm_of", "fuse_daemons", "query_daemons", "services"]
+__all__ = [
+    "DaemonView",
+    "ServiceView",
+    "alive",
+    "comm_of",
+    "fuse_daemons",
+    "query_daemons",
+    "services",
+]
 
 
 @dataclass
@@ -40,9 +50,20 @@ class DaemonView:
     error: str | None = None
     #: how the daemon was found ("fsname" for testbed mounts, "/dev/fuse fdinfo" otherwise)
     how: str | None = None
+    _parsed: tuple[object, KernelSnapshot] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
-    def inflight(self) -> list[dict[str, Any]]:
-        return list((self.state or {}).get("inflight") or [])
+    @property
+    def snapshot(self) -> KernelSnapshot:
+        """:attr:`state`, typed (:mod:`stackfs.kernel.snapshot`): parsed once per answer;
+        empty when there is none."""
+        if self._parsed is None or self._parsed[0] is not self.state:
+            self._parsed = (self.state, snapshot.parse(self.state))
+        return self._parsed[1]
+
+    def inflight(self) -> list[RequestSnap]:
+        return list(self.snapshot.inflight)
 
     def name(self) -> str:
         return f"{self.comm or '?'}/{self.pid}" if self.pid else "unknown daemon"
@@ -108,26 +129,47 @@ def query_daemons(
     return out
 
 
-def services(with_state: bool = True, timeout: float = 1.0) -> dict[int, dict[str, Any]]:
+@dataclass
+class ServiceView:
+    """A testbed service daemon (no mount: a lock manager, an automounter), and its state."""
+
+    pid: int
+    kind: str | None
+    run_id: str | None
+    comm: str | None
+    alive: bool
+    state: dict[str, Any] | None = None
+    error: str | None = None
+    _dlm: tuple[object, DlmSnap] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def dlm(self) -> DlmSnap:
+        """A lock manager's :attr:`state`, typed (empty for another service); parsed once."""
+        if self._dlm is None or self._dlm[0] is not self.state:
+            self._dlm = (self.state, DlmSnap.parse(self.state))
+        return self._dlm[1]
+
+
+def services(with_state: bool = True, timeout: float = 1.0) -> dict[int, ServiceView]:
     """pid -> a testbed service daemon (no mount: the lock manager ``stackfs dlmd``, an
     automounter), found by its run directory (``info.json`` with ``"mountpoint": null``, see
     :mod:`stackfs.service`), with its ``state`` read over its control socket."""
     from stackfs import service
 
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, ServiceView] = {}
     for pid, info in service.running().items():
-        entry: dict[str, Any] = {
-            "pid": pid,
-            "kind": info.get("kind"),
-            "run_id": info.get("run_id"),
-            "comm": comm_of(pid),
-            "alive": alive(pid),
-            "state": None,
-        }
+        kind, run_id = info.get("kind"), info.get("run_id")
+        view = ServiceView(
+            pid,
+            kind if isinstance(kind, str) else None,
+            run_id if isinstance(run_id, str) else None,
+            comm_of(pid),
+            alive(pid),
+        )
         if with_state:
             try:
-                entry["state"] = control.query_pid(pid, {"op": "state"}, timeout=timeout)
+                view.state = control.query_pid(pid, {"op": "state"}, timeout=timeout)
             except (control.ControlError, OSError, ValueError) as exc:
-                entry["error"] = str(exc)
-        out[pid] = entry
+                view.error = str(exc)
+        out[pid] = view
     return out

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from stackfs.kernel.snapshot import EventSnap, RequestSnap
 from stackfs.watchdog.daemons import DaemonView
 from stackfs.watchdog.procscan import TaskInfo
 from stackfs.watchdog.progress import Evidence
@@ -46,8 +47,9 @@ class Hang:
     #: "observed" (switch count unchanged across scans)
     how: str
     waiting: int | None = None
-    daemon: dict[str, Any] | None = None
-    request: dict[str, Any] | None = None
+    #: the daemon serving its connection (or its request)
+    daemon: DaemonView | None = None
+    request: RequestSnap | None = None
     #: what the thread serving its request did meanwhile (:mod:`stackfs.watchdog.progress`),
     #: when a worker serves it: progress makes the task slow, not hung
     progress: Evidence | None = None
@@ -63,8 +65,18 @@ class Hang:
             "blocked_for": self.blocked_for,
             "how": self.how,
             "waiting": self.waiting,
-            "daemon": self.daemon,
-            "request": self.request,
+            "daemon": (
+                {
+                    "pid": self.daemon.pid,
+                    "comm": self.daemon.comm,
+                    "fsname": self.daemon.fsname,
+                    "alive": self.daemon.alive,
+                    "testbed": self.daemon.testbed,
+                }
+                if self.daemon is not None
+                else None
+            ),
+            "request": dict(self.request.raw) if self.request is not None else None,
             "progress": self.progress.to_json() if self.progress is not None else None,
         }
 
@@ -76,23 +88,22 @@ class ModelEvent:
     daemon_pid: int | None
     mountpoint: str
     fsname: str
-    event: dict[str, Any]
+    event: EventSnap
 
     @property
     def type(self) -> str:
-        return str(self.event.get("type", "?"))
+        return self.event.type or "?"
 
     @property
     def time(self) -> float:
-        t = self.event.get("time")
-        return float(t) if isinstance(t, (int, float)) else 0.0
+        return self.event.time or 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "daemon": self.daemon_pid,
             "mountpoint": self.mountpoint,
             "fsname": self.fsname,
-            **self.event,
+            **self.event.raw,
         }
 
 
@@ -144,7 +155,7 @@ class Detector:
         self.threshold = threshold
         self.start = time.time() if since is None else since
         self._seen: dict[int, tuple[int | None, float]] = {}  # tid -> (switches, first seen)
-        self._events_seen: set[tuple] = set()
+        self._events_seen: set[tuple[int | None, str | None, float | None, str | None]] = set()
         self.errors: list[WorkloadError] = []
         #: conn -> (in-flight request ids, time of the last completion seen)
         self._inflight: dict[int, tuple[set[int], float | None]] = {}
@@ -193,16 +204,14 @@ class Detector:
             view = daemons.get(t.conn) if t.conn is not None else None
             req = None
             for v in daemons.values():
-                req = next(
-                    (r for r in v.inflight() if (r.get("task") or {}).get("pid") == tid), None
-                )
+                req = next((r for r in v.inflight() if r.pid == tid), None)
                 if req is not None:
                     view = v
                     break
             # the task has waited at least since the daemon got its request (the scheduler's
             # clock restarts whenever a FUSE wait is woken and goes back to sleep)
-            req_since = req.get("since") if req is not None else None
-            if isinstance(req_since, (int, float)) and req_since < since:
+            req_since = req.since if req is not None else None
+            if req_since is not None and req_since < since:
                 since, how = req_since, "request"
             blocked_for = now - since
             if blocked_for < limit:
@@ -214,15 +223,7 @@ class Detector:
                     blocked_for,
                     how,
                     waiting.get(t.conn) if t.conn is not None else None,
-                    {
-                        "pid": view.pid,
-                        "comm": view.comm,
-                        "fsname": view.fsname,
-                        "alive": view.alive,
-                        "testbed": view.testbed,
-                    }
-                    if view
-                    else None,
+                    view,
                     req,
                 )
             )
@@ -236,7 +237,7 @@ class Detector:
         for conn, view in daemons.items():
             if view.state is None:
                 continue
-            ids = {r["id"] for r in view.inflight() if isinstance(r.get("id"), int)}
+            ids = {r.id for r in view.inflight() if r.id is not None}
             old, last = self._inflight.get(conn, (set(), None))
             if old - ids:
                 last = now
@@ -249,13 +250,12 @@ class Detector:
     def new_events(self, daemons: dict[int, DaemonView]) -> list[ModelEvent]:
         out = []
         for view in daemons.values():
-            for ev in (view.state or {}).get("events") or []:
-                if not isinstance(ev, dict) or ev.get("type") not in EVENT_TYPES + WARNING_TYPES:
+            for ev in view.snapshot.events:
+                if ev.type not in EVENT_TYPES + WARNING_TYPES:
                     continue
-                t = ev.get("time")
-                if isinstance(t, (int, float)) and t < self.start:
+                if ev.time is not None and ev.time < self.start:
                     continue
-                key = (view.pid, ev.get("type"), t, ev.get("summary"))
+                key = (view.pid, ev.type, ev.time, ev.summary)
                 if key in self._events_seen:
                     continue
                 self._events_seen.add(key)

@@ -26,12 +26,21 @@ a chain crosses layers. A cycle in this graph is a deadlock; :func:`cycles` find
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stackfs.kernel.snapshot import (
+    CompletionSnap,
+    LockHold,
+    LockSnap,
+    RequestSnap,
+    TaskRef,
+)
 from stackfs.watchdog import kernlocks
-from stackfs.watchdog.daemons import DaemonView
+from stackfs.watchdog.daemons import DaemonView, ServiceView
 from stackfs.watchdog.escape import path_text
+from stackfs.watchdog.graphattrs import EdgeAttrs, NodeAttrs
 from stackfs.watchdog.procscan import Scanner, TaskInfo
 
 MAX_CYCLES = 16
@@ -42,10 +51,15 @@ class Node:
     id: str
     kind: str  # task | request | conn | daemon | lock | klock | inject | completion
     label: str
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: NodeAttrs = field(default_factory=NodeAttrs)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "label": self.label, "attrs": self.attrs}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "label": self.label,
+            "attrs": self.attrs.to_json(),
+        }
 
 
 @dataclass
@@ -55,7 +69,7 @@ class Edge:
     kind: str  # fuse_wait | served_by | lock_wait | held_by | barrier | handler
     label: str
     inferred: bool = False
-    attrs: dict[str, Any] = field(default_factory=dict)
+    attrs: EdgeAttrs = field(default_factory=EdgeAttrs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,7 +78,7 @@ class Edge:
             "kind": self.kind,
             "label": self.label,
             "inferred": self.inferred,
-            "attrs": self.attrs,
+            "attrs": self.attrs.to_json(),
         }
 
 
@@ -112,8 +126,8 @@ class WaitGraph:
         self.edges: list[Edge] = []
         self.tasks: dict[int, TaskInfo] = {}
         self.daemons: dict[int, DaemonView] = {}
-        #: service daemons (no mount: a lock manager), pid -> {"pid", "kind", "state", ...}
-        self.services: dict[int, dict[str, Any]] = {}
+        #: service daemons (no mount: a lock manager), by pid
+        self.services: dict[int, ServiceView] = {}
 
     def add(self, node: Node) -> Node:
         return self.nodes.setdefault(node.id, node)
@@ -225,17 +239,21 @@ def _task_node(g: WaitGraph, t: TaskInfo) -> str:
             nid,
             "task",
             f"{t.comm}/{t.tid}\n{t.state} {t.wchan}" + (f"\n{what}" if what else ""),
-            {"tid": t.tid, "pid": t.pid, "comm": t.comm, "state": t.state, "wchan": t.wchan},
+            NodeAttrs.task(t.tid, t.pid, t.comm, t.state, t.wchan),
         )
     )
     return nid
 
 
-def _request_label(req: dict[str, Any]) -> str:
-    name = req.get("name")
-    what = f'{req.get("op", "?")} "{path_text(name)}"' if name else str(req.get("op", "?"))
-    ino = req.get("ino")
-    return what + (f" (ino {ino})" if ino is not None else "")
+def _request_label(req: RequestSnap) -> str:
+    op = req.op or "?"
+    what = f'{op} "{path_text(req.name)}"' if req.name else op
+    return what + (f" (ino {req.ino})" if req.ino is not None else "")
+
+
+def request_of(node: Node) -> RequestSnap:
+    """The FUSE request a ``request`` node stands for (its wire form is in the node's attrs)."""
+    return node.attrs.request or RequestSnap.parse({})
 
 
 def build(
@@ -243,7 +261,7 @@ def build(
     daemons: dict[int, DaemonView],
     scanner: Scanner,
     waiting: dict[int, int] | None = None,
-    services: dict[int, dict[str, Any]] | None = None,
+    services: dict[int, ServiceView] | None = None,
 ) -> WaitGraph:
     """Join blocked ``tasks``, the ``daemons`` (conn -> view) and their states into a graph;
     ``services`` (:func:`stackfs.watchdog.daemons.services`) name the lock managers."""
@@ -254,19 +272,18 @@ def build(
     tasks = dict(tasks)
 
     # every in-flight request of every testbed daemon, by the tid of its task
-    by_task: dict[int, tuple[DaemonView, dict[str, Any]]] = {}
+    by_task: dict[int, tuple[DaemonView, RequestSnap]] = {}
     for view in daemons.values():
         for req in view.inflight():
-            tid = (req.get("task") or {}).get("pid")
-            if isinstance(tid, int):
-                by_task[tid] = (view, req)
+            if req.pid is not None:
+                by_task[req.pid] = (view, req)
 
     paired = _pair_unattributed(tasks, daemons, by_task)
 
     def lookup_name(t: TaskInfo) -> str | None:
         hit = by_task.get(t.tid)
-        if hit and hit[1].get("op") == "lookup":
-            return hit[1].get("name")
+        if hit and hit[1].op == "lookup":
+            return hit[1].name
         return None
 
     def ensure_task(tid: int) -> str | None:
@@ -277,24 +294,18 @@ def build(
             tasks[tid] = t
         return _task_node(g, tasks[tid])
 
-    def request_node(view: DaemonView, req: dict[str, Any]) -> str:
-        nid = f"req:{view.pid}:{req.get('id')}"
+    def request_node(view: DaemonView, req: RequestSnap) -> str:
+        nid = f"req:{view.pid}:{req.id}"
         if nid in g.nodes:
             return nid
-        age = req.get("age")
         g.add(
             Node(
                 nid,
                 "request",
-                f"FUSE {_request_label(req)}\nreq #{req.get('id')}"
-                + (f", {age:.2f} s" if isinstance(age, (int, float)) else "")
+                f"FUSE {_request_label(req)}\nreq #{req.id}"
+                + (f", {req.age:.2f} s" if req.age is not None else "")
                 + f"\nconn {view.conn} daemon {view.name()}",
-                {
-                    "daemon": view.pid,
-                    "conn": view.conn,
-                    "mountpoint": view.mountpoint,
-                    "request": req,
-                },
+                NodeAttrs.for_request(view.pid, view.conn, view.mountpoint, req),
             )
         )
         _request_edges(g, view, req, nid, ensure_task)
@@ -313,13 +324,15 @@ def build(
                 view, req = hit
                 t.mountpoint, t.conn, t.fsname = view.mountpoint, view.conn, view.fsname
                 t.conn_how = "the FUSE READ carrying its pid"
+                at = next(f for f in FOLIO_WAITS if f in t.frames)
+                what = "page fault" if at == "filemap_fault" else "read"
                 g.link(
                     Edge(
                         task_id(tid),
                         request_node(view, req),
                         "fuse_wait",
-                        "page fault waits for the READ (filemap_fault, folio locked)",
-                        attrs={"at": "filemap_fault"},
+                        f"{what} waits for the READ ({at}, folio locked)",
+                        attrs=EdgeAttrs.folio(at),
                     )
                 )
             continue
@@ -348,7 +361,7 @@ def build(
                     "fuse_wait",
                     f"waits for reply ({t.fuse_op or 'fuse'})",
                     inferred=True,
-                    attrs={"matched": "opcode", "among": among},
+                    attrs=EdgeAttrs.paired(among),
                 )
             )
             continue
@@ -383,7 +396,7 @@ def build(
                         lid,
                         "klock",
                         f"i_rwsem\n{use.lock.path}\n(kernel, inferred)",
-                        {"path": use.lock.path, "conn": use.lock.conn, "is_dir": use.lock.is_dir},
+                        NodeAttrs.klock(use.lock.path, use.lock.conn, use.lock.is_dir),
                     )
                 )
             g.link(
@@ -393,7 +406,7 @@ def build(
                     "lock_wait",
                     f"down_{use.mode} in {use.at}",
                     inferred=True,
-                    attrs={"mode": use.mode, "at": use.at},
+                    attrs=EdgeAttrs.inferred(use.mode, use.at),
                 )
             )
             for h, huse in holders:
@@ -406,7 +419,7 @@ def build(
                             f"held {huse.mode} in {huse.at}"
                             + (" (one of its ancestors)" if huse.ambiguous else ""),
                             inferred=True,
-                            attrs={"mode": huse.mode, "at": huse.at, "ambiguous": huse.ambiguous},
+                            attrs=EdgeAttrs.inferred(huse.mode, huse.at, huse.ambiguous),
                         )
                     )
     g.prune([task_id(t) for t in tasks if tasks[t].blocked])
@@ -416,24 +429,24 @@ def build(
 def _pair_unattributed(
     tasks: dict[int, TaskInfo],
     daemons: dict[int, DaemonView],
-    by_task: dict[int, tuple[DaemonView, dict[str, Any]]],
-) -> dict[int, tuple[DaemonView, dict[str, Any], int]]:
+    by_task: dict[int, tuple[DaemonView, RequestSnap]],
+) -> dict[int, tuple[DaemonView, RequestSnap, int]]:
     """tid -> (daemon, request, how many it was chosen among) for the tasks in a FUSE wait
     whose request the daemon holds without knowing its caller (READ, WRITE, FLUSH, ... carry no
     pid: ``task`` null). A task is paired with such a request of its connection and its opcode
     (:attr:`TaskInfo.fuse_opcode`, from its stack), the longest-waiting task with the oldest
     request: an inference, drawn as one."""
-    free: dict[tuple[int, str], list[tuple[DaemonView, dict[str, Any]]]] = {}
+    free: dict[tuple[int, str], list[tuple[DaemonView, RequestSnap]]] = {}
     for view in daemons.values():
-        for req in sorted(view.inflight(), key=lambda r: r.get("since") or 0.0):
-            if req.get("task") is None and isinstance(req.get("op"), str):
-                free.setdefault((view.conn, req["op"]), []).append((view, req))
+        for req in sorted(view.inflight(), key=lambda r: r.since or 0.0):
+            if req.task is None and req.op is not None:
+                free.setdefault((view.conn, req.op), []).append((view, req))
     waiters = [
         t
         for t in tasks.values()
         if t.fuse_wait and t.tid not in by_task and t.conn is not None and t.fuse_opcode
     ]
-    out: dict[int, tuple[DaemonView, dict[str, Any], int]] = {}
+    out: dict[int, tuple[DaemonView, RequestSnap, int]] = {}
     for t in sorted(waiters, key=lambda t: t.last_ran or 0.0):
         left = free.get((t.conn or 0, t.fuse_opcode or ""))
         if left:
@@ -463,7 +476,14 @@ def _conn_node(
     if cid in g.nodes:
         return cid
     if conn is None:
-        g.add(Node(cid, "conn", "FUSE connection ?\n(not found)", {"conn": None}))
+        g.add(
+            Node(
+                cid,
+                "conn",
+                "FUSE connection ?\n(not found)",
+                NodeAttrs.for_conn(None, "?", None, None),
+            )
+        )
         return cid
     mp = view.mountpoint if view else "?"
     g.add(
@@ -471,12 +491,7 @@ def _conn_node(
             cid,
             "conn",
             f"FUSE conn {conn}\n{mp}\nwaiting {waiting.get(conn, '?')}",
-            {
-                "conn": conn,
-                "mountpoint": mp,
-                "waiting": waiting.get(conn),
-                "fsname": view.fsname if view else None,
-            },
+            NodeAttrs.for_conn(conn, mp, waiting.get(conn), view.fsname if view else None),
         )
     )
     if view is not None:
@@ -495,93 +510,90 @@ def _daemon_node(g: WaitGraph, view: DaemonView) -> str:
             did,
             "daemon",
             f"daemon {view.name()}\n{view.fsname}\n{status}",
-            {
-                "pid": view.pid,
-                "comm": view.comm,
-                "alive": view.alive,
-                "conn": view.conn,
-                "mountpoint": view.mountpoint,
-                "how": view.how,
-            },
+            NodeAttrs.for_daemon(
+                view.pid, view.comm, view.alive, view.conn, view.mountpoint, view.how
+            ),
         )
     )
     return did
 
 
+#: ``ensure_task(tid)``: the node id of a task, read from /proc if the scan missed it (None:
+#: the task is gone)
+EnsureTask = Callable[[int], str | None]
+
+
+def _task_or_gone(g: WaitGraph, task: TaskRef, ensure_task: EnsureTask) -> str | None:
+    """The node of ``task`` (a holder the model names); an ``(exited)`` node if it is gone."""
+    if task.pid is None:
+        return None
+    hid = ensure_task(task.pid)
+    if hid is None:
+        hid = task_id(task.pid)
+        g.add(Node(hid, "task", f"{task.comm}/{task.pid}\n(exited)", NodeAttrs.exited(task.pid)))
+    return hid
+
+
 def _request_edges(
-    g: WaitGraph, view: DaemonView, req: dict[str, Any], nid: str, ensure_task
+    g: WaitGraph, view: DaemonView, req: RequestSnap, nid: str, ensure_task: EnsureTask
 ) -> None:
-    state = view.state or {}
-    task_pid = (req.get("task") or {}).get("pid")
+    state = view.snapshot
+    task_pid = req.pid
     linked = False
-    worker = (req.get("worker") or {}).get("tid")
-    if isinstance(worker, int):
-        wid = ensure_task(worker)
+    if req.worker is not None:
+        wid = ensure_task(req.worker)
         if wid is not None:
             g.link(Edge(nid, wid, "served_by", "served by worker thread"))
             linked = True
-    for lock in state.get("locks") or []:
-        for w in lock.get("waiters") or []:
-            if (w.get("task") or {}).get("pid") != task_pid or task_pid is None:
+    for lock in state.locks:
+        for w in lock.waiters:
+            if w.pid != task_pid or task_pid is None:
                 continue
             lid = _lock_node(g, view, lock)
-            chain = w.get("chain") or []
+            chain = w.chain
             label = (
-                f"{' -> '.join(chain[-2:])} {w.get('mode', '?')} on {lock.get('node')}"
-                if lock.get("scope")
-                else f"down_{w.get('mode', '?')}" + (f" in {chain[-1]}" if chain else "")
+                f"{' -> '.join(chain[-2:])} {w.mode or '?'} on {lock.node}"
+                if lock.scope
+                else f"down_{w.mode or '?'}" + (f" in {chain[-1]}" if chain else "")
             )
-            g.link(
-                Edge(nid, lid, "lock_wait", label, attrs={"mode": w.get("mode"), "chain": chain})
-            )
+            g.link(Edge(nid, lid, "lock_wait", label, attrs=EdgeAttrs.modelled(w.mode, chain)))
             linked = True
             for h in _holders(g, lock):
-                hp = (h.get("task") or {}).get("pid")
-                if not isinstance(hp, int):
-                    continue
-                hid = ensure_task(hp)
+                hid = _task_or_gone(g, h.task, ensure_task) if h.task is not None else None
                 if hid is None:
-                    hid = f"task:{hp}"
-                    g.add(
-                        Node(
-                            hid,
-                            "task",
-                            f"{(h.get('task') or {}).get('comm', '?')}/{hp}\n(exited)",
-                            {"tid": hp, "state": "gone"},
-                        )
-                    )
-                hchain = h.get("chain") or []
+                    continue
+                hchain = h.chain
                 g.link(
                     Edge(
                         lid,
                         hid,
                         "held_by",
-                        f"held {h.get('mode', '?')}"
+                        f"held {h.mode or '?'}"
                         + (
-                            f" on {h['node']} by {hchain[0]}"
-                            if h.get("node") and hchain
+                            f" on {h.node} by {hchain[0]}"
+                            if h.node and hchain
                             else f" since {hchain[-1]}"
                             if hchain
                             else ""
                         ),
-                        attrs={"mode": h.get("mode"), "chain": hchain},
+                        attrs=EdgeAttrs.modelled(h.mode, hchain),
                     )
                 )
-    for comp in state.get("completions") or []:
-        for w in comp.get("waiters") or []:
-            if (w.get("task") or {}).get("pid") != task_pid or task_pid is None:
+    for comp in state.completions:
+        for cw in comp.waiters:
+            if cw.pid != task_pid or task_pid is None:
                 continue
-            _completion_edges(g, view, comp, nid, w.get("chain") or [], ensure_task)
+            _completion_edges(g, view, comp, nid, cw.chain, ensure_task)
             linked = True
-    for point in state.get("inject") or []:
-        if any(w.get("pid") == task_pid for w in point.get("waiting") or []) and task_pid:
-            pid_ = f"inject:{view.pid}:{point.get('point')}"
+    for point in state.inject:
+        if task_pid and any(t.pid == task_pid for t in point.waiting):
+            pid_ = f"inject:{view.pid}:{point.point}"
             g.add(
                 Node(
                     pid_,
                     "inject",
-                    f"injection point\n{point.get('point')}\n{point.get('action')}",
-                    {"point": point.get("point"), "action": point.get("action")},
+                    f"injection point\n{point.point}\n{point.action}",
+                    NodeAttrs.inject(point.point, point.action),
                 )
             )
             g.link(Edge(nid, pid_, "barrier", "held at"))
@@ -594,25 +606,23 @@ def _request_edges(
 
 
 def _completion_edges(
-    g: WaitGraph, view: DaemonView, comp: dict[str, Any], nid: str, chain: list[str], ensure_task
+    g: WaitGraph,
+    view: DaemonView,
+    comp: CompletionSnap,
+    nid: str,
+    chain: tuple[str, ...],
+    ensure_task: EnsureTask,
 ) -> None:
     """request --completion_wait--> completion --held_by--> the task that is to complete it
     (a completion held by a task: autofs4's wait queue, answered by the automount daemon's
     thread, a process that serves no mount; see :mod:`stackfs.kernel.completion`)."""
-    ident = f"{comp.get('name', 'completion')} {comp.get('key', '?')}"
-    cid = f"completion:{view.pid}:{comp.get('id')}"
+    cid = f"completion:{view.pid}:{comp.id}"
     g.add(
         Node(
             cid,
             "completion",
-            f"{ident}\n{comp.get('desc') or ''}\n(model, {view.fsname})",
-            {
-                "ident": ident,
-                "desc": comp.get("desc"),
-                "daemon": view.pid,
-                "conn": view.conn,
-                "completion": comp,
-            },
+            f"{comp.ident}\n{comp.desc}\n(model, {view.fsname})",
+            NodeAttrs.for_completion(comp, view.pid, view.conn),
         )
     )
     g.link(
@@ -621,33 +631,23 @@ def _completion_edges(
             cid,
             "completion_wait",
             "wait_for_completion" + (f" in {chain[-1]}" if chain else ""),
-            attrs={"chain": chain},
+            attrs=EdgeAttrs.completion_wait(chain),
         )
     )
-    holder = comp.get("holder") or {}
-    hp = holder.get("pid")
-    if not isinstance(hp, int):
+    if comp.holder is None:
         return
-    hid = ensure_task(hp)
-    if hid is None:
-        hid = f"task:{hp}"
-        g.add(
-            Node(
-                hid,
-                "task",
-                f"{holder.get('comm', '?')}/{hp}\n(exited)",
-                {"tid": hp, "state": "gone"},
-            )
+    hid = _task_or_gone(g, comp.holder, ensure_task)
+    if hid is not None:
+        g.link(
+            Edge(cid, hid, "held_by", "to be completed by", attrs=EdgeAttrs.to_complete(comp.ident))
         )
-    g.link(Edge(cid, hid, "held_by", "to be completed by", attrs={"completion": ident}))
 
 
-def _lock_node(g: WaitGraph, view: DaemonView, lock: dict[str, Any]) -> str:
+def _lock_node(g: WaitGraph, view: DaemonView, lock: LockSnap) -> str:
     """A modelled lock: named per daemon, or per cluster when the daemon gives it a ``scope``
     (a glock of lockspace X is one lock whichever node's daemon reports it)."""
-    ident = f"{lock.get('name', 'lock')} {lock.get('key', '?')}"
-    scope = lock.get("scope")
-    lid = f"lock:{scope}:{ident}" if scope else f"lock:{view.pid}:{ident}"
+    scope = lock.scope
+    lid = f"lock:{scope}:{lock.ident}" if scope else f"lock:{view.pid}:{lock.ident}"
     if lid in g.nodes:
         return lid
     where = f"{scope}, {_scope_state(g, lock)}" if scope else view.fsname
@@ -655,61 +655,57 @@ def _lock_node(g: WaitGraph, view: DaemonView, lock: dict[str, Any]) -> str:
         Node(
             lid,
             "lock",
-            f"{ident}\n{lock.get('desc') or ''}\n(model, {where})",
-            {
-                "ident": ident,
-                "desc": lock.get("desc"),
-                "daemon": view.pid,
-                "conn": view.conn,
-                "lock": lock,
-                "scope": scope,
-            },
+            f"{lock.ident}\n{lock.desc}\n(model, {where})",
+            NodeAttrs.for_lock(lock, view.pid, view.conn, scope),
         )
     )
     if scope:
-        svc = _service_of(g, scope, lock.get("dlm_pid"))
+        svc = _service_of(g, scope, lock.dlm_pid)
         if svc is not None:
             g.link(Edge(lid, svc, "context", "resource of"))
     return lid
 
 
-def page_fault_wait(t: TaskInfo, req: dict[str, Any]) -> bool:
-    """Task ``t`` (not in a FUSE reply wait) sleeps in a page fault whose page-in is the
-    in-flight FUSE READ ``req`` carrying its pid (``filemap_fault`` waits on the locked folio
-    while ``fuse_read_folio``/readahead's READ is out: docs/fuse-fault-path.md)."""
-    return req.get("op") == "read" and "filemap_fault" in t.frames
+#: where a task sleeps on a folio that its own FUSE READ has locked: a page fault, or a buffered
+#: read waiting for the readahead it started (``filemap_read`` -> ``filemap_get_pages``)
+FOLIO_WAITS = ("filemap_fault", "filemap_get_pages")
 
 
-def _scoped(g: WaitGraph, lock: dict[str, Any]) -> list[tuple[DaemonView, dict[str, Any]]]:
+def page_fault_wait(t: TaskInfo, req: RequestSnap) -> bool:
+    """Task ``t`` (not in a FUSE reply wait) sleeps in a page fault, or a buffered read, whose
+    page-in is the in-flight FUSE READ ``req`` carrying its pid (``filemap_fault`` /
+    ``filemap_get_pages`` wait on the locked folio while ``fuse_read_folio``/readahead's READ
+    is out: docs/fuse-fault-path.md)."""
+    return req.op == "read" and any(f in t.frames for f in FOLIO_WAITS)
+
+
+def _scoped(g: WaitGraph, lock: LockSnap) -> list[tuple[DaemonView, LockSnap]]:
     """Every daemon's entry for the cluster-scoped ``lock`` (each node reports its part)."""
-    scope, key = lock.get("scope"), (lock.get("name"), lock.get("key"))
-    if not scope:
+    if not lock.scope:
         return []
-    out = []
-    for view in g.daemons.values():
-        for other in (view.state or {}).get("locks") or []:
-            if other.get("scope") == scope and (other.get("name"), other.get("key")) == key:
-                out.append((view, other))
-    return out
-
-
-def _holders(g: WaitGraph, lock: dict[str, Any]) -> list[dict[str, Any]]:
-    """The holders of ``lock``: on every node for a cluster-scoped lock."""
-    scoped = _scoped(g, lock)
-    if not scoped:
-        return list(lock.get("holders") or [])
     return [
-        {**h, "node": other.get("node")} for _v, other in scoped for h in other.get("holders") or []
+        (view, other)
+        for view in g.daemons.values()
+        for other in view.snapshot.locks
+        if other.scope == lock.scope and (other.name, other.key) == (lock.name, lock.key)
     ]
 
 
-def _scope_state(g: WaitGraph, lock: dict[str, Any]) -> str:
+def _holders(g: WaitGraph, lock: LockSnap) -> list[LockHold]:
+    """The holders of ``lock``: on every node for a cluster-scoped lock."""
+    scoped = _scoped(g, lock)
+    if not scoped:
+        return list(lock.holders)
+    return [replace(h, node=other.node) for _v, other in scoped for h in other.holders]
+
+
+def _scope_state(g: WaitGraph, lock: LockSnap) -> str:
     """ "node1 EX, node2 NL (demote to PR asked)": each node's cached mode of a glock."""
     parts = []
     for _v, other in _scoped(g, lock):
-        st = f"{other.get('node')} {other.get('state') or 'UN'}"
-        if other.get("demote"):
-            st += f" (demote for {other['demote']})"
+        st = f"{other.node} {other.state or 'UN'}"
+        if other.demote:
+            st += f" (demote for {other.demote})"
         parts.append(st)
     return ", ".join(parts)
 
@@ -720,20 +716,19 @@ def _service_of(g: WaitGraph, scope: str, pid: int | None = None) -> str | None:
     svc = g.services.get(pid) if pid is not None else None
     if svc is None:
         for other in g.services.values():
-            nodes = ((other.get("state") or {}).get("dlm") or {}).get("nodes", [])
-            if scope.startswith("dlm:") and scope[4:] in {n.get("lockspace") for n in nodes}:
+            if scope.startswith("dlm:") and scope[4:] in other.dlm.lockspaces:
                 svc = other
     if svc is None and pid is None:
         return None
-    pid = svc.get("pid") if svc is not None else pid
-    kind = svc.get("kind") if svc is not None else "dlm"
+    pid = svc.pid if svc is not None else pid
+    kind = svc.kind if svc is not None else "dlm"
     sid = f"daemon:{pid}"
     g.add(
         Node(
             sid,
             "daemon",
             f"lock manager {kind}/{pid}\n(service, no mount)",
-            {"pid": pid, "service": True, "kind": kind},
+            NodeAttrs.for_service(pid, kind),
         )
     )
     return sid
@@ -749,16 +744,16 @@ def name_cycle(g: WaitGraph, nodes: list[str]) -> Cycle:
     found = [g.edge(nodes[i], nodes[(i + 1) % len(nodes)]) for i in range(len(nodes))]
     edges = [e for e in found if e is not None]
     tasks: list[int] = [
-        g.nodes[n].attrs["tid"]
+        tid
         for n in nodes
-        if g.nodes[n].kind == "task" and g.nodes[n].attrs.get("tid") is not None
+        if g.nodes[n].kind == "task" and (tid := g.nodes[n].attrs.tid) is not None
     ]
     segments: list[Segment] = []
     cur: Segment | None = None
     for e in edges:
         src, dst = g.nodes[e.src], g.nodes[e.dst]
         if src.kind == "task":
-            cur = Segment(waiter=src.attrs.get("tid", -1), holder=-1)
+            cur = Segment(waiter=_tid(src), holder=-1)
         if cur is None:
             continue
         if dst.kind == "request":
@@ -766,16 +761,16 @@ def name_cycle(g: WaitGraph, nodes: list[str]) -> Cycle:
             cur.wait_at = cur.wait_at or (e.label.split("(")[-1].rstrip(")") or None)
         if dst.kind in ("lock", "klock"):
             cur.lock = dst.id
-            cur.wait_mode = e.attrs.get("mode")
-            cur.wait_at = e.attrs.get("at") or (e.attrs.get("chain") or [None])[-1]
+            cur.wait_mode = e.attrs.mode
+            cur.wait_at = e.attrs.where
         if dst.kind == "completion":
             cur.lock = dst.id
-            cur.wait_at = (e.attrs.get("chain") or [None])[-1]
+            cur.wait_at = e.attrs.chain[-1] if e.attrs.chain else None
         if src.kind in ("lock", "klock") and e.kind == "held_by":
-            cur.hold_mode = e.attrs.get("mode")
-            cur.hold_at = e.attrs.get("at") or (e.attrs.get("chain") or [None])[-1]
+            cur.hold_mode = e.attrs.mode
+            cur.hold_at = e.attrs.where
         if dst.kind == "task":
-            cur.holder = dst.attrs.get("tid", -1)
+            cur.holder = _tid(dst)
             segments.append(cur)
             cur = None
     kinds = {g.nodes[n].kind for n in nodes}
@@ -802,16 +797,21 @@ def name_cycle(g: WaitGraph, nodes: list[str]) -> Cycle:
     return Cycle(nodes, edges, kind, title, " ".join(parts), [t for t in tasks if t], segments)
 
 
+def _tid(n: Node) -> int:
+    """A task node's tid (-1: none)."""
+    return n.attrs.tid if n.attrs.tid is not None else -1
+
+
 def _short(n: Node) -> str:
     if n.kind == "task":
-        return f"{n.attrs.get('comm', '?')}/{n.attrs.get('tid')}"
+        return n.attrs.name
     if n.kind == "request":
-        req = n.attrs.get("request") or {}
-        return f"FUSE {_request_label(req)} (req #{req.get('id')}, conn {n.attrs.get('conn')})"
+        req = request_of(n)
+        return f"FUSE {_request_label(req)} (req #{req.id}, conn {n.attrs.conn})"
     if n.kind == "klock":
-        return f"i_rwsem {n.attrs.get('path')}"
+        return f"i_rwsem {n.attrs.path}"
     if n.kind in ("lock", "completion"):
-        return f"{n.attrs.get('ident')} ({n.attrs.get('desc') or 'model'})"
+        return f"{n.attrs.ident} ({n.attrs.desc or 'model'})"
     return n.label.replace("\n", " ")
 
 

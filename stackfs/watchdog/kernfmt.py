@@ -3,24 +3,36 @@
 Harnesses such as fstests (``_check_dmesg`` in common/rc) grep ``dmesg`` after every test for
 ``WARNING:``, ``\\bBUG:``, ``kernel BUG at``, ``possible recursive locking detected`` and, in
 syzkaller-style harnesses, ``INFO: task .* blocked for more than [0-9]+ seconds``. This module
-turns a watchdog report (its JSON form, :meth:`stackfs.watchdog.report.Report.to_json`, so a
-saved ``report.json`` works as well as a live report) into kernel log records, line for line as
-the 6.x kernel prints them:
+turns a watchdog report (its findings, typed once by :func:`stackfs.watchdog.findings.parse`
+from the JSON form, :meth:`stackfs.watchdog.report.Report.findings`, so a saved ``report.json``
+renders as the live report does) into kernel log records, line for line as the 6.x kernel
+prints them:
 
-* the hung-task block of ``check_hung_task()`` (kernel/hung_task.c): ``INFO: task COMM:PID
-  blocked for more than N seconds.``, the taint line (``print_tainted()``, release, first word of
-  the version), the ``"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this
-  message.`` line, ``sched_show_task()``'s ``task:... state:... stack:... pid:... tgid:...
-  ppid:... task_flags:... flags:...`` line and the ``Call Trace:`` ``<TASK>`` ... ``</TASK>``
-  from ``/proc/TID/stack``; then ``debug_show_blocker()``'s ``INFO: task COMM:PID <writer>
-  blocked on an rw-semaphore likely owned by task COMM:PID <writer>`` where the i_rwsem holder
-  is known (inferred from kernel stacks, or modelled by a testbed daemon) and, as the kernel
-  does, the holder's ``sched_show_task()`` unless the holder is hung too;
+* the hung-task block of ``check_hung_task()`` (kernel/hung_task.c) for a task in state D:
+  ``INFO: task COMM:PID blocked for more than N seconds.``, the taint line (``print_tainted()``,
+  release, first word of the version), ``sched_show_task()``'s ``task:... state:... stack:...
+  pid:... tgid:... ppid:... task_flags:... flags:...`` line and the ``Call Trace:`` ``<TASK>``
+  ... ``</TASK>`` from ``/proc/TID/stack``; then ``debug_show_blocker()``'s ``INFO: task
+  COMM:PID <writer> blocked on an rw-semaphore likely owned by task COMM:PID <writer>`` where
+  the i_rwsem holder is known (inferred from kernel stacks, or modelled by a testbed daemon)
+  and, as the kernel does, the holder's ``sched_show_task()`` unless the holder is hung too.
+  The kernel's line about ``/proc/sys/kernel/hung_task_timeout_secs`` is left out: that knob
+  does not govern the watchdog (``--threshold`` does);
+* a task asleep in state S in a FUSE wait (``request_wait_answer()`` waits interruptibly
+  first: seen on this machine's 6.18, ``/proc/TID/stat`` state S with ``request_wait_answer``
+  on top of its stack) in a block of its own, ``task COMM:PID blocked in an interruptible FUSE
+  wait ...``: the testbed's finding, not the hung-task format (the kernel's detector looks at
+  TASK_UNINTERRUPTIBLE tasks only), then ``sched_show_task()`` as ``sysrq-w`` shows a task;
 * lockdep's banners (kernel/locking/lockdep.c ``print_deadlock_bug()``,
   ``print_circular_bug_header()``) for a modelled ``recursive_locking`` / ``lock_inversion``
   event or a lock cycle of the wait-for graph;
 * the ``------------[ cut here ]------------`` / ``kernel BUG at`` / ``Oops:`` block of a
-  modelled oops, ending with ``---[ end trace 0000000000000000 ]---``.
+  modelled oops, ending with ``---[ end trace 0000000000000000 ]---``. A model that declares
+  the release it stands for (the event's ``release``: seed 003's NFS model is 4.7-rc1) keeps
+  that release's lines and frames as the model wrote them (``invalid opcode: ...`` without
+  6.x's ``Oops:`` prefix, no ``<TASK>`` markers, ``sys_open`` /
+  ``entry_SYSCALL_64_fastpath``) and names the release in the ``PID: ... Comm: ...`` line;
+  lockdep banners of such a model name it where the kernel prints its own release.
 
 **How a reader tells these from the real kernel.** Every record carries a syslog identifier in
 front of the kernel's text: ``stackfs[PID]: `` for what the watchdog observed on the real kernel
@@ -43,10 +55,16 @@ the model's call chain.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from stackfs.kernel.lockdep import unsafe_scenario
+from stackfs.kernel.snapshot import DependencySnap, EventSnap, EventTask
+from stackfs.watchdog import findings
+from stackfs.watchdog.findings import Findings, HangFinding, ProcTask
+from stackfs.watchdog.graph import Edge, Node, Segment
+from stackfs.watchdog.graphattrs import NodeAttrs
 
 TAG = "stackfs"
 MODEL_TAG = "stackfs-model"
@@ -110,144 +128,193 @@ def kernel_ident(tainted: str | None = None) -> tuple[str, str, str]:
     return u.release, u.version.split(" ", 1)[0], tainted or print_tainted()
 
 
+def model_ident(ev: EventSnap, ident: tuple[str, str, str]) -> tuple[str, str, str]:
+    """The identity a modelled event prints: the release its model stands for (the event's
+    ``release``, e.g. ``4.7-rc1``), said to be modelled and with no taint (the modelled kernel
+    has none to read); the running kernel's ``ident`` when the model declares no release."""
+    return (ev.release, "(modelled)", "") if ev.release else ident
+
+
+def uts_line(ident: tuple[str, str, str]) -> str:
+    """lockdep's ``%s %.*s %s`` line: release, version, taint."""
+    return " ".join(part for part in ident if part)
+
+
 # -- hung tasks --------------------------------------------------------------------------------
 
 
-def sched_show_task(t: dict[str, Any]) -> list[Record]:
+def sched_show_task(t: ProcTask) -> list[Record]:
     """``sched_show_task()`` (kernel/sched/core.c) for a task as /proc showed it."""
-    state = str(t.get("state") or "?")[:1]
+    state = (t.state or "?")[:1]
     running = "  running task    " if state == "R" else ""
-    flags = t.get("flags") or 0
     out = [
         Record(
             KERN_INFO,
-            f"task:{str(t.get('comm', '?')):<15.15} state:{state}{running} "
-            f"stack:{0:<5d} pid:{int(t.get('tid') or 0):<5d} "
-            f"tgid:{int(t.get('pid') or 0):<5d} ppid:{int(t.get('ppid') or 0):<6d} "
-            f"task_flags:0x{int(flags):04x} flags:0x{0:08x}",
+            f"task:{t.comm or '?':<15.15} state:{state}{running} "
+            f"stack:{0:<5d} pid:{t.tid or 0:<5d} "
+            f"tgid:{t.pid or 0:<5d} ppid:{t.ppid or 0:<6d} "
+            f"task_flags:0x{t.flags or 0:04x} flags:0x{0:08x}",
         )
     ]
-    stack = [str(s) for s in t.get("stack") or []]
-    if stack:
+    if t.stack:
         out += [Record(KERN_INFO, "Call Trace:"), Record(KERN_INFO, " <TASK>")]
-        out += [Record(KERN_INFO, f" {line.split('] ', 1)[-1]}") for line in stack]
+        out += [Record(KERN_INFO, f" {line.split('] ', 1)[-1]}") for line in t.stack]
         out.append(Record(KERN_INFO, " </TASK>"))
     return out
 
 
-def _nodes(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n["id"]: n for n in (report.get("graph") or {}).get("nodes") or []}
-
-
-def _edges(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e for e in (report.get("graph") or {}).get("edges") or [] if e.get("kind") != "context"]
-
-
-def _is_rwsem(node: dict[str, Any]) -> bool:
-    if node.get("kind") == "klock":  # inferred from stacks: always an inode's i_rwsem
+def _is_rwsem(node: Node) -> bool:
+    if node.kind == "klock":  # inferred from stacks: always an inode's i_rwsem
         return True
-    attrs = node.get("attrs") or {}
-    name = (attrs.get("lock") or {}).get("name") or str(attrs.get("ident", "")).split(" ")[0]
-    return node.get("kind") == "lock" and name == "i_rwsem"
+    a = node.attrs
+    name = a.lock.name if a.lock is not None else (a.ident or "").split(" ")[0]
+    return node.kind == "lock" and name == "i_rwsem"
 
 
-def rwsem_blockers(report: dict[str, Any], tid: int) -> list[tuple[dict, dict, dict]]:
+def rwsem_blockers(report: Findings, tid: int) -> list[tuple[Edge, Node, Edge]]:
     """(the wait edge, the i_rwsem node, the held_by edge) for each known holder of an i_rwsem
     task ``tid`` waits for: directly (``down_write`` on its stack) or through the FUSE request
     whose handler the model has waiting in ``down_write``."""
-    nodes, edges = _nodes(report), _edges(report)
+    edges = report.edges
     start = f"task:{tid}"
-    waits = [e for e in edges if e["src"] == start and e["kind"] == "lock_wait"]
+    waits = [e for e in edges if e.src == start and e.kind == "lock_wait"]
     for e in edges:
-        if e["src"] == start and e["kind"] == "fuse_wait":
-            waits += [x for x in edges if x["src"] == e["dst"] and x["kind"] == "lock_wait"]
+        if e.src == start and e.kind == "fuse_wait":
+            waits += [x for x in edges if x.src == e.dst and x.kind == "lock_wait"]
     out = []
     for w in waits:
-        lock = nodes.get(w["dst"])
+        lock = report.nodes.get(w.dst)
         if lock is None or not _is_rwsem(lock):
             continue
         for h in edges:
-            if h["src"] == w["dst"] and h["kind"] == "held_by":
+            if h.src == w.dst and h.kind == "held_by":
                 out.append((w, lock, h))
     return out
 
 
-def _task_json(report: dict[str, Any], tid: int) -> dict[str, Any] | None:
-    for h in list(report.get("hangs") or []) + list(report.get("also_blocked") or []):
-        if (h.get("task") or {}).get("tid") == tid:
-            return h["task"]
-    for t in report.get("blocked") or []:
-        if t.get("tid") == tid:
-            return t
-    node = _nodes(report).get(f"task:{tid}")
-    return dict(node["attrs"]) if node else None
+def _attrs(report: Findings, nid: str | None) -> NodeAttrs:
+    """The attributes of node ``nid`` (none when the report has no such node)."""
+    node = report.nodes.get(nid or "")
+    return node.attrs if node is not None else NodeAttrs()
 
 
 def hung_task(
-    report: dict[str, Any], hang: dict[str, Any], ident: tuple[str, str, str], hung_tids: set[int]
+    report: Findings, hang: HangFinding, ident: tuple[str, str, str], hung_tids: set[int]
 ) -> list[Record]:
     """``check_hung_task()`` for one hung task, then ``debug_show_blocker()``."""
-    t = hang.get("task") or {}
+    t = hang.task
     release, version, taint = ident
     out = [
         Record(
             KERN_ERR,
-            f"INFO: task {t.get('comm')}:{t.get('tid')} blocked for more than "
-            f"{int(hang.get('blocked_for') or 0)} seconds.",
+            f"INFO: task {t.comm}:{t.tid} blocked for more than {int(hang.blocked_for)} seconds.",
         ),
         Record(KERN_ERR, f"      {taint} {release} {version}"),
-        Record(
-            KERN_ERR, '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.'
-        ),
     ]
-    out += sched_show_task(t)
-    nodes = _nodes(report)
-    for wait, lock, held in rwsem_blockers(report, int(t.get("tid") or 0)):
-        holder = nodes.get(held["dst"], {}).get("attrs") or {}
-        htid = holder.get("tid")
-        as_ = "reader" if (wait.get("attrs") or {}).get("mode") == "read" else "writer"
-        by = "reader" if (held.get("attrs") or {}).get("mode") == "read" else "writer"
-        model = lock.get("kind") == "lock"
-        out.append(
-            Record(
-                KERN_ERR,
-                f"INFO: task {t.get('comm')}:{t.get('tid')} <{as_}> blocked "
-                f"on an rw-semaphore likely owned by task "
-                f"{holder.get('comm', '?')}:{htid} <{by}>",
-                model,
-            )
+    return out + sched_show_task(t) + show_blocker(report, t, hung_tids)
+
+
+def show_blocker(
+    report: Findings, t: ProcTask, hung_tids: set[int], hung: bool = True
+) -> list[Record]:
+    """``debug_show_blocker()``: the likely owner of the i_rwsem task ``t`` waits for, and the
+    owner as ``sched_show_task()`` shows it unless it is hung too. For a task that is not hung
+    (``hung`` false: asleep in an interruptible FUSE wait whose handler waits for the lock) the
+    same facts in the testbed's words, without the kernel's ``INFO:``."""
+    out: list[Record] = []
+    for wait, lock, held in rwsem_blockers(report, t.tid or 0):
+        holder = _attrs(report, held.dst)
+        htid = holder.tid
+        as_ = "reader" if wait.attrs.mode == "read" else "writer"
+        by = "reader" if held.attrs.mode == "read" else "writer"
+        model = lock.kind == "lock"
+        owner = f"an rw-semaphore likely owned by task {holder.comm or '?'}:{htid} <{by}>"
+        me = f"task {t.comm}:{t.tid} <{as_}>"
+        text = (
+            f"INFO: {me} blocked on {owner}"
+            if hung
+            else f"{me} waits, through its FUSE request, on {owner}"
         )
-        if isinstance(htid, int) and htid not in hung_tids:
-            ht = _task_json(report, htid)
+        out.append(Record(KERN_ERR if hung else KERN_WARNING, text, model))
+        if htid is not None and htid not in hung_tids:
+            ht = report.task(htid)
             if ht is not None:
                 out += [Record(r.level, r.text, model) for r in sched_show_task(ht)]
         break  # the kernel knows one blocker per task
     return out
 
 
-def show_all_locks(report: dict[str, Any]) -> list[Record]:
+def is_hung_state(task: ProcTask) -> bool:
+    """Whether the kernel's hung-task detector would look at the task: state D
+    (``check_hung_uninterruptible_tasks()`` skips every other state)."""
+    return (task.state or "")[:1] == "D"
+
+
+def interruptible_wait(report: Findings, hang: HangFinding, hung_tids: set[int]) -> list[Record]:
+    """A task asleep in state S in a FUSE wait past the threshold: the testbed's finding, in a
+    block of its own (no ``INFO: task ... blocked for more than``: the kernel never says that of
+    an S task), then the task as ``sched_show_task()`` prints it."""
+    t = hang.task
+    head = Record(
+        KERN_WARNING,
+        f"task {t.comm}:{t.tid} blocked in an interruptible FUSE wait for "
+        f"{int(hang.blocked_for)} seconds (state {(t.state or '?')[:1]}: "
+        "the kernel's hung-task detector reports state D only)",
+    )
+    return [head, *sched_show_task(t), *show_blocker(report, t, hung_tids, hung=False)]
+
+
+def blocked_task(
+    report: Findings, hang: HangFinding, ident: tuple[str, str, str], hung_tids: set[int]
+) -> list[Record]:
+    """The block of one task blocked past the threshold: the hung-task block for state D,
+    :func:`interruptible_wait` otherwise."""
+    if is_hung_state(hang.task):
+        return hung_task(report, hang, ident, hung_tids)
+    return interruptible_wait(report, hang, hung_tids)
+
+
+def lock_class(is_dir: bool | None) -> str:
+    """The lockdep class of an inode's i_rwsem (``lockdep_annotate_inode_mutex_key``)."""
+    return "&type->i_mutex_dir_key" if is_dir else "&sb->s_type->i_mutex_key"
+
+
+def show_all_locks(report: Findings) -> list[Record]:
     """``debug_show_all_locks()``, which the hung-task detector calls after its reports: the
     locks each task holds, modelled (a daemon's model) or inferred (i_rwsem, from stacks)."""
-    nodes = _nodes(report)
-    held: dict[Any, list[Record]] = {}
-    names: dict[Any, str] = {}
-    for e in _edges(report):
-        lock = nodes.get(e["src"]) or {}
-        if e["kind"] != "held_by" or lock.get("kind") not in ("lock", "klock"):
+    held: dict[int | None, list[Record]] = {}
+    names: dict[int | None, str] = {}
+    seen: set[tuple[int | None, str]] = set()
+    for e in report.edges:
+        lock = report.nodes.get(e.src)
+        if e.kind != "held_by" or lock is None or lock.kind not in ("lock", "klock"):
             continue
-        holder = (nodes.get(e["dst"]) or {}).get("attrs") or {}
-        tid = holder.get("tid")
-        attrs, ea = lock.get("attrs") or {}, e.get("attrs") or {}
-        if lock["kind"] == "lock":
-            name, key = _lock_parts(str(attrs.get("ident", "?")))
-            at = (ea.get("chain") or ["?"])[-1]
+        holder = _attrs(report, e.dst)
+        tid = holder.tid
+        attrs, ea = lock.attrs, e.attrs
+        at: str | None
+        if lock.kind == "lock":
+            name, key = _lock_parts(attrs.ident or "?")
+            at = ea.chain[-1] if ea.chain else "?"
         else:
-            name = "&type->i_mutex_dir_key" if attrs.get("is_dir") else "&sb->s_type->i_mutex_key"
-            key, at = str(attrs.get("path", "")), ea.get("at")
-        names[tid] = f"{holder.get('comm', '?')}/{tid}"
+            name = lock_class(attrs.is_dir)
+            key, at = attrs.path or "", ea.at
+        names[tid] = f"{holder.comm or '?'}/{tid}"
         recs = held.setdefault(tid, [])
-        text = f" #{len(recs)}: {print_lock(name, ea.get('mode'), at, key)}"
-        recs.append(Record(KERN_WARNING, text, lock["kind"] == "lock"))
+        text = f" #{len(recs)}: {print_lock(name, ea.mode, at, key)}"
+        recs.append(Record(KERN_WARNING, text, lock.kind == "lock"))
+        seen.add((tid, f"{name} {key}"))
+    # every other modelled lock a daemon's state says is held (not only those on the graph)
+    for mlock in report.locks:
+        for h in mlock.holders:
+            if h.task is None or h.pid is None or (h.pid, mlock.ident) in seen:
+                continue
+            seen.add((h.pid, mlock.ident))
+            names[h.pid] = h.task.name()
+            recs = held.setdefault(h.pid, [])
+            at = h.chain[-1] if h.chain else "?"
+            text = f" #{len(recs)}: {print_lock(mlock.name, h.mode, at, mlock.key)}"
+            recs.append(Record(KERN_WARNING, text, True))
     if not held:
         return []
     model = all(r.model for recs in held.values() for r in recs)
@@ -301,13 +368,12 @@ def recursive_locking(
     model: bool = True,
 ) -> list[Record]:
     """``print_deadlock_bug()`` + ``print_deadlock_scenario()`` + held locks + backtrace."""
-    release, version, taint = ident
     name, key = _lock_parts(lock)
     lines = [
         "",
         RULE_REC,
         "WARNING: possible recursive locking detected",
-        f"{release} {version} {taint}",
+        uts_line(ident),
         RULE_REC2,
         f"{comm}/{pid} is trying to acquire lock:",
         print_lock(name, mode, at, key),
@@ -344,18 +410,17 @@ def circular_locking(
     pid: Any,
     new: tuple[str, str | None, str | None],
     held: tuple[str, str | None, str | None],
-    chain: list[tuple[str, str, list[str]]],
+    chain: list[tuple[str, str | None, list[str]]],
     scenario: list[str],
     ident: tuple[str, str, str],
     model: bool = True,
 ) -> list[Record]:
     """``print_circular_bug_header()`` + the dependency chain + the scenario."""
-    release, version, taint = ident
     lines = [
         "",
         RULE_CIRC,
         "WARNING: possible circular locking dependency detected",
-        f"{release} {version} {taint}",
+        uts_line(ident),
         RULE_CIRC2,
         f"{comm}/{pid} is trying to acquire lock:",
         print_lock(_lock_parts(new[0])[0], new[1], new[2], _lock_parts(new[0])[1]),
@@ -391,55 +456,69 @@ def _rstrip_blank(lines: list[str]) -> list[str]:
     return out
 
 
-def model_event(ev: dict[str, Any], ident: tuple[str, str, str]) -> list[Record]:
-    """A testbed daemon's modelled kernel event, as the kernel prints it."""
-    d = ev.get("detail") or {}
-    tasks = ev.get("tasks") or [{}]
-    me = tasks[0]
-    kind = ev.get("type")
-    if kind == "recursive_locking":
+def _last(chain: tuple[str, ...]) -> str:
+    """The innermost function of a model call chain (``?`` for none)."""
+    return chain[-1] if chain else "?"
+
+
+def model_event(ev: EventSnap, ident: tuple[str, str, str]) -> list[Record]:
+    """A testbed daemon's modelled kernel event, as the kernel (of the release the model stands
+    for, :func:`model_ident`) prints it."""
+    ident = model_ident(ev, ident)
+    d = ev.detail
+    me = ev.tasks[0] if ev.tasks else EventTask(None, None, ())
+    comm, pid = me.comm or "?", me.pid if me.pid is not None else "?"
+    if ev.type == "recursive_locking":
         return recursive_locking(
-            me.get("comm", "?"),
-            me.get("pid", "?"),
-            str(d.get("lock", "?")),
-            d.get("mode"),
-            (d.get("chain") or ["?"])[-1],
-            d.get("held_mode"),
-            (d.get("held_chain") or ["?"])[-1],
-            list(d.get("chain") or me.get("chain") or []),
+            comm,
+            pid,
+            d.lock or "?",
+            d.mode,
+            _last(d.chain),
+            d.held_mode,
+            _last(d.held_chain),
+            list(d.chain or me.chain),
             ident,
         )
-    if kind == "lock_inversion":
-        new = d.get("new") or {}
+    if ev.type == "lock_inversion":
+        new = d.new or DependencySnap.parse({})
         chain = [
-            (str(x.get("then", "?")), x.get("then_mode"), list(reversed(x.get("chain") or [])))
-            for x in reversed(d.get("existing") or [])
+            (x.then or "?", x.then_mode, list(reversed(x.chain))) for x in reversed(d.existing)
         ]
-        scenario = [s for s in (d.get("scenario") or []) if "DEADLOCK" not in s]
+        scenario = [s for s in d.scenario if "DEADLOCK" not in s]
         return circular_locking(
-            me.get("comm", "?"),
-            me.get("pid", "?"),
-            (str(new.get("then", "?")), new.get("then_mode"), (new.get("chain") or ["?"])[-1]),
-            (
-                str(new.get("first", "?")),
-                new.get("first_mode"),
-                (new.get("first_chain") or ["?"])[-1],
-            ),
+            comm,
+            pid,
+            (new.then or "?", new.then_mode, _last(new.chain)),
+            (new.first or "?", new.first_mode, _last(new.first_chain)),
             chain,
             scenario,
             ident,
         )
-    if kind == "oops":
-        return oops(d, ev, ident)
-    return [Record(KERN_WARNING, f"{kind}: {ev.get('summary', '')}", True)]
+    if ev.type == "oops":
+        return oops(ev, ident)
+    return [Record(KERN_WARNING, f"{ev.type}: {ev.summary or ''}", True)]
 
 
-def oops(d: dict[str, Any], ev: dict[str, Any], ident: tuple[str, str, str]) -> list[Record]:
-    """The BUG_ON block: cut here, ``kernel BUG at``, ``Oops:``, RIP, the call trace."""
-    lines = [str(x) for x in d.get("lines") or []]
+def oops(ev: EventSnap, ident: tuple[str, str, str]) -> list[Record]:
+    """The BUG_ON block: cut here, ``kernel BUG at``, ``Oops:``, RIP, the call trace; for a
+    model of a declared release (``ev.release``) its lines and frames as that release
+    printed them, the release named in the ``PID: ... Comm: ...`` line."""
+    lines = list(ev.detail.lines)
     if not lines:
-        lines = [CUT_HERE, str(d.get("bug") or f"BUG: {ev.get('summary', '')}")]
-    out: list[Record] = []
+        lines = [CUT_HERE, ev.detail.bug or f"BUG: {ev.summary or ''}"]
+    if ev.release:
+        release = uts_line(model_ident(ev, ident))
+        out = [
+            Record(
+                KERN_CRIT if ln.strip().startswith(("kernel BUG at", "BUG:")) else KERN_WARNING,
+                f"{ln} {release}" if ln.startswith("PID: ") and " Comm: " in ln else ln,
+                True,
+            )
+            for ln in lines
+        ]
+        return [*out, Record(KERN_WARNING, END_TRACE, True)]
+    out = []
     in_trace = False
     for ln in lines:
         s = ln.strip()
@@ -459,50 +538,51 @@ def oops(d: dict[str, Any], ev: dict[str, Any], ident: tuple[str, str, str]) -> 
     return out
 
 
-def _cycle_lockdep(report: dict[str, Any], ident: tuple[str, str, str]) -> list[Record]:
+def cycle_lockdep(report: Findings, ident: tuple[str, str, str]) -> list[Record]:
     """A lock cycle of the wait-for graph that no modelled event reported already."""
-    cycle = report.get("cycle") or {}
-    segs = cycle.get("segments") or []
-    nodes = _nodes(report)
-    if cycle.get("kind") not in ("recursive_locking", "lock_inversion") or not segs:
+    cycle = report.cycle
+    if cycle is None or cycle.kind not in ("recursive_locking", "lock_inversion"):
+        return []
+    segs = cycle.segments
+    if not segs:
         return []
 
-    def lock_of(seg: dict[str, Any]) -> str:
-        attrs = (nodes.get(seg.get("lock") or "") or {}).get("attrs") or {}
-        return str(attrs.get("ident") or "i_rwsem " + str(attrs.get("path", "?")))
+    def lock_of(seg: Segment) -> str:
+        attrs = _attrs(report, seg.lock)
+        return attrs.ident or "i_rwsem " + (attrs.path or "?")
 
-    def comm(tid: Any) -> str:
-        return str(((nodes.get(f"task:{tid}") or {}).get("attrs") or {}).get("comm", "?"))
+    def comm(tid: int) -> str:
+        return _attrs(report, f"task:{tid}").comm or "?"
 
-    model = any((nodes.get(s.get("lock") or "") or {}).get("kind") == "lock" for s in segs)
+    model = any(
+        (node := report.nodes.get(s.lock or "")) is not None and node.kind == "lock" for s in segs
+    )
     s0 = segs[0]
-    if cycle["kind"] == "recursive_locking":
+    if cycle.kind == "recursive_locking":
         return recursive_locking(
-            comm(s0["waiter"]),
-            s0["waiter"],
+            comm(s0.waiter),
+            s0.waiter,
             lock_of(s0),
-            s0.get("wait_mode"),
-            s0.get("wait_at"),
-            s0.get("hold_mode"),
-            s0.get("hold_at"),
+            s0.wait_mode,
+            s0.wait_at,
+            s0.hold_mode,
+            s0.hold_at,
             [],
             ident,
             model,
         )
-    held = next((s for s in segs if s.get("holder") == s0["waiter"] and s.get("lock")), s0)
-    chain = [
-        (lock_of(s), s.get("hold_mode"), [s.get("hold_at") or "?"]) for s in segs if s.get("lock")
-    ]
+    held = next((s for s in segs if s.holder == s0.waiter and s.lock), s0)
+    chain = [(lock_of(s), s.hold_mode, [s.hold_at or "?"]) for s in segs if s.lock]
     # print_circular_lock_scenario(): source is wanted, target held, parent -> target exists
-    locks = [lock_of(s) for s in segs if s.get("lock")]
+    locks = [lock_of(s) for s in segs if s.lock]
     source, target = lock_of(s0), lock_of(held)
     parent = source if len(locks) == 2 else locks[-1]
     scenario = [ln for ln in unsafe_scenario(source, parent, target) if "DEADLOCK" not in ln]
     return circular_locking(
-        comm(s0["waiter"]),
-        s0["waiter"],
-        (lock_of(s0), s0.get("wait_mode"), s0.get("wait_at")),
-        (lock_of(held), held.get("hold_mode"), held.get("hold_at")),
+        comm(s0.waiter),
+        s0.waiter,
+        (lock_of(s0), s0.wait_mode, s0.wait_at),
+        (lock_of(held), held.hold_mode, held.hold_at),
         chain,
         scenario,
         ident,
@@ -510,27 +590,27 @@ def _cycle_lockdep(report: dict[str, Any], ident: tuple[str, str, str]) -> list[
     )
 
 
-def _same_event(report: dict[str, Any], ev: dict[str, Any]) -> bool:
-    cycle = report.get("cycle") or {}
-    if cycle.get("kind") != ev.get("type"):
+def _same_event(report: Findings, ev: EventSnap) -> bool:
+    cycle = report.cycle
+    if cycle is None or cycle.kind != ev.type or not cycle.segments:
         return False
-    segs = cycle.get("segments") or [{}]
-    return any(t.get("pid") == segs[0].get("waiter") for t in ev.get("tasks") or [])
+    return any(t.pid == cycle.segments[0].waiter for t in ev.tasks)
 
 
-def render(report: dict[str, Any], tainted: str | None = None) -> list[Record]:
-    """Every finding of ``report`` (a report's JSON form) as kernel log records."""
+def render(report: Findings | Mapping[str, Any], tainted: str | None = None) -> list[Record]:
+    """Every finding of ``report`` (typed, or a report's JSON form: a live report's
+    :meth:`~stackfs.watchdog.report.Report.findings` or a saved ``report.json``) as kernel
+    log records."""
+    f = report if isinstance(report, Findings) else findings.parse(report)
     ident = kernel_ident(tainted)
     out: list[Record] = []
-    hangs = list(report.get("hangs") or [])
-    hung_tids = {t for h in hangs if isinstance(t := (h.get("task") or {}).get("tid"), int)}
-    for h in hangs:
-        out += hung_task(report, h, ident, hung_tids)
-    if hangs:
-        out += show_all_locks(report)
-    events = list(report.get("events") or [])
-    if report.get("cycle") and not any(_same_event(report, ev) for ev in events):
-        out += _cycle_lockdep(report, ident)
-    for ev in events:
+    hung_tids = {t for h in f.hangs if (t := h.task.tid) is not None}
+    for h in f.hangs:
+        out += blocked_task(f, h, ident, hung_tids)
+    if f.hangs:
+        out += show_all_locks(f)
+    if f.cycle is not None and not any(_same_event(f, ev) for ev in f.events):
+        out += cycle_lockdep(f, ident)
+    for ev in f.events:
         out += model_event(ev, ident)
     return out

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from stackfs import fusectl
+from stackfs.kernel.snapshot import RequestSnap
 from stackfs.mountinfo import MountEntry
 from stackfs.watchdog import clusterdep
 from stackfs.watchdog import graph as graph_mod
-from stackfs.watchdog.daemons import DaemonView, fuse_daemons, query_daemons
+from stackfs.watchdog.daemons import DaemonView, ServiceView, fuse_daemons, query_daemons
 from stackfs.watchdog.daemons import services as daemon_services
 from stackfs.watchdog.detect import (
     DEFAULT_THRESHOLD,
@@ -34,6 +35,7 @@ from stackfs.watchdog.procscan import Scanner, TaskInfo
 from stackfs.watchdog.progress import ProgressTracker
 from stackfs.watchdog.recover import Recovery, recover_connections
 from stackfs.watchdog.report import Report, write_json
+from stackfs.watchdog.scope import RunScope
 
 
 class Watchdog:
@@ -44,6 +46,8 @@ class Watchdog:
     ``abort``: recover (abort, detach, reap) as soon as something is reported.
     ``report_dir`` / ``json_file``: where to write each report (text, JSON, picture).
     ``since``: ignore modelled events older than this (default: now).
+    ``scope``: see only that run's tasks, mounts, daemons and services
+    (:class:`~stackfs.watchdog.scope.RunScope`); None: everything on the machine.
     """
 
     def __init__(
@@ -61,7 +65,9 @@ class Watchdog:
         since: float | None = None,
         event_settle: float | None = None,
         grace: float = 0.25,
+        scope: RunScope | None = None,
     ) -> None:
+        self.scope = scope
         self.targets = [os.path.abspath(m) for m in mounts] if mounts else None
         self.threshold = threshold
         self.interval = interval
@@ -92,7 +98,7 @@ class Watchdog:
         self._irrelevant: set[tuple[int, int | None]] = set()
         self._tasks: dict[int, TaskInfo] = {}
         self._scan_every = scan_interval
-        self._last_key: tuple = ()
+        self._last_key: tuple[tuple[int, int], ...] = ()
         self._forming = False
         #: conn -> monotonic time before which its daemon's state is not polled again
         self._backoff: dict[int, float] = {}
@@ -107,7 +113,10 @@ class Watchdog:
     def _refresh_mounts(self) -> None:
         table = self.scanner.refresh_mounts()
         fuse = [e for e in table if e.is_fuse]
-        if self.targets is None:
+        if self.targets is None and self.scope is not None:
+            pids = self.scope.pids()
+            chosen = [e for e in fuse if e.is_testbed and self.scope.owns_mount(e, pids)]
+        elif self.targets is None:
             chosen = fuse
         else:
             chosen = [e for e in fuse if e.mountpoint in self.targets]
@@ -179,7 +188,7 @@ class Watchdog:
         hangs: list[Hang] = []
         if busy and mono - self._last_scan >= self._scan_every:
             self._last_scan = mono
-            hangs = self._hangs(self.scanner.scan(), waiting)
+            hangs = self._hangs(self._scan(), waiting)
             # nothing new forming and the counters unchanged (a hang already reported, or
             # one on a mount we do not watch): scan less and less often, up to once a second
             key = tuple(sorted(waiting.items()))
@@ -214,6 +223,13 @@ class Watchdog:
             return self._finish(self._build(waiting=waiting, full=True))
         return None
 
+    def _scan(self) -> dict[int, TaskInfo]:
+        """The blocked tasks (of the scope's run only, with a scope)."""
+        tasks = self.scanner.scan()
+        if self.scope is None:
+            return tasks
+        return self.scope.tasks(tasks, self.scope.pids(), self.entries)
+
     def _candidates(self, tasks: dict[int, TaskInfo]) -> set[int]:
         conns = set(self.entries)
         return {
@@ -239,7 +255,7 @@ class Watchdog:
         """Look now, whatever the counters say: a report, with verdict ``ok`` if nothing."""
         self._refresh_mounts()
         waiting = self.waiting()
-        tasks = self.scanner.scan()
+        tasks = self._scan()
         self.detector.observe(tasks)
         views = query_daemons([e for e in self.entries.values() if e.is_testbed], timeout=0.5)
         self._pending.extend(self.detector.new_events(views))
@@ -256,6 +272,13 @@ class Watchdog:
         table = [e for e in self.scanner.mounts if e.is_fuse]
         want = set(self.entries) | {t.conn for t in tasks.values() if t.conn is not None}
         chosen = [e for e in table if e.is_testbed or e.conn in want]
+        if self.scope is not None:  # another run's daemons are not this run's story
+            pids = self.scope.pids()
+            chosen = [
+                e
+                for e in chosen
+                if e.conn in self.entries or e.conn in want or self.scope.owns_mount(e, pids)
+            ]
         foreign = fuse_daemons() if any(not e.is_testbed for e in chosen) else None
         return query_daemons(chosen, timeout=1.0, foreign=foreign)
 
@@ -269,7 +292,7 @@ class Watchdog:
         waiting = dict(waiting or {})
         tasks = self._tasks
         if full and not hangs:
-            tasks = self._tasks = self.scanner.scan()
+            tasks = self._tasks = self._scan()
             self.detector.observe(tasks)
             hangs = self.detector.hangs(tasks, self._candidates(tasks), {}, waiting)
         hangs = list(hangs or [])
@@ -281,17 +304,13 @@ class Watchdog:
             views,
             self.scanner,
             all_waiting,
-            services=daemon_services() if _scoped_locks(views) else None,
+            services=self._services() if _scoped_locks(views) else None,
         )
         # a task's connection may only be known from a daemon's request: hang details again
         relevant = self._relevant(g, tasks)
         g.keep_component(
             [f"task:{t}" for t in relevant]
-            + [
-                n.id
-                for n in g.nodes.values()
-                if n.kind == "conn" and n.attrs.get("conn") in self.entries
-            ]
+            + [n.id for n in g.nodes.values() if n.kind == "conn" and n.attrs.conn in self.entries]
         )
         hangs = (
             self.detector.hangs(
@@ -324,7 +343,7 @@ class Watchdog:
         errors = self.detector.errors[self._errors_reported :]
         self._errors_reported = len(self.detector.errors)
         verdict, summary = _verdict(hangs, cycle, events, errors, g, self.threshold, slow)
-        involved = {n.attrs.get("conn") for n in g.nodes.values()}
+        involved = {n.attrs.conn for n in g.nodes.values()}
         involved |= {h.task.conn for h in hangs}
         waiting = {c: n for c, n in all_waiting.items() if c in involved or c in self.entries}
         report = Report(
@@ -374,12 +393,11 @@ class Watchdog:
                     ),
                     None,
                 )
-                h.request = req_node.attrs.get("request") if req_node is not None else None
+                h.request = graph_mod.request_of(req_node) if req_node is not None else None
             served = _served_by(g, h.task.tid)
             if served is not None:
                 req_node, worker = served
-                req = req_node.attrs.get("request") or {}
-                daemon, rid = req_node.attrs.get("daemon"), req.get("id")
+                daemon, rid = req_node.attrs.daemon, graph_mod.request_of(req_node).id
                 if isinstance(daemon, int) and isinstance(rid, int):
                     h.progress = self.progress.judge(daemon, rid, worker)
                     undecided |= h.progress.verdict == "unknown"
@@ -412,13 +430,21 @@ class Watchdog:
             return self.scan_interval if report.undecided else None
         return max(0.01, self.threshold - min(short))
 
+    def _services(self) -> dict[int, ServiceView]:
+        """The service daemons (lock managers, automounters): the scope's run's only."""
+        found = daemon_services()
+        if self.scope is None:
+            return found
+        pids = self.scope.pids()
+        return {p: s for p, s in found.items() if self.scope.owns_service(p, s.run_id, pids)}
+
     def _relevant(self, g: graph_mod.WaitGraph, tasks: dict[int, TaskInfo]) -> set[int]:
         """Tasks connected in the graph to a watched connection (either direction)."""
         conns = set(self.entries)
-        seeds = [n.id for n in g.nodes.values() if n.attrs.get("conn") in conns]
+        seeds = [n.id for n in g.nodes.values() if n.attrs.conn in conns]
         seeds += [f"task:{t.tid}" for t in tasks.values() if t.conn in conns]
         seen = g.component(seeds)
-        out = {g.nodes[n].attrs.get("tid") for n in seen if g.nodes[n].kind == "task"}
+        out = {g.nodes[n].attrs.tid for n in seen if g.nodes[n].kind == "task"}
         out |= {t.tid for t in tasks.values() if t.conn in conns}
         return {t for t in out if isinstance(t, int)}
 
@@ -512,7 +538,7 @@ def _verdict(
         )
     if "oops" in types:
         ev = events[types.index("oops")]
-        return "oops", str(ev.event.get("summary", "oops"))
+        return "oops", ev.event.summary or "oops"
     held = [h for h in hangs if _held_by_the_testbed(g, h.task.tid)]
     hangs = [h for h in hangs if h not in held]
     if hangs:
@@ -528,7 +554,7 @@ def _verdict(
         )
     for kind in ("recursive_locking", "lock_inversion", "barrier_timeout"):
         if kind in types:
-            return kind, str(events[types.index(kind)].event.get("summary", kind))
+            return kind, events[types.index(kind)].event.summary or kind
     if errors:
         return "error", "; ".join(e.render() for e in errors)
     if slow:
@@ -578,7 +604,7 @@ def _served_by(g: graph_mod.WaitGraph, tid: int) -> tuple[graph_mod.Node, int] |
             if len(edges) != 1 or edges[0].kind != "served_by":
                 return None
             worker = g.nodes.get(edges[0].dst)
-            wtid = worker.attrs.get("tid") if worker is not None else None
+            wtid = worker.attrs.tid if worker is not None else None
             if worker is None or g.out(worker.id) or not isinstance(wtid, int):
                 return None
             return g.nodes[node], wtid
@@ -589,12 +615,11 @@ def _served_by(g: graph_mod.WaitGraph, tid: int) -> tuple[graph_mod.Node, int] |
 def _slow_line(h: Hang) -> str:
     """One task's slow work, e.g. ``sh/5858 waits for write (req #6, 2.3 s), served in worker
     thread 5861: 312 MB written, 0.95 s of CPU in the last 1.0 s``."""
-    req = h.request or {}
+    req = h.request or RequestSnap.parse({})
     ev = h.progress
-    age = req.get("age")
-    at = f"req #{req.get('id')}" + (f", {age:.1f} s" if isinstance(age, (int, float)) else "")
+    at = f"req #{req.id}" + (f", {req.age:.1f} s" if req.age is not None else "")
     return (
-        f"{h.task.comm}/{h.task.tid} waits for {req.get('op', 'a request')} ({at}), served in "
+        f"{h.task.comm}/{h.task.tid} waits for {req.op or 'a request'} ({at}), served in "
         f"worker thread {ev.worker if ev is not None else '?'}: "
         + (ev.render() if ev is not None else "")
     )
@@ -642,6 +667,4 @@ def _timing(r: Report, g: graph_mod.WaitGraph, now: float) -> dict[str, Any]:
 
 def _scoped_locks(views: dict[int, DaemonView]) -> bool:
     """Does any daemon report a cluster-scoped lock (one served by a lock manager)?"""
-    return any(
-        lock.get("scope") for v in views.values() for lock in (v.state or {}).get("locks") or []
-    )
+    return any(lock.scope for v in views.values() for lock in v.snapshot.locks)

@@ -101,10 +101,10 @@ def to_dot(
         if n.id in in_cycle:
             style.append("filled")
             attrs += ['fillcolor="#ffd0d0"', 'color="#c00000"', "penwidth=2"]
-        elif n.kind == "task" and n.attrs.get("tid") in hung:
+        elif n.kind == "task" and n.attrs.tid in hung:
             style.append("filled")
             attrs.append('fillcolor="#ffe0b0"')
-        elif n.kind == "task" and n.attrs.get("state") == "D":
+        elif n.kind == "task" and n.attrs.state == "D":
             style.append("filled")
             attrs.append('fillcolor="#fff0c0"')
         if style:

@@ -132,10 +132,8 @@ class ProgressTracker:
             if view.pid is None:
                 continue
             for req in view.inflight():
-                worker = (req.get("worker") or {}).get("tid")
-                rid = req.get("id")
-                if isinstance(worker, int) and isinstance(rid, int):
-                    self.take(view.pid, rid, worker)
+                if req.worker is not None and req.id is not None:
+                    self.take(view.pid, req.id, req.worker)
         self._prune()
 
     def take(self, daemon: int, rid: int, worker: int) -> Sample | None:

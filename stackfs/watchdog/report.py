@@ -1,18 +1,24 @@
 """The watchdog's report in three forms: kernel-style text, JSON, and a picture of the graph.
 
-The text reads like the kernel's own messages:
+The text is the kernel log records of :mod:`stackfs.watchdog.kernfmt` (what ``--kmsg`` writes),
+without their ``stackfs[PID]:`` tag, each followed by the testbed's own evidence lines, which
+the kernel cannot print:
 
-* ``INFO: task stat:2861 blocked for more than 1 seconds.`` with the task line and the
-  ``Call Trace`` from ``/proc/TID/stack`` (kernel/hung_task.c, ``sched_show_task``), followed
-  by what the kernel cannot say: the FUSE connection, its ``waiting`` count, the daemon and the
-  request it is serving;
+* a task in state D: the hung-task block (``INFO: task stat:2861 blocked for more than 1
+  seconds.``, the taint line, ``sched_show_task()`` and the ``Call Trace`` from
+  ``/proc/TID/stack``, ``debug_show_blocker()``); a task asleep in state S in a FUSE wait: the
+  testbed's own block (``blocked in an interruptible FUSE wait``), then the same task line;
+  after either, the FUSE connection, its ``waiting`` count, the daemon and the request it is
+  serving;
 * ``Showing all locks held in the system:`` (``debug_show_all_locks``) from the modelled locks
   and the i_rwsem holds inferred from stacks;
-* for a cycle, lockdep's "possible circular locking dependency detected" (or "possible
-  recursive locking detected" for one task) with the "Possible unsafe locking scenario" table,
-  one column per task (kernel/locking/lockdep.c, ``print_circular_lock_scenario``);
-* for an oops, the ``kernel BUG at ...`` block and every racing task's call chain in the form of
-  the crash dump of seed 003.
+* for a lock cycle, lockdep's "possible circular locking dependency detected" (or "possible
+  recursive locking detected" for one task), then the wait-for cycle; for a cycle through a
+  FUSE request, the testbed's ``WARNING: deadlock:`` block with the "Possible unsafe locking
+  scenario" table, one column per task (kernel/locking/lockdep.c,
+  ``print_circular_lock_scenario``);
+* for an oops, the ``kernel BUG at ...`` block (of the release the model stands for) and every
+  racing task's call chain in the form of the crash dump of seed 003.
 
 The JSON has the same content; the picture (``waitgraph.svg``/``.png``) is drawn by graphviz
 ``dot`` when it is installed (:mod:`stackfs.watchdog.picture`).
@@ -27,17 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stackfs.kernel.snapshot import RequestSnap, TaskRef
+from stackfs.watchdog import findings, kernfmt
 from stackfs.watchdog.daemons import DaemonView
 from stackfs.watchdog.detect import Hang, ModelEvent, WorkloadError
 from stackfs.watchdog.escape import path_text, printable, printable_json
-from stackfs.watchdog.graph import Cycle, Segment, WaitGraph, short
+from stackfs.watchdog.graph import Cycle, Segment, WaitGraph, request_of, short
 from stackfs.watchdog.picture import write_picture
 from stackfs.watchdog.procscan import TaskInfo
-
-RULE_CIRC = "=" * 54
-RULE_CIRC2 = "-" * 54
-RULE_REC = "=" * 44
-RULE_REC2 = "-" * 44
 
 
 @dataclass
@@ -97,8 +100,8 @@ class Report:
 
         def reach(tids: set[int]) -> tuple[set[int], set[int]]:
             nodes = g.reachable([f"task:{t}" for t in tids])
-            conns = {c for n in nodes if isinstance(c := g.nodes[n].attrs.get("conn"), int)}
-            tasks = {t for n in nodes if isinstance(t := g.nodes[n].attrs.get("tid"), int)}
+            conns = {c for n in nodes if (c := g.nodes[n].attrs.conn) is not None}
+            tasks = {t for n in nodes if (t := g.nodes[n].attrs.tid) is not None}
             return conns, tasks
 
         slow_conns, slow_tids = reach({h.task.tid for h in self.slow})
@@ -118,9 +121,8 @@ class Report:
                 conns.add(h.task.conn)
         if self.graph is not None:
             for n in self.graph.nodes.values():
-                c = n.attrs.get("conn")
-                if isinstance(c, int):
-                    conns.add(c)
+                if n.attrs.conn is not None:
+                    conns.add(n.attrs.conn)
         for t in self.blocked:
             if t.conn is not None:
                 conns.add(t.conn)
@@ -147,9 +149,15 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form; every path in it escaped (:mod:`stackfs.watchdog.escape`)."""
-        return printable_json(self._json())
+        out: dict[str, Any] = printable_json(self._json())
+        return out
 
     def _json(self) -> dict[str, Any]:
+        return {**self.findings(), "text": self.text()}
+
+    def findings(self) -> dict[str, Any]:
+        """The JSON form without its ``text`` (what :mod:`stackfs.watchdog.kernfmt` renders);
+        paths unescaped."""
         return {
             "verdict": self.verdict,
             "summary": self.summary,
@@ -172,7 +180,6 @@ class Report:
             "recovery": self.recovery.to_json() if self.recovery is not None else None,
             "files": self.files,
             "notes": self.notes,
-            "text": self.text(),
         }
 
     def write(self, directory: str | os.PathLike[str], picture: bool = True) -> dict[str, str]:
@@ -219,59 +226,61 @@ def _clock(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
 
 
-def lock_class(is_dir: bool | None) -> str:
-    """The lockdep class of an inode's i_rwsem (``lockdep_annotate_inode_mutex_key``)."""
-    return "&type->i_mutex_dir_key" if is_dir else "&sb->s_type->i_mutex_key"
-
-
 def lock_name(g: WaitGraph | None, nid: str | None) -> str:
     """How the scenario table names a lock node."""
     if g is None or nid is None or nid not in g.nodes:
         return "?"
     n = g.nodes[nid]
     if n.kind == "klock":
-        return f"{lock_class(n.attrs.get('is_dir'))} {n.attrs.get('path')}"
-    desc = n.attrs.get("desc")
-    return f"{n.attrs.get('ident')}" + (f" {desc}" if desc else "")
+        return f"{kernfmt.lock_class(n.attrs.is_dir)} {n.attrs.path}"
+    desc = n.attrs.desc
+    return f"{n.attrs.ident}" + (f" {desc}" if desc else "")
 
 
 def _task_name(g: WaitGraph | None, tid: int) -> str:
     if g is not None and tid in g.tasks:
         return g.tasks[tid].name()
     if g is not None and f"task:{tid}" in g.nodes:
-        return f"{g.nodes[f'task:{tid}'].attrs.get('comm', '?')}/{tid}"
+        return f"{g.nodes[f'task:{tid}'].attrs.comm or '?'}/{tid}"
     return f"?/{tid}"
 
 
-def render_hang(
-    h: Hang, threshold: float, hung: bool = True, g: WaitGraph | None = None
-) -> list[str]:
+def _texts(records: list[kernfmt.Record]) -> list[str]:
+    """Kernel log records as report.txt has them: their text, without the tag."""
+    return [r.text for r in records]
+
+
+def render_blocked(h: Hang) -> list[str]:
+    """The testbed's own block of a task that is not hung (yet): slow (its request is being
+    served with progress) or blocked for less than the threshold so far."""
     t = h.task
-    lim = f"{threshold:g}"
     if h.slow:
-        out = [
+        head = (
             f"task {t.comm}:{t.tid} blocked for {h.blocked_for:.2f} seconds: slow, not hung "
             "(the daemon is serving its request; no hung-task report):"
-        ]
-    elif hung:
-        out = [
-            f"INFO: task {t.comm}:{t.tid} blocked for more than {lim} seconds.",
-            f"      Not tainted {os.uname().release} (stackfs watchdog)",
-            f'"stackfs watch --threshold {lim}" sets this limit '
-            "(the kernel's own: /proc/sys/kernel/hung_task_timeout_secs).",
-        ]
+        )
     else:
-        out = [
+        head = (
             f"task {t.comm}:{t.tid} blocked for {h.blocked_for:.2f} seconds "
             "(under the threshold so far; it is part of the wait-for graph):"
-        ]
-    out += [
+        )
+    return [
+        head,
         f"task:{t.comm:<15.15} state:{t.state} pid:{t.tid:<5d} tgid:{t.pid:<5d} "
         f"ppid:{t.ppid:<6d} wchan:{t.wchan or '?'}",
         "Call Trace:",
         " <TASK>",
         *(f" {line}" for line in t.stack),
         " </TASK>",
+    ]
+
+
+def render_evidence(h: Hang, g: WaitGraph | None = None) -> list[str]:
+    """What the testbed knows of a blocked task and the kernel cannot print: since when, the
+    syscall, the FUSE connection and its daemon, the request, the worker's progress, the locks
+    it waits for."""
+    t = h.task
+    out = [
         f" blocked for {h.blocked_for:.2f} s (since {_clock(h.since)}, "
         + {"sched": "last ran per se.exec_start)", "request": "its FUSE request's arrival)"}.get(
             h.how, "switch count unchanged)"
@@ -282,11 +291,11 @@ def render_hang(
     if t.conn is not None and not t.fuse_wait:
         out.append(f" on mount: {t.mountpoint} (FUSE connection {t.conn}, {t.fsname})")
     elif t.conn is not None:
-        d = h.daemon or {}
+        d = h.daemon
         who = (
-            f"daemon {d.get('comm') or '?'}/{d.get('pid')}"
-            + (" (alive)" if d.get("alive") else " (gone)" if d.get("alive") is False else "")
-            if d.get("pid")
+            f"daemon {d.comm or '?'}/{d.pid}"
+            + (" (alive)" if d.alive else " (gone)" if d.alive is False else "")
+            if d is not None and d.pid
             else "daemon unknown"
         )
         out.append(
@@ -297,16 +306,14 @@ def render_hang(
     elif t.fuse_wait:
         out.append(" waits on: a FUSE connection that could not be identified")
     r = h.request
-    if r:
-        worker = (r.get("worker") or {}).get("tid")
-        age = r.get("age")
+    if r is not None:
         out.append(
-            f" request: #{r.get('id')} {r.get('op')}"
-            + (f' "{path_text(r["name"])}"' if r.get("name") else "")
-            + (f" (ino {r.get('ino')})" if r.get("ino") is not None else "")
-            + (f", in flight {age:.2f} s" if isinstance(age, (int, float)) else "")
-            + (f", served by worker thread {worker}" if worker else "")
-            + ("" if r.get("task") else ", caller paired by opcode (the request has no pid)")
+            f" request: #{r.id} {r.op}"
+            + (f' "{path_text(r.name)}"' if r.name else "")
+            + (f" (ino {r.ino})" if r.ino is not None else "")
+            + (f", in flight {r.age:.2f} s" if r.age is not None else "")
+            + (f", served by worker thread {r.worker}" if r.worker else "")
+            + ("" if r.task else ", caller paired by opcode (the request has no pid)")
         )
     if h.progress is not None:
         out.append(f" progress of worker thread {h.progress.worker}: {h.progress.render()}")
@@ -321,49 +328,12 @@ def render_hang(
     return out
 
 
-def render_locks_held(r: Report) -> list[str]:
-    """``Showing all locks held in the system:``, modelled and inferred."""
-    held: dict[int, list[str]] = {}
-    names: dict[int, str] = {}
-    for view in r.daemons.values():
-        for lock in (view.state or {}).get("locks") or []:
-            ident = f"{lock.get('name', 'lock')} {lock.get('key', '?')}"
-            for h in lock.get("holders") or []:
-                task = h.get("task") or {}
-                pid = task.get("pid")
-                if not isinstance(pid, int):
-                    continue
-                names[pid] = f"{task.get('comm', '?')}/{pid}"
-                chain = h.get("chain") or []
-                held.setdefault(pid, []).append(
-                    f"({ident}){{{'+.+.' if h.get('mode') == 'write' else '.+.+'}}}, at: "
-                    f"{chain[-1] if chain else '?'}  [{lock.get('desc') or ''}, "
-                    f"{h.get('mode')}, model of {view.fsname}]"
-                )
-    g = r.graph
-    if g is not None:
-        for e in g.edges:
-            if e.kind != "held_by" or not e.inferred:
-                continue
-            n = g.nodes[e.src]
-            tid = g.nodes[e.dst].attrs.get("tid")
-            if not isinstance(tid, int):
-                continue
-            names[tid] = _task_name(g, tid)
-            mode = e.attrs.get("mode")
-            held.setdefault(tid, []).append(
-                f"({lock_class(n.attrs.get('is_dir'))}){{{'+.+.' if mode == 'write' else '.+.+'}}}"
-                f", at: {e.attrs.get('at')}  [{n.attrs.get('path')}, {mode}, inferred from the "
-                "kernel stack]"
-            )
-    out = ["", "Showing all locks held in the system:"]
-    if not held:
-        out.append("(no lock holder known)")
-    for pid, locks in held.items():
-        count = len(locks)
-        out.append(f"{count} lock{'s' if count != 1 else ''} held by {names[pid]}:")
-        out.extend(f" #{i}: {line}" for i, line in enumerate(locks))
-    out += ["", "============================================="]
+def render_locks_held(data: findings.Findings) -> list[str]:
+    """``Showing all locks held in the system:`` (:func:`kernfmt.show_all_locks`), modelled
+    and inferred."""
+    out = _texts(kernfmt.show_all_locks(data))
+    if not out:
+        out = ["", "Showing all locks held in the system:", "(no lock holder known)", "", "=" * 45]
     return out
 
 
@@ -384,8 +354,8 @@ def _scenario(g: WaitGraph, cycle: Cycle) -> list[str]:
             )
     for s in cycle.segments:  # phase 2: what each task waits for
         if s.request is not None:
-            req = (g.nodes[s.request].attrs.get("request") or {}) if s.request in g.nodes else {}
-            what = f"{req.get('op', '?')}" + (f' "{req.get("name")}"' if req.get("name") else "")
+            req = request_of(g.nodes[s.request]) if s.request in g.nodes else RequestSnap.parse({})
+            what = f"{req.op or '?'}" + (f' "{req.name}"' if req.name else "")
             rows.append((col[s.waiter], f"fuse_request({what});"))
             if s.lock is None and s.holder in col:
                 rows.append((col[s.holder], f"<serves {what}>"))
@@ -411,48 +381,23 @@ def _scenario(g: WaitGraph, cycle: Cycle) -> list[str]:
     return out
 
 
-def render_cycle(r: Report, cycle: Cycle) -> list[str]:
+def render_cycle(
+    r: Report, cycle: Cycle, data: findings.Findings, ident: tuple[str, str, str]
+) -> list[str]:
+    """The report's cycle: a lock cycle in lockdep's words (:func:`kernfmt.cycle_lockdep`),
+    a cycle through a FUSE request in the testbed's own ``WARNING: deadlock:`` block; then the
+    wait-for cycle."""
     g = r.graph
     assert g is not None
-    if cycle.kind == "recursive_locking" and cycle.segments:
-        s = cycle.segments[0]
-        name = _task_name(g, s.waiter)
-        lname = lock_name(g, s.lock)
-        out = [
-            "",
-            RULE_REC,
-            "WARNING: possible recursive locking detected",
-            f"{os.uname().release} (stackfs watchdog: a cycle in the wait-for graph)",
-            RULE_REC2,
-            f"{name} is trying to acquire lock:",
-            f" ({lname}), at: {s.wait_at or '?'}",
-            "",
-            "but task is already holding lock:",
-            f" ({lname}), at: {s.hold_at or '?'}",
-            "",
-        ]
-        if s.request:
-            out += [
-                f"(the new attempt is made for it by the daemon serving {short(g, s.request)})",
+    lockdep = _texts(kernfmt.cycle_lockdep(data, ident)) if cycle is r.cycle else []
+    if lockdep:
+        s0 = cycle.segments[0]
+        if cycle.kind == "recursive_locking" and s0.request:
+            lockdep += [
+                f"(the new attempt is made for it by the daemon serving {short(g, s0.request)})",
                 "",
             ]
-        out += [
-            "other info that might help us debug this:",
-            " Possible unsafe locking scenario:",
-            "",
-            "       CPU0",
-            "       ----",
-            f"       {name}",
-            f"  lock({lname});",
-            f"  lock({lname});",
-            "",
-            " *** DEADLOCK ***",
-            "",
-            " May be due to missing lock nesting notation",
-            "",
-        ]
-        out += _cycle_path(g, cycle)
-        return out
+        return lockdep + _cycle_path(g, cycle)
     header = (
         "WARNING: possible circular locking dependency detected"
         if cycle.kind == "lock_inversion"
@@ -460,10 +405,10 @@ def render_cycle(r: Report, cycle: Cycle) -> list[str]:
     )
     out = [
         "",
-        RULE_CIRC,
+        kernfmt.RULE_CIRC,
         header,
-        f"{os.uname().release} (stackfs watchdog: a cycle in the wait-for graph)",
-        RULE_CIRC2,
+        f"{kernfmt.uts_line(ident)} (stackfs watchdog: a cycle in the wait-for graph)",
+        kernfmt.RULE_CIRC2,
     ]
     for i, s in enumerate(cycle.segments):
         w, h = _task_name(g, s.waiter), _task_name(g, s.holder)
@@ -477,7 +422,7 @@ def render_cycle(r: Report, cycle: Cycle) -> list[str]:
             )
             out += [
                 lead,
-                f" ({short(g, comp.id)}), at: {s.wait_at or '?'}",
+                f" ({short(g, comp.id)}), at: {s.wait_at or '?'}  [modelled wait queue]",
                 "",
                 f"which only {h} can complete:",
                 "",
@@ -507,7 +452,7 @@ def render_cycle(r: Report, cycle: Cycle) -> list[str]:
             ]
         elif s.request is not None:
             node = g.nodes.get(s.request)
-            dpid = node.attrs.get("daemon") if node else None
+            dpid = node.attrs.daemon if node else None
             view = next((v for v in g.daemons.values() if v.pid == dpid), None)
             daemon = f"{view.name()} ({view.fsname})" if view else str(dpid)
             out += [
@@ -533,12 +478,13 @@ def _model_event_of(r: Report, cycle: Cycle) -> ModelEvent | None:
     if node is None or node.kind != "lock":
         return None
     for ev in r.events:
-        tasks = ev.event.get("tasks") or [{}]
+        tasks = ev.event.tasks
         if (
             ev.type == "recursive_locking"
-            and ev.daemon_pid == node.attrs.get("daemon")
-            and (ev.event.get("detail") or {}).get("lock") == node.attrs.get("ident")
-            and tasks[0].get("pid") == seg.waiter
+            and ev.daemon_pid == node.attrs.daemon
+            and ev.event.detail.lock == node.attrs.ident
+            and tasks
+            and tasks[0].pid == seg.waiter
         ):
             return ev
     return None
@@ -551,102 +497,36 @@ def _cycle_path(g: WaitGraph, cycle: Cycle) -> list[str]:
     return out + [""]
 
 
-def render_event(ev: ModelEvent) -> list[str]:
+def render_event(ev: ModelEvent, ident: tuple[str, str, str] | None = None) -> list[str]:
+    """A modelled kernel event: the kernel's records (:func:`kernfmt.model_event`, of the
+    release the model stands for), then where it happened and, for an oops, every racing
+    task's call chain (crash dump form)."""
     e = ev.event
-    d = e.get("detail") or {}
-    tasks = e.get("tasks") or []
     where = f"[stackfs model: {ev.fsname} on {ev.mountpoint}, {_clock(ev.time)}]"
+    if ev.type not in ("oops", "recursive_locking", "lock_inversion"):
+        return ["", f"stackfs: {ev.type}: {e.summary or ''} {where}"]
+    ident = ident or kernfmt.kernel_ident()
+    records = _texts(kernfmt.model_event(e, ident))
+    out = ([""] if records and records[0] else []) + records + [where]  # a blank line before
     if ev.type == "oops":
-        lines = list(d.get("lines") or [])
-        if not lines:
-            lines = [
-                "------------[ cut here ]------------",
-                d.get("bug") or f"BUG: {e.get('summary')}",
-            ]
-        out = [
+        release = e.release
+        out += [
             "",
-            *lines,
-            where,
-            "---[ end trace ]---",
-            "",
-            "racing tasks (crash dump, innermost frame first):",
+            "racing tasks (crash dump"
+            + (f" of the modelled {release} kernel" if release else "")
+            + ", innermost frame first):",
         ]
-        for t in tasks:
-            out.append(f'PID: {t.get("pid")}  COMMAND: "{t.get("comm")}"')
-            for i, fn in enumerate(reversed(t.get("chain") or [])):
+        for t in e.tasks:
+            out.append(f'PID: {t.pid}  COMMAND: "{t.comm}"')
+            for i, fn in enumerate(reversed(t.chain)):
                 out.append(f" #{i} {fn}")
-        return out
-    if ev.type == "recursive_locking":
-        me = tasks[0] if tasks else {}
-        lock = d.get("lock", "?")
-        desc = d.get("desc") or ""
-        chain = d.get("chain") or me.get("chain") or []
-        hchain = d.get("held_chain") or []
-        name = f"{me.get('comm', '?')}/{me.get('pid', '?')}"
-        return [
-            "",
-            RULE_REC,
-            "WARNING: possible recursive locking detected",
-            where,
-            RULE_REC2,
-            f"{name} is trying to acquire lock:",
-            f" ({lock}) {desc}, at: {chain[-1] if chain else '?'} [{d.get('mode', '?')}]",
-            "",
-            "but task is already holding lock:",
-            f" ({lock}) {desc}, at: {hchain[-1] if hchain else '?'} [{d.get('held_mode', '?')}]",
-            "",
-            "other info that might help us debug this:",
-            " Possible unsafe locking scenario:",
-            "",
-            "       CPU0",
-            "       ----",
-            f"       {name}",
-            f"  {'r' if d.get('held_mode') == 'read' else ''}lock({lock});",
-            f"  {'r' if d.get('mode') == 'read' else ''}lock({lock});",
-            "",
-            " *** DEADLOCK ***" if d.get("blocks", True) else " (no deadlock: shared twice)",
-            "",
-            " May be due to missing lock nesting notation",
-            "",
-            "stack backtrace (model call chain, innermost first):",
-            *(f" {fn}" for fn in reversed(chain)),
-            "held since (model call chain):",
-            *(f" {fn}" for fn in reversed(hchain)),
+    elif ev.type == "recursive_locking":
+        held = e.detail.held_chain
+        out += [
+            "held since (model call chain, innermost first):",
+            *(f" {fn}" for fn in reversed(held)),
         ]
-    if ev.type == "lock_inversion":
-        new = d.get("new") or {}
-        existing = d.get("existing") or []
-        me = tasks[0] if tasks else {}
-        name = f"{me.get('comm', '?')}/{me.get('pid', '?')}"
-        out = [
-            "",
-            RULE_CIRC,
-            "WARNING: possible circular locking dependency detected",
-            where,
-            RULE_CIRC2,
-            f"{name} is trying to acquire lock:",
-            f" ({new.get('then', '?')}), at: {(new.get('chain') or ['?'])[-1]}",
-            "",
-            "but task is already holding lock:",
-            f" ({new.get('first', '?')}), at: {(new.get('first_chain') or ['?'])[-1]}",
-            "",
-            "which lock already depends on the new lock.",
-            "",
-            "the existing dependency chain (in reverse order) is:",
-            "",
-        ]
-        for i, dep in enumerate(reversed(existing)):
-            out.append(
-                f"-> #{len(existing) - 1 - i} ({dep.get('then', '?')}) "
-                f"[{(dep.get('task') or {}).get('comm', '?')}/"
-                f"{(dep.get('task') or {}).get('pid', '?')}]:"
-            )
-            out.extend(f"       {fn}" for fn in reversed(dep.get("chain") or []))
-            out.append("")
-        out += ["other info that might help us debug this:", ""]
-        out += list(d.get("scenario") or [])
-        return out
-    return ["", f"stackfs: {ev.type}: {e.get('summary', '')} {where}"]
+    return out
 
 
 def render_daemons(r: Report) -> list[str]:
@@ -665,68 +545,77 @@ def render_daemons(r: Report) -> list[str]:
         if view.state is not None:
             out.append(f"  {len(reqs)} request{'s' if len(reqs) != 1 else ''} in flight:")
             for q in reqs:
-                task = q.get("task") or {}
-                worker = (q.get("worker") or {}).get("tid")
-                age = q.get("age")
                 out.append(
-                    f"   #{q.get('id')} {q.get('op')}"
-                    + (f' "{q.get("name")}"' if q.get("name") else "")
-                    + (f" ino {q.get('ino')}" if q.get("ino") is not None else "")
-                    + f" from {task.get('comm', '?')}/{task.get('pid', '?')}"
-                    + (f", {age:.2f} s" if isinstance(age, (int, float)) else "")
-                    + (f", worker {worker}" if worker else "")
+                    f"   #{q.id} {q.op}"
+                    + (f' "{q.name}"' if q.name else "")
+                    + (f" ino {q.ino}" if q.ino is not None else "")
+                    + f" from {_who(q.task)}"
+                    + (f", {q.age:.2f} s" if q.age is not None else "")
+                    + (f", worker {q.worker}" if q.worker else "")
                 )
-            locks = (view.state or {}).get("locks") or []
+            locks = view.snapshot.locks
             if locks:
                 out.append(
                     f"  {len(locks)} modelled lock{'s' if len(locks) != 1 else ''} held or awaited:"
                 )
             for lock in locks:
-                hs = ", ".join(
-                    f"{(h.get('task') or {}).get('comm')}/"
-                    f"{(h.get('task') or {}).get('pid')} {h.get('mode')}"
-                    for h in lock.get("holders") or []
-                )
-                ws = ", ".join(
-                    f"{(w.get('task') or {}).get('comm')}/"
-                    f"{(w.get('task') or {}).get('pid')} {w.get('mode')}"
-                    for w in lock.get("waiters") or []
-                )
+                hs = ", ".join(f"{_who(h.task)} {h.mode}" for h in lock.holders)
+                ws = ", ".join(f"{_who(w.task)} {w.mode}" for w in lock.waiters)
                 out.append(
-                    f"   {lock.get('name')} {lock.get('key')} {lock.get('desc') or ''}: "
-                    f"held by [{hs}] waited for by [{ws}]"
+                    f"   {lock.name} {lock.key} {lock.desc}: held by [{hs}] waited for by [{ws}]"
+                )
+            # a completion held by a task (autofs4's wait queue): modelled, as the locks are
+            comps = view.snapshot.completions
+            if comps:
+                out.append(
+                    f"  {len(comps)} modelled wait queue{'s' if len(comps) != 1 else ''} "
+                    "(completions held by a task):"
+                )
+            for c in comps:
+                ws = ", ".join(_who(w.task) for w in c.waiters)
+                out.append(
+                    f"   {c.name} {c.key} {c.desc}: to be completed "
+                    f"by {_who(c.holder)}, waited for by [{ws}]"
                 )
     return out
 
 
+def _who(task: TaskRef | None) -> str:
+    """``comm/pid`` of a task the model names (``?/?`` when it names none)."""
+    return task.name() if task is not None else "?/?"
+
+
 def render_text(r: Report) -> str:
+    """report.txt: :mod:`kernfmt`'s records without the tag, each block followed by the
+    testbed's own evidence lines."""
+    data = findings.parse(r.findings())
+    ident = kernfmt.kernel_ident()
+    hung_tids = {h.task.tid for h in r.hangs}
     out = [f"stackfs watchdog: {r.verdict}: {r.summary}", ""]
-    for h in r.hangs:
-        out += render_hang(h, r.threshold, g=r.graph)
+    for h, hj in zip(r.hangs, data.hangs, strict=True):
+        out += _texts(kernfmt.blocked_task(data, hj, ident, hung_tids))
+        out += render_evidence(h, r.graph)
         out.append("")
-    for h in r.slow:
-        out += render_hang(h, r.threshold, hung=False, g=r.graph)
-        out.append("")
-    for h in r.also_blocked:
-        out += render_hang(h, r.threshold, hung=False, g=r.graph)
+    for h in r.slow + r.also_blocked:
+        out += render_blocked(h) + render_evidence(h, r.graph)
         out.append("")
     if r.hangs or r.cycle:
-        out += render_locks_held(r)
+        out += render_locks_held(data)
     events = list(r.events)
     if r.cycle is not None:
         same = _model_event_of(r, r.cycle)
         if same is not None:  # the model's own lockdep report says it with its call chains
             events.remove(same)
-            out += render_event(same)
+            out += render_event(same, ident)
             if r.graph is not None:
                 out += [""] + _cycle_path(r.graph, r.cycle)
         else:
-            out += render_cycle(r, r.cycle)
+            out += render_cycle(r, r.cycle, data, ident)
     for c in r.cycles:
         if c is not r.cycle:
             out += ["", f"another cycle: {c.title}", f"  {c.summary}"]
     for ev in events:
-        out += render_event(ev)
+        out += render_event(ev, ident)
     if r.errors:
         out += ["", "unexpected errors reported by the workload:"]
         out += [f"  {e.render()}" for e in r.errors]

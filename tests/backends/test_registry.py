@@ -24,3 +24,20 @@ def test_a_broken_personality_is_not_dropped(monkeypatch: pytest.MonkeyPatch) ->
         backends.personality("broken")
     with pytest.raises(ImportError, match="has no class NoSuchFS"):
         backends.personality("noclass")
+
+
+def test_one_vocabulary_of_variant_names_with_the_scenarios() -> None:
+    """A scenario names each backend's variant by the backend's own name for it (not an
+    alias), and the old names stay as aliases (issue 26 item 2). autofs: issue 23."""
+    from stackfs.repro import registry
+
+    afs = backends.personality("afs")
+    assert afs.resolve_variant("fixed") == "fixed-afs" == afs.resolve_variant("fixed-afs")
+    assert afs.resolve_variant(None) == "buggy"
+    with pytest.raises(ValueError, match=r"unknown variant 'nope' of afs .*fixed \(= fixed-afs\)"):
+        afs.resolve_variant("nope")
+    for scenario in registry.scenarios():
+        for v in scenario.variants:
+            for kind, name in v.params.items():
+                if kind in backends.kinds() and kind != "autofs":
+                    assert name in backends.personality(kind).variants, (scenario.name, v.name)

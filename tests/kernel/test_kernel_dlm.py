@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stackfs.kernel.dlm import DLM, MODES, Action, compatible, demote_target
+from stackfs.kernel.dlm import DLM, MODES, Action, compatible
 
 
 def test_compatibility_matrix():
@@ -20,11 +20,31 @@ def test_compatibility_matrix():
         compatible("XX", "NL")
 
 
-def test_demote_target():
-    assert demote_target("EX", "PR") == "PR"
-    assert demote_target("EX", "EX") == "NL"
-    assert demote_target("PR", "EX") == "NL"
-    assert demote_target("PR", "CR") == "PR"
+def test_a_compatible_conversion_goes_ahead_of_the_queue_and_a_try_is_not_queued():
+    """fs/dlm's ``_can_be_granted`` with ``now``: a conversion compatible with what the other
+    nodes hold is granted at once, ahead of a queued request (GFS2's demote from SH to DF is
+    such a conversion: PR -> CW); ``DLM_LKF_NOQUEUE`` (GFS2's ``LM_FLAG_TRY_1CB``): what
+    cannot be granted at once is answered with the mode held, and nothing is queued."""
+    d = DLM()
+    d.lock("fs", "2/a", "n1", "PR", 1)
+    assert [a.kind for a in d.lock("fs", "2/a", "n2", "CW", 2)] == ["bast"]
+    assert d.lock("fs", "2/a", "n1", "CW", 3) == [
+        Action("grant", "n1", "fs", "2/a", "CW", 3),
+        Action("grant", "n2", "fs", "2/a", "CW", 2),  # DF with DF: both nodes hold it
+    ]
+    # n1 back to PR while n2 holds CW: a try is refused at once, with the mode n1 holds
+    assert d.lock("fs", "2/a", "n1", "PR", 4, try_=True) == [
+        Action("grant", "n1", "fs", "2/a", "CW", 4)
+    ]
+    res = d.resource("fs", "2/a")
+    assert res.queue == [] and res.granted == {"n1": "CW", "n2": "CW"}
+    # not a try: queued, and n2 is asked to demote
+    assert d.lock("fs", "2/a", "n1", "PR", 5) == [Action("bast", "n2", "fs", "2/a", "PR")]
+    # a conversion down never waits (the old rule, kept)
+    assert d.lock("fs", "2/a", "n2", "NL", 6) == [
+        Action("grant", "n2", "fs", "2/a", "NL", 6),
+        Action("grant", "n1", "fs", "2/a", "PR", 5),
+    ]
 
 
 def test_grant_queue_bast_and_demote():

@@ -17,9 +17,11 @@ import pytest
 
 from stackfs.kernel.sched import (
     DFS,
+    FAIR_BOUND,
     PCT,
     Decision,
     FreeRun,
+    Prefix,
     Replay,
     Schedule,
     ScheduleError,
@@ -187,3 +189,80 @@ def test_minimise_keeps_the_decisions_the_failure_needs():
     # a failure that needs nothing forced minimises to the free run
     none, _ = minimise(sched, lambda s: True)
     assert none.decisions == []
+
+
+def test_a_released_task_that_has_not_gone_yet_holds_the_next_decision():
+    """The go is on its way (a daemon's task is told over a socket, by a thread the machine
+    may not run at once): until the task took it (:meth:`Scheduler.wait` returned), the run
+    has not moved, so neither quiescence nor the settle bound may decide the next step (seen:
+    lustre's rename released, then the open released before the rename had left its point)."""
+    s = Scheduler(FreeRun(), settle=0.02)
+    first = s.arrive("w0.mv", "lustre2:mdt_reint_rename")
+    s.arrive("w1.cat", "lustre:ll_file_open")
+    stop = threading.Event()
+    driver = threading.Thread(target=s.drive, args=(lambda _w: True, stop))
+    driver.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not s.decisions and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [d.go for d in s.decisions] == ["w0.mv@lustre2:mdt_reint_rename#1"]
+        time.sleep(0.3)  # quiescent all along, and well past the settle bound
+        assert len(s.decisions) == 1, s.decisions
+        assert s.wait(first, 1.0)  # the task takes its go: now the run may move on
+        deadline = time.monotonic() + 5
+        while len(s.decisions) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [d.go for d in s.decisions][1:] == ["w1.cat@lustre:ll_file_open#1"]
+    finally:
+        stop.set()
+        driver.join(5.0)
+        s.close()
+
+
+def test_dfs_does_not_starve_a_waiting_task():
+    """After its prefix DFS takes the first label in sorted order; a task that keeps arriving
+    at new points (w0) must not hold another (w1) at its point past the fairness bound: a
+    task held that long is reported hung by the watchdog once it blocks after its release
+    (its FUSE request's wait counts from its start)."""
+    p = Prefix([])
+    n = 0
+    for step in range(1, 4 * FAIR_BOUND):
+        n += 1
+        go, forced = p.choose(step, [f"w0.python@p#{n}", "w1.python@q#1"])
+        assert forced
+        if go == "w1.python@q#1":
+            break
+    else:
+        raise AssertionError("w1 never went")
+    assert step == FAIR_BOUND + 1
+    # a prefix (DFS backtracking) is followed as given
+    p = Prefix(["w0.python@p#1"] * 2)
+    assert [p.choose(s, ["w0.python@p#1", "w1.python@q#1"])[0] for s in (1, 2)] == [
+        "w0.python@p#1"
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "limited"),
+    [
+        (Replay(Schedule([Decision(1, "w0.python@p#1", ("w0.python@p#1",))])), False),
+        (Prefix([]), True),
+    ],
+    ids=["replay-past-its-file", "dfs"],
+)
+def test_the_decision_limit_counts_the_strategys_choices(strategy: Strategy, limited: bool):
+    """``max_steps`` gives back a run that a strategy drives without end; a replay past its
+    file is the free run under the scheduler (the earliest arrival goes, no choice), which
+    the limit does not end (fixed-nofault's read case: ~160-230 page-ins and demotes)."""
+    s = Scheduler(strategy, max_steps=3)
+    for _ in range(8):
+        t = s.arrive("w0.python", "p")
+        s.step(True)
+        if s.closed:
+            break
+        assert s.wait(t, 1.0)
+    if limited:
+        assert s.error is not None and "more than 3 decisions" in str(s.error)
+    else:
+        assert s.error is None and len(s.decisions) == 8

@@ -57,7 +57,9 @@ def test_run_buggy_twice_writes_json_and_reports(tmp_path):
     for name in ("report.txt", "report.json", "waitgraph.svg", "waitgraph.png",
                  "summary.txt", "result.json"):
         assert (run_dir / name).exists(), name
-    assert "INFO: task mv:" in (run_dir / "report.txt").read_text()
+    # mv sleeps in request_wait_answer's interruptible wait (state S): the testbed's block
+    assert "task mv:" in (run_dir / "report.txt").read_text()
+    assert " blocked in an interruptible FUSE wait for " in (run_dir / "report.txt").read_text()
     assert "deadlock" in res.stdout and "every run matched" in res.stdout
 
 
@@ -86,6 +88,7 @@ def test_run_exits_1_when_the_observation_differs(tmp_path, capsys):
 @pytest.mark.mount
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+@pytest.mark.xdist_group("demo")  # one demo at a time under xdist (tests/test_readme.py runs one)
 def test_demo_shows_every_scenario_and_variant_and_leaves_nothing_mounted(tmp_path):
     res = stackfs("demo", "--report-dir", str(tmp_path / "demo"), "--junit",
                   str(tmp_path / "demo.xml"), timeout=230 * timeout_factor())

@@ -14,7 +14,8 @@ from junitparser import Failure, JUnitXml
 from stackfs.cli import main
 from stackfs.repro import explore, harness
 from stackfs.repro.cli import _status
-from stackfs.repro.runner import SETUP_ERROR, STILL_RUNNING, WRONG_RESULT, RunResult
+from stackfs.repro.outcome import SETUP_ERROR, STILL_RUNNING, WRONG_RESULT
+from stackfs.repro.runner import RunResult
 from stackfs.repro.stats import BUG, OK, OTHER, classify, summarize
 
 

@@ -6,6 +6,7 @@ In-process (trio plays the daemon, this process the workload); no mount."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -14,7 +15,8 @@ import trio
 from stackfs.kernel.inject import Action, InjectionPoints, parse_action
 from stackfs.kernel.sched import SETTLE, Decision, FreeRun, Replay, Schedule
 from stackfs.kernel.task import Task, running_as
-from stackfs.repro.schedserver import RunScheduler
+from stackfs.linux.proc import thread_states
+from stackfs.repro.schedserver import QUIET_SAMPLES, RunScheduler
 
 
 def test_parse_sched():
@@ -96,3 +98,25 @@ def test_a_cancelled_wait_is_withdrawn_from_the_choices():
             time.sleep(0.01)
         assert rs.sched.waiting() == []
         assert rs.sched.decisions == [] and rs.sched.error is None
+
+
+def test_quiescence_is_sampled_afresh_after_every_move():
+    """Three quiet samples in a row, all taken after the last arrival or release: a count
+    carried over from before a release would let the next decision follow it after one sample,
+    before the released task has had a chance to run."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        rs = RunScheduler(FreeRun(), {})  # not entered: no driver, quiescent() asked by hand
+        rs.set_workload([(sleeper.pid, "sleep")])
+        deadline = time.monotonic() + 5
+        while thread_states(sleeper.pid) != {sleeper.pid: "S"} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [rs.quiescent(["a@p#1"]) for _ in range(QUIET_SAMPLES)][-1] is True
+        rs.sched.arrive("b", "p")  # something moved
+        assert [rs.quiescent(["a@p#1", "b@p#1"]) for _ in range(QUIET_SAMPLES)] == [False] * (
+            QUIET_SAMPLES - 1
+        ) + [True]
+        rs.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

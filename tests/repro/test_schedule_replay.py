@@ -14,7 +14,7 @@ import pytest
 from stackfs.kernel.sched import Decision, Replay, Schedule
 from stackfs.repro import registry, runner
 from stackfs.repro.scenario import FORCED, SCHEDULED
-from stackfs.repro.schedules import all_stored, stored
+from stackfs.repro.schedules import all_stored, expected, forced, stored
 
 
 @pytest.mark.mount
@@ -32,7 +32,7 @@ def test_stored_schedule_replays(tmp_path, name, variant, case, path):
     assert r.schedule_error is None, detail
     # a schedule stored for a fix that narrows the window shows that window ("expect": its
     # outcome), and the variant allows it
-    want = stored.meta.get("expect", r.expected)
+    want = expected(stored, r.expected)
     assert r.observed == want, detail
     if want != r.expected:
         assert r.window == want and r.in_window, detail
@@ -109,6 +109,8 @@ def test_explore_command(tmp_path):
         ("aufs-afs-copyup", "buggy", "mv"),
         ("nfs-atomic-open", "buggy", "nfs"),
         ("gfs-mmap-abba", "buggy", "write"),
+        ("lustre-open-rename", "buggy", "cat"),
+        ("lustre-open-rename", "estale-by-fid", "contended"),
     ],
 )
 def test_forced_mode_replays_the_stored_schedule(tmp_path, name, variant, case):
@@ -131,8 +133,8 @@ def test_forced_mode_replays_the_stored_schedule(tmp_path, name, variant, case):
 @pytest.mark.mount
 @pytest.mark.timeout(60)
 def test_forced_mode_of_a_fix_replays_the_buggy_order_as_far_as_it_goes(tmp_path):
-    """A fixed variant without a schedule of its own is forced by the buggy variant's, whose
-    ``forced_for`` names it (``free-run``); a row without any keeps the barriers."""
+    """A fixed variant without a schedule of its own is forced by another variant's, whose
+    ``forced_for`` names it (``free-run``): as far as the fix reaches the same points."""
     r = runner.run_once(registry.get("aufs-afs-copyup"), "fixed-aufs", "mv", report_root=tmp_path)
     assert r.mode == FORCED and r.matched and r.observed == "completes", r.summary
     assert (
@@ -143,11 +145,48 @@ def test_forced_mode_of_a_fix_replays_the_buggy_order_as_far_as_it_goes(tmp_path
     assert (first.step, first.go) in {
         (d.step, d.go) for d in Schedule.from_json(r.schedule).decisions
     }
-    # lustre's cat has a stored schedule that replays but says "forced": false (the MDT has no
-    # point after a rename is applied yet): its forced mode keeps the barriers
-    assert Schedule.read(stored("lustre-open-rename", "buggy", "cat")).meta["forced"] is False
-    plain = runner.run_once(
-        registry.get("lustre-open-rename"), "buggy", "cat", report_root=tmp_path
+    # a fix that takes another path: lu-8371 retries by name, so the estale-by-fid order's
+    # retry by FID (decision 6) never comes; the renames and the first open by FID go as stored
+    lu = runner.run_once(
+        registry.get("lustre-open-rename"), "lu-8371", "contended", report_root=tmp_path
     )
-    assert plain.schedule is None and plain.matched, plain.summary
-    assert "forced by the scenario's barriers (no stored schedule forces this row)" in plain.notes
+    assert lu.mode == FORCED and lu.matched and lu.observed == "completes", lu.summary
+    assert (
+        "forced by the stored schedule lustre-open-rename.estale-by-fid.contended.json, "
+        "unreached: free-run" in lu.notes
+    ), lu.notes
+    borrowed = Schedule.read(stored("lustre-open-rename", "estale-by-fid", "contended"))
+    ran = {(d.step, d.go) for d in Schedule.from_json(lu.schedule).decisions}
+    assert {(d.step, d.go) for d in borrowed.decisions if d.step <= 5} <= ran, ran
+
+
+def test_every_row_is_forced_by_a_stored_schedule():
+    """No row of any scenario (every variant in every case: the demo's rows) is left to the
+    scenario's barriers: each is forced by its own stored schedule or by one whose
+    ``forced_for`` names its variant."""
+    unforced = [
+        (scen.name, v.name, c.name)
+        for scen in registry.scenarios()
+        for v in scen.variants
+        for c in scen.cases
+        if forced(scen.name, v.name, c.name) is None
+    ]
+    assert not unforced
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(90)
+def test_gfs_read_fixed_nofault_is_forced_by_the_buggy_order(tmp_path):
+    """fixed-nofault's read case meets buggy's read order (``forced_for``), then runs free
+    under the scheduler: its demotes and retries there (~160-1750 decisions) are no choices
+    of the strategy, so the decision limit does not end the run."""
+    r = runner.run_once(
+        registry.get("gfs-mmap-abba"), "fixed-nofault", "read", report_root=tmp_path
+    )
+    detail = f"observed {r.observed} ({r.summary}); problems: {r.problems}; {r.report_dir}"
+    assert r.mode == FORCED and r.matched and r.recovered, detail
+    assert r.schedule_error is None, detail
+    assert (
+        "forced by the stored schedule gfs-mmap-abba.buggy.read.json, unreached: free-run"
+        in r.notes
+    ), r.notes

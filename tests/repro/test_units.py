@@ -84,6 +84,27 @@ def test_excerpt_tells_the_story():
     assert "racing tasks: cat/7, cat/8" in out
 
 
+def test_excerpt_reads_the_kernel_records_of_report_txt():
+    """report.txt is kernfmt's records: a task in state S has its own block, lockdep's
+    backtrace and the oops's trace come with dump_stack()'s <TASK> markers."""
+    text = "\n".join([
+        "task mv:12 blocked in an interruptible FUSE wait for 1 seconds (state S: the kernel's "
+        "hung-task detector reports state D only)",
+        "task:mv              state:S stack:0     pid:12",
+        "WARNING: possible recursive locking detected",
+        "stack backtrace:", "Call Trace:", " <TASK>", " afs_linux_lock_inode",
+        " osi_VM_FlushPages", " </TASK>", "",
+        "kernel BUG at fs/dcache.c!",
+        "PID: 7 Comm: cat 4.7-rc1 (modelled)", "RIP: 0010:d_splice_alias", "Call Trace:",
+        " <TASK>", " nfs_lookup", " nfs_atomic_open", " </TASK>", "---[ end trace ]---",
+    ])
+    out = excerpt(text)
+    assert out[0].startswith("task mv:12 blocked in an interruptible FUSE wait")
+    assert "model backtrace: afs_linux_lock_inode <- osi_VM_FlushPages" in out
+    assert "PID: 7 Comm: cat 4.7-rc1 (modelled)" in out
+    assert "Call Trace: nfs_lookup <- nfs_atomic_open" in out
+
+
 def _result(observed: str, reproduced: bool, **kw) -> RunResult:
     r = RunResult("s", "000", "default", "buggy", "natural", 1, "deadlock",
                   observed=observed, reproduced=reproduced, matched=True, **kw)
@@ -157,16 +178,18 @@ def _judged(expect: str, stderr: str, status: int) -> RunResult:
     from types import SimpleNamespace
 
     from stackfs.repro import runner
+    from stackfs.repro.observe import Observation
     from stackfs.repro.scenario import FORCED, Scenario
 
     proc = ProcResult("cat f", ["cat", "f"], 10, "cat", 0.0, 1.0, status, "", stderr)
     v = Variant("v", expect, "x")
     work = SimpleNamespace(results=[proc], poll=lambda: True)
-    obs = SimpleNamespace(finding=False, verdict="ok", workload=work, report=None)
+    report = SimpleNamespace(found=False, verdict="ok")
+    obs = Observation(None, report, work, None)  # type: ignore[arg-type]
     run = SimpleNamespace(variant=v)
     result = RunResult("s", "000", "default", "v", FORCED, 1, expect, recovered=True)
-    checked = runner._check(result, Scenario(), run, obs)
-    runner._judge(result, v, FORCED, obs, checked)
+    seen = runner._check(result, Scenario(), run, obs)
+    runner._judge(result, seen, FORCED, obs)
     return result
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from stackfs.repro import registry, runner
 from stackfs.repro.explore import Exploration
+from stackfs.repro.outcome import Observed
 from stackfs.repro.runner import RunResult
 from stackfs.repro.scenario import (
     COMPLETES,
@@ -65,7 +66,6 @@ def judged(observed: str, mode: str, problems: list[str] | None = None) -> RunRe
         1,
         v.expect_for("nfs"),
         window=v.window_for("nfs"),
-        problems=list(problems or []),
         recovered=True,
     )
     finding = observed != COMPLETES
@@ -75,7 +75,8 @@ def judged(observed: str, mode: str, problems: list[str] | None = None) -> RunRe
         report=SimpleNamespace(summary="kernel BUG at fs/dcache.c!"),
         workload=SimpleNamespace(results=[]),
     )
-    runner._judge(r, v, mode, obs, checked=True)  # type: ignore[arg-type]
+    seen = Observed(observed if finding else None, problems=tuple(problems or ()))
+    runner._judge(r, seen, mode, obs)  # type: ignore[arg-type]
     return r
 
 

@@ -86,3 +86,24 @@ def test_repro_in_the_guest(tmp_path: Path) -> None:
     }
     dmesg = (out / "dmesg.txt").read_text()
     assert f"Linux version {k.release}" in dmesg or "fuse" in dmesg
+
+
+def test_the_kernel_agrees_in_the_guest(tmp_path: Path) -> None:
+    """Issue 27: the guest kernel's own detector reports the autofs create deadlock's D task,
+    and on a kernel with CONFIG_DETECT_HUNG_TASK_BLOCKER names the i_rwsem owner the watchdog
+    inferred (the newest kernel known, unless ``$STACKFS_VM_TEST_KERNEL``)."""
+    from stackfs.vm import matrix
+
+    bootable_kernel()  # the skips
+    spec = os.environ.get("STACKFS_VM_TEST_KERNEL") or "newest"
+    k = kernels.resolve(spec)
+    cell = matrix.run_cell(k, ["autofs-create"], tmp_path, timeout=800, variant="buggy", cpus=1)
+    assert cell.error is None and len(cell.rows) == 1, cell.error
+    (row,) = cell.rows
+    assert row.observed == "deadlock" and row.kernel_check.startswith("kernel agrees: "), row
+    assert "automountd:" in row.kernel_check
+    if kernels.config(k).get("CONFIG_DETECT_HUNG_TASK_BLOCKER") == "y":
+        assert "; owner of automountd:" in row.kernel_check
+        assert any("likely owned by task" in ln for r in row.kernel_reports for ln in r["lines"])
+    report = (Path(row.report_dir) / "report.txt").read_text()
+    assert "The kernel's own hung-task detector (khungtaskd, the guest's dmesg):" in report

@@ -70,7 +70,7 @@ def test_watch_writes_a_report_with_a_non_utf8_path(
     shown = f"{m.mountpoint}/\\377\\376/hang-\\376".encode()
     assert shown in stdout, stdout
     text = (out / "report.txt").read_bytes()
-    assert f"INFO: task stat:{stat.pid} blocked".encode() in text
+    assert f"task stat:{stat.pid} blocked in an interruptible FUSE wait".encode() in text
     assert shown in text and b"recovery: complete" in text
     text.decode()  # UTF-8 throughout
     for path in (out / "report.json", tmp_path / "r.json"):

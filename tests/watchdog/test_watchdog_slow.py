@@ -144,8 +144,10 @@ def test_progress_verdicts(monkeypatch):
 def test_recovery_leaves_slow_work_alone():
     """A report with a hang on one connection and slow work on another: recovery aborts the
     hang's connection only (``Report.involved_conns``)."""
+    from stackfs.kernel.snapshot import RequestSnap
     from stackfs.watchdog.detect import Hang
     from stackfs.watchdog.graph import Edge, Node, WaitGraph
+    from stackfs.watchdog.graphattrs import NodeAttrs
     from stackfs.watchdog.procscan import TaskInfo
     from stackfs.watchdog.report import Report
 
@@ -155,9 +157,10 @@ def test_recovery_leaves_slow_work_alone():
     g = WaitGraph()
     for t in (slow_t, worker, hung_t):
         g.tasks[t.tid] = t
-        g.add(Node(f"task:{t.tid}", "task", t.comm, {"tid": t.tid}))
-    g.add(Node("req:50:6", "request", "write", {"conn": 10, "daemon": 50, "request": {"id": 6}}))
-    g.add(Node("conn:11", "conn", "conn 11", {"conn": 11}))
+        g.add(Node(f"task:{t.tid}", "task", t.comm, NodeAttrs(tid=t.tid)))
+    req = RequestSnap.parse({"id": 6})
+    g.add(Node("req:50:6", "request", "write", NodeAttrs(daemon=50, conn=10, request=req)))
+    g.add(Node("conn:11", "conn", "conn 11", NodeAttrs(conn=11)))
     g.link(Edge("task:1", "req:50:6", "fuse_wait", "waits for reply"))
     g.link(Edge("req:50:6", "task:2", "served_by", "served by worker thread"))
     g.link(Edge("task:3", "conn:11", "fuse_wait", "waits for reply"))

@@ -30,15 +30,15 @@ def test_chain_through_the_union_into_a_hanging_lower_layer(stack, tmp_path, wor
     assert report.verdict == "hang" and report.cycle is None, report.text()
     g = report.graph
     [upper_req] = [n for n in g.nodes.values()
-                   if n.kind == "request" and n.attrs["conn"] == mu.conn]
+                   if n.kind == "request" and n.attrs.conn == mu.conn]
     [lower_req] = [n for n in g.nodes.values()
-                   if n.kind == "request" and n.attrs["conn"] == ml.conn]
+                   if n.kind == "request" and n.attrs.conn == ml.conn]
     assert g.edge(f"task:{stat.pid}", upper_req.id).kind == "fuse_wait"
     [served] = [e for e in g.out(upper_req.id) if e.kind == "served_by"]
-    worker = g.tasks[g.nodes[served.dst].attrs["tid"]]
+    worker = g.tasks[g.nodes[served.dst].attrs.tid]
     assert worker.pid == mu.pid and worker.conn == ml.conn and worker.fuse_wait
     assert g.edge(served.dst, lower_req.id).kind == "fuse_wait"
-    assert lower_req.attrs["request"]["task"]["pid"] == worker.tid
+    assert lower_req.attrs.request.pid == worker.tid
     assert [e.dst for e in g.out(lower_req.id) if e.kind == "handler"] == [f"daemon:{ml.pid}"]
     assert "not answered by daemon" in report.summary
 

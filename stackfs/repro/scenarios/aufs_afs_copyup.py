@@ -17,6 +17,7 @@ from stackfs.repro.scenario import (
     COMPLETES,
     DEADLOCK,
     Case,
+    History,
     Proc,
     Scenario,
     ServerAction,
@@ -47,7 +48,10 @@ class AufsAfsCopyup(Scenario):
         "the AFS inode's i_rwsem (i_mutex), then opens the file; AFS open flushes under the "
         "same lock (osi_VM_FlushPages): recursive locking, the copy-up's worker and the "
         "workload hang. Fixed by dropping the lock before the open (aufs 2024) or by not "
-        "flushing under the lock in open (OpenAFS proposal). Natural mode: the other client's "
+        "flushing under the lock in open (OpenAFS proposal). Forced mode replays the stored "
+        "schedule of the case (stackfs/repro/schedules, found by stackfs explore: the other "
+        "client's write released before the workload starts), which the fixes meet too. "
+        "Natural mode: the other client's "
         "write lands at a random moment within 20 ms of the workload's start instead of "
         "before it, so the copy-up may open the file before or after the data version moves."
     )
@@ -68,9 +72,40 @@ class AufsAfsCopyup(Scenario):
             "fixed-afs",
             COMPLETES,
             "AFS fixed: no page flush under the lock in open (flush in read)",
-            {"copyup": "aufs", "afs": "fixed"},
+            {"copyup": "aufs", "afs": "fixed-afs"},
         ),
     )
+    history = {
+        "buggy": History(
+            "aufs before 2024 over OpenAFS 1.6 (any kernel)",
+            None,
+            (
+                "au_cp_regular",
+                "dentry_open",
+                "afs_linux_open",
+                "afs_open",
+                "osi_FlushPages",
+                "osi_VM_FlushPages",
+                "afs_linux_lock_inode",
+            ),
+            "the copy-up opens the lower file with its i_mutex held; OpenAFS' open flushes "
+            "under the same i_mutex (OpenAFS never changed it)",
+        ),
+        "fixed-aufs": History(
+            "aufs 2024 (the standalone aufs tree)",
+            None,
+            ("au_test_fs_unlock_for_open", "au_cp_regular", "dentry_open"),
+            "aufs drops the source lock around the open on filesystems whose open takes it "
+            "(NFS, f2fs); no commit id recorded here",
+        ),
+        "fixed-afs": History(
+            "OpenAFS proposal (not merged)",
+            None,
+            ("afs_linux_open", "afs_open", "osi_FlushPages"),
+            "the OpenAFS thread's proposal: no flush under the lock in open (flush after the "
+            "reply, in read/mmap)",
+        ),
+    }
     cases = (
         Case("mv", "mv of a lower file to a new name inside the union (rename copies it up)"),
         Case("open-write", "open for writing (append) of a lower file through the union"),

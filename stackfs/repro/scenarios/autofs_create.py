@@ -17,7 +17,15 @@ from typing import Any
 from stackfs.repro import evidence
 from stackfs.repro.context import Run
 from stackfs.repro.registry import register
-from stackfs.repro.scenario import COMPLETES, DEADLOCK, Proc, Scenario, Variant, forced_barrier
+from stackfs.repro.scenario import (
+    COMPLETES,
+    DEADLOCK,
+    History,
+    Proc,
+    Scenario,
+    Variant,
+    forced_barrier,
+)
 from stackfs.repro.workload import ProcResult
 
 KEY = "proj"
@@ -44,11 +52,15 @@ class AutofsCreate(Scenario):
         "in filename_create, holding the root's i_rwsem exclusively. The daemon creates the "
         "mount point with a real mkdir through the mount, then bind-mounts the map entry. "
         "buggy (2.6.18-22): the revalidation waits for the daemon (autofs4_wait), the daemon's "
-        "mkdir waits for the lock: deadlock. fixed-1864f7bd: no callback to the daemon with "
-        "the directory lock held; the second mkdir gets EEXIST and waits in its chdir. "
+        "mkdir waits for the lock: deadlock. fixed-1864f7bd: ->lookup leaves the dentry "
+        "unhashed until the daemon's mkdir hashes one, so the second mkdir misses it in the "
+        "(modelled) dcache and does its own ->lookup instead of revalidating under the lock; "
+        "it gets EEXIST and waits in its chdir. "
         "fixed-2.6.38: waits only where a path walk crosses the dentry (d_automount). Forced "
-        "mode holds the daemon callback until both creators wait for the mount "
-        "(autofs4_notify_daemon=barrier:3); natural mode starts the second mkdir 20 ms after "
+        "mode replays the stored schedule of the buggy order (stackfs/repro/schedules, found "
+        "by stackfs explore: the mkdirs and the daemon ordered at autofs4_notify_daemon), "
+        "which the fixes meet as far as their paths go; natural mode starts the second mkdir "
+        "20 ms after "
         "the first and forces nothing."
     )
     variants = (
@@ -61,7 +73,7 @@ class AutofsCreate(Scenario):
         Variant(
             "fixed-1864f7bd",
             COMPLETES,
-            "never call back to the daemon with the directory lock held (delayed hashing, 2.6.23)",
+            "delay the hashing of the dentry until the daemon's mkdir (1864f7bd, 2.6.23)",
             {"autofs": "1864f7bd"},
         ),
         Variant(
@@ -71,6 +83,29 @@ class AutofsCreate(Scenario):
             {"autofs": "2.6.38"},
         ),
     )
+    history = {
+        "buggy": History(
+            "2.6.22 and earlier (2.6.18.8 read)",
+            None,
+            ("autofs4_lookup", "d_add", "autofs4_revalidate", "try_to_fill_dentry", "autofs4_wait"),
+            "2.6.18.8's fs/autofs4/root.c: ->lookup hashes the dentry, drops the mutex; a "
+            "pending negative dentry's revalidation waits, also under a create's lock",
+        ),
+        "fixed-1864f7bd": History(
+            "2.6.23 until the look-aside list (2576737873dc, 2008)",
+            "1864f7bd58351732593def024e73eca1f75bc352",
+            ("autofs4_lookup", "d_instantiate", "autofs4_dir_mkdir", "d_add", "autofs4_wait"),
+            "autofs4: deadlock during create: the dentry stays unhashed until ->mkdir, so a "
+            "second creator goes through ->lookup (which drops the mutex), never ->d_revalidate",
+        ),
+        "fixed-2.6.38": History(
+            "2.6.38 and later",
+            "9875cf806403",
+            ("follow_managed", "autofs_d_manage", "autofs_d_automount", "autofs_expire_wait"),
+            "d_automount/d_manage, called with no locks held (the VFS commit; autofs4 was "
+            "converted in the same release)",
+        ),
+    }
     threshold = 1.0
     timeout = 20.0
 

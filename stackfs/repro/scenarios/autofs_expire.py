@@ -13,6 +13,7 @@ and a second ``cat`` then mounts the key fine.
 from __future__ import annotations
 
 import os
+import time
 
 from stackfs import control
 from stackfs.repro import evidence
@@ -20,6 +21,7 @@ from stackfs.repro.context import Run, SetupError
 from stackfs.repro.registry import register
 from stackfs.repro.scenario import (
     COMPLETES,
+    History,
     Proc,
     Scenario,
     ServerAction,
@@ -49,14 +51,17 @@ class AutofsExpire(Scenario):
         "server autofs expire proj): the daemon unmounts it and removes the mount point "
         "through the mount, and reports the expire's completion only after that. A real `cat "
         "autofs/proj/README` arrives in between: its ->lookup of proj gets a new dentry. "
-        "buggy (2.6.23): its mount request matches the pending expire by name (autofs4_wait), "
-        "it wakes when the expire completes with its dentry unhashed and no mount done: cat "
-        "fails with ENOENT, and the next cat mounts proj fine. fixed-lookaside "
-        "(2576737873dc): the lookup reuses the expiring dentry from the look-aside list, "
-        "waits for the expire, then mounts. "
+        "buggy (2.6.18): ->lookup hashes the new dentry; its mount request matches the "
+        "pending expire by name (autofs4_wait), it wakes when the expire completes and "
+        "nothing has instantiated the dentry: cat fails with ENOENT, and the next cat mounts "
+        "proj fine. fixed-rehash (the rehash list, f50b6f8691ca, 2.6.21): the lookup reuses the "
+        "unhashed expiring dentry (autofs4_lookup_unhashed), waits for the expire, then "
+        "mounts. "
         "fixed-2.6.38: the walk waits in d_manage, then mounts in d_automount. Forced mode "
-        "holds the expire's completion until a lookup waits for it "
-        "(autofs4_expire_ready=barrier:2); natural mode expires at a random moment within "
+        "replays the stored schedule of the buggy order (stackfs/repro/schedules, found by "
+        "stackfs explore: the expire, then cat, the daemon's completion released before cat's "
+        "lookup waits), which the fixes meet as far as their paths go; natural mode expires "
+        "at a random moment within "
         "20 ms of the cat's start and only lets the completion take 10 ms "
         "(autofs4_expire_ready=delay:0.01)."
     )
@@ -64,14 +69,16 @@ class AutofsExpire(Scenario):
         Variant(
             "buggy",
             error("ENOENT"),
-            "autofs4 2.6.23: the lookup waits on the expire's queue, its dentry unhashed",
-            {"autofs": "1864f7bd"},
+            "autofs4 2.6.18-20: the new dentry's mount request joins the expire's queue by "
+            "name; nothing instantiates it: ENOENT",
+            {"autofs": "2.6.18"},
         ),
         Variant(
-            "fixed-lookaside",
+            "fixed-rehash",
             COMPLETES,
-            "reuse the expiring dentry from a look-aside list (2576737873dc, 2.6.26)",
-            {"autofs": "lookaside"},
+            "the rehash list: ->lookup reuses the unhashed expiring dentry, waits for the "
+            "expire, then mounts (autofs4_lookup_unhashed, f50b6f8691ca, 2.6.21)",
+            {"autofs": "rehash"},
         ),
         Variant(
             "fixed-2.6.38",
@@ -80,6 +87,41 @@ class AutofsExpire(Scenario):
             {"autofs": "2.6.38"},
         ),
     )
+    #: renamed after root.c's history (issue 23): the look-aside list (2576737873dc) came after
+    #: the rehash list, which is what fixed this race
+    variant_aliases = {"fixed-lookaside": "fixed-rehash"}
+    history = {
+        "buggy": History(
+            "2.6.20 and earlier (2.6.18.8 and 2.6.20 read)",
+            None,
+            (
+                "autofs4_lookup",
+                "d_add",
+                "autofs4_wait",
+                "autofs4_dir_rmdir",
+                "autofs4_expire_indirect",
+            ),
+            "2.6.18.8's fs/autofs4/root.c: autofs4_dir_rmdir only d_drops the expiring dentry; "
+            "the next ->lookup gets a new one whose mount request autofs4_wait matches, by "
+            "name, with the pending expire; the walk gets the dentry still negative: ENOENT",
+        ),
+        "fixed-rehash": History(
+            "2.6.21 and later (the rehash list, until 2576737873dc's look-aside list)",
+            "f50b6f8691cae2e0064c499dd3ef3f31142987f0",
+            ("autofs4_lookup_unhashed", "autofs4_dir_rmdir", "autofs4_lookup", "autofs4_wait"),
+            'autofs4: fix another race between mount and expire (Ian Kent, 2007-02-20): "keep '
+            'track of dentrys in this unhashed state and reuse them" (the words the 2.6.26-rc4 '
+            "thread of seed 001 quotes); autofs4_dir_rmdir puts the dropped dentry on "
+            "sbi->rehash_list, autofs4_lookup takes it back and waits while it is "
+            "AUTOFS_INF_EXPIRING",
+        ),
+        "fixed-2.6.38": History(
+            "2.6.38 and later",
+            "9875cf806403",
+            ("follow_managed", "autofs_d_manage", "autofs_expire_wait", "autofs_d_automount"),
+            "d_manage waits for the expire with no lock held, d_automount mounts",
+        ),
+    }
     threshold = 1.0
     timeout = 20.0
 
@@ -125,7 +167,11 @@ class AutofsExpire(Scenario):
         for r in results:
             if r.ok and r.stdout.encode() != DATA:
                 problems.append(f"{r.render()}: read {r.stdout!r}, not the map entry's {README}")
-        # the mount then succeeds: a second lookup mounts the key
+        # the mount then succeeds: a second lookup mounts the key, once the expire completed
+        # (the server action returns at the rmdir, its completion still pending: a read then
+        # joins the expire, and in 2.6.18 gets the seed's ENOENT itself)
+        if not _expire_completed(layer.mnt):
+            problems.append(f"the expire of {KEY} never reported its completion")
         problems += evidence.content("autofs (mounted again)", layer.mnt / KEY / README, [DATA])
         enoent = _events(layer.mnt, "lookup_enoent")
         failed = [r for r in results if r.exited and not r.ok]
@@ -139,6 +185,23 @@ class AutofsExpire(Scenario):
         for ev in _events(layer.mnt, "wait_under_lock"):
             run.note(f"lockdep-style warning: {ev.get('summary')}")
         return problems
+
+
+def _expire_completed(mnt: os.PathLike[str], timeout: float = 5.0) -> bool:
+    """The daemon reported the expire's completion: no expire wait queue of KEY is pending in
+    the backend's state (``autofs4_wait_release`` done). False when it never was."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            state = control.query(mnt, {"op": "state"}, timeout=2.0)
+        except control.ControlError:
+            return False
+        queues = ((state.get("daemon") or {}).get("autofs") or {}).get("wait_queues") or []
+        if not any(q.get("name") == KEY and q.get("type") == "expire" for q in queues):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
 
 
 def _events(mnt: os.PathLike[str], type_: str) -> list[dict]:

@@ -18,7 +18,7 @@ from backends.mdt import MdtLog, Request
 from stackfs.repro import evidence
 from stackfs.repro.context import Run
 from stackfs.repro.registry import register
-from stackfs.repro.scenario import COMPLETES, Case, Proc, Scenario, Variant, error
+from stackfs.repro.scenario import COMPLETES, Case, History, Proc, Scenario, Variant, error
 from stackfs.repro.workload import ProcResult
 from stackfs.service import timeout_factor
 
@@ -57,9 +57,12 @@ class LustreOpenRename(Scenario):
         "name, and passes ENOENT up: cat fails. lu-8371 trusts creates, refuses the "
         "LOOKUP_REVAL retry and turns ENOENT into ESTALE for creates; lu-14949 does it for "
         "every open: all complete. estale-by-fid (the seed's proposal) retries by FID again: "
-        "the second rename makes ESTALE reach the process. Forced mode orders the clients by "
-        "what the MDT saw (A's open by FID waits for the rename, B's rename waits for A's "
-        "lookup); natural mode only delays the open by 10 ms and starts the opener a random "
+        "the second rename makes ESTALE reach the process. Forced mode replays a stored "
+        "schedule per case (stackfs/repro/schedules, found by stackfs explore): B's rename "
+        "released between A's LOOKUP and its open by FID (ll_file_open), in case contended the "
+        "second rename between the REVAL LOOKUP and the retry's open; a variant without a "
+        "schedule of its own meets another's order as far as its path goes. Natural mode only "
+        "delays the open by 10 ms and starts the opener a random "
         "0-30 ms after the mv."
     )
     variants = (
@@ -91,6 +94,32 @@ class LustreOpenRename(Scenario):
             per_case={"create": COMPLETES, "contended": error("ESTALE")},
         ),
     )
+    history = {
+        "buggy": History(
+            "Lustre client of 2016 (before LU-8371)",
+            None,
+            ("ll_revalidate_dentry", "ll_file_open", "ll_intent_file_open", "mdt_reint_open"),
+            "revalidate refuses OPEN|CREATE dentries; the open by FID passes the MDT's ENOENT up",
+        ),
+        "lu-8371": History(
+            "Lustre with LU-8371 (2016)",
+            "LU-8371",
+            ("ll_revalidate_dentry", "ll_intent_file_open", "ll_file_open"),
+            "trust dentries, refuse LOOKUP_REVAL (the retry opens by name); ESTALE for creates",
+        ),
+        "lu-14949": History(
+            "Lustre with LU-14949 (2021)",
+            "LU-14949",
+            ("ll_intent_file_open", "ll_file_open", "ll_revalidate_dentry"),
+            "ENOENT from every open by FID becomes ESTALE, the VFS's one retry goes by name",
+        ),
+        "estale-by-fid": History(
+            "the seed's proposal (not merged)",
+            None,
+            ("ll_intent_file_open", "ll_revalidate_dentry"),
+            "ESTALE for creates, but the retry trusts the dentry and opens by FID again",
+        ),
+    }
     cases = (
         Case("cat", "sanityn 31r: cat on client A, mv over the file on client B"),
         Case("create", "open(O_CREAT) (dd conv=notrunc) on A, mv over the file on B"),

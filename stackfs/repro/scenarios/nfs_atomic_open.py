@@ -25,7 +25,16 @@ from __future__ import annotations
 from stackfs.repro import evidence
 from stackfs.repro.context import Run
 from stackfs.repro.registry import register
-from stackfs.repro.scenario import COMPLETES, OOPS, Case, Proc, Scenario, Variant, forced_barrier
+from stackfs.repro.scenario import (
+    COMPLETES,
+    OOPS,
+    Case,
+    History,
+    Proc,
+    Scenario,
+    Variant,
+    forced_barrier,
+)
 from stackfs.repro.workload import ProcResult
 
 NAME = "export/build"
@@ -60,8 +69,11 @@ class NfsAtomicOpen(Scenario):
         "dentry is still hashed: BUG_ON(!d_unhashed), the oops of seed 003. 4.7-rc3 d_drops "
         "on every error, which narrows the window: two openers that both d_drop before either "
         "splices still oops (seed 003 itself), so that outcome is allowed for the fixed "
-        "variant; parallel-lookup closes it. Forced mode holds the openers at a barrier at "
-        "nfs_atomic_open until all three are there; natural mode starts them together and "
+        "variant; parallel-lookup closes it. Forced mode replays a stored schedule "
+        "(stackfs/repro/schedules, found by stackfs explore): buggy's order of the three "
+        "openers through nfs_atomic_open, open_context and nfs_lookup, which parallel-lookup "
+        "meets as far as its path goes, and for fixed in case nfs seed 003's order (two "
+        "openers d_drop before either splices: its window); natural mode starts them together and "
         "only widens the OPEN and LOOKUP round trips (open_context, nfs_lookup) by 5 ms."
     )
     variants = (
@@ -81,6 +93,27 @@ class NfsAtomicOpen(Scenario):
             {"nfs": "parallel-lookup"},
         ),
     )
+    history = {
+        "buggy": History(
+            "4.7-rc1",
+            None,
+            ("nfs_atomic_open", "nfs_lookup", "d_splice_alias", "__d_rehash"),
+            "d_drop only on ENOENT: a failed opener reaches d_splice_alias with the dentry hashed",
+        ),
+        "fixed": History(
+            "4.7-rc3",
+            None,
+            ("nfs_atomic_open", "d_drop", "nfs_lookup", "d_splice_alias"),
+            'd_drop on every open_context error (Al Viro, "Re: NFS/d_splice_alias breakage", '
+            "LKML, 3 June 2016); narrows the window",
+        ),
+        "parallel-lookup": History(
+            "4.7",
+            "c94c0953",
+            ("d_alloc_parallel", "nfs_atomic_open", "nfs_lookup", "d_splice_alias"),
+            "nfs_atomic_open(): prevent parallel nfs_lookup() on a negative hashed dentry",
+        ),
+    }
     cases = (
         Case("nfs", "three cats open the name on the NFS mount"),
         Case("union", "three cats open it through stackfs stacked over the NFS mount"),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stackfs.kernel.sched import Replay, Schedule
+from stackfs.repro.outcome import Outcome, valid_outcome
 
 DIR = Path(__file__).parent
 
@@ -79,3 +80,14 @@ def _forces(sched: Schedule) -> bool:
     ``forced_why``) when it replays but is not deterministic enough under load to stand in for
     the scenario's barriers yet."""
     return sched.meta.get("forced", True) is not False
+
+
+def expected(sched: Schedule, default: str) -> Outcome:
+    """The outcome replaying a stored schedule must show: its ``"expect"`` (the window a fix
+    that narrows it leaves), else ``default`` (the variant's expectation). An ``"expect"``
+    that is no outcome a variant may expect is an error (:func:`~stackfs.repro.outcome.
+    valid_outcome`)."""
+    want = sched.meta.get("expect", default)
+    if not isinstance(want, str) or not valid_outcome(want):
+        raise ValueError(f"schedule {sched.meta.get('scenario')}: expect {want!r} is no outcome")
+    return Outcome(want)
