@@ -3,7 +3,7 @@
 The mount's root lists the map's keys that are mounted. The map is a directory
 (``-o map=DIR``, default ``STORE/.map``): a LOOKUP of ``KEY`` (a directory ``DIR/KEY`` exists)
 that is not mounted yet sends a *missing* packet to the automount daemon, ``stackfs
-automountd`` (:mod:`stackfs.automountd`), a separate process this daemon starts with the mount
+automountd`` (:mod:`backends.automountd`), a separate process this daemon starts with the mount
 and stops (and reaps) with it. The daemon does what automount(8) does: ``mkdir(2)`` of the mount
 point **through this mount** (the real VFS: ``filename_create`` takes the root directory's
 i_rwsem exclusively), a real bind mount of ``DIR/KEY`` on it, then ``AUTOFS_IOC_READY``. A
@@ -92,7 +92,6 @@ from backends.autofs_model import (
     WaitQueue,
 )
 from backends.base import Inode, Option, StoreFS, fuse_op
-from stackfs import control, rundir, service
 from stackfs.kernel.dcache import Dentry
 from stackfs.kernel.task import (
     Task,
@@ -102,6 +101,7 @@ from stackfs.kernel.task import (
     running_as,
     task_json,
 )
+from stackfs.runtime import control, rundir, service
 
 ROOT = pyfuse3.ROOT_INODE
 #: the default map directory and the trigger directories, inside the store (hidden)
@@ -187,7 +187,7 @@ class AutofsFS(StoreFS):
     async def started(self, nursery: trio.Nursery) -> None:
         """Start ``stackfs automountd`` (from the main thread: its parent-death signal follows
         this thread) and connect to its pipe."""
-        from stackfs.automountd import socket_path
+        from backends.automountd import socket_path
 
         info = rundir.read_info(os.getpid()) or {}
         mp = info.get("mountpoint")
@@ -201,7 +201,7 @@ class AutofsFS(StoreFS):
         argv = [
             sys.executable,
             "-m",
-            "stackfs.automountd",
+            "backends.automountd",
             "--autofs",
             mp,
             "--map",

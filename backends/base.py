@@ -50,12 +50,12 @@ from backends.options import BASE_OPTIONS, Option, split_options
 from backends.server import ServerSide
 from backends.tables import DirHandle, Handle, Inode, ServerChange
 from backends.xattrlock import InodeLocks
-from stackfs import control, crosslock, fuseattr
-from stackfs.daemon import TestbedOperations
-from stackfs.fuseerr import fuse_error
 from stackfs.kernel.events import Oops
 from stackfs.kernel.state import KernelState
 from stackfs.linux import libc
+from stackfs.runtime import control, crosslock, fuseattr
+from stackfs.runtime.daemon import TestbedOperations
+from stackfs.runtime.fuseerr import fuse_error
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def _proc_fd(fd: int) -> str:
 
 
 def fuse_op(fn: F) -> F:
-    """Turn OSError into FUSEError (errno kept: :func:`stackfs.fuseerr.fuse_error`), and a model
+    """Turn OSError into FUSEError (errno kept: :func:`stackfs.runtime.fuseerr.fuse_error`), and a
+    model
     Oops into EIO.
 
     After an oops with ``panic_on_oops`` the daemon stops answering FUSE requests (the control

@@ -3,8 +3,9 @@
 ``stackfs backend mount KIND --store DIR [--variant V] [-o OPT[,OPT...]]... [-f] [-d] MOUNTPOINT``
 
 Without ``-f`` the command starts itself again with ``-f`` as a detached daemon
-(:func:`stackfs.lifecycle.start_daemon`) and returns once the mount is live; with ``-f`` it
-serves in the foreground (:func:`stackfs.daemon.serve`). Everything is checked before anything is
+(:func:`stackfs.runtime.lifecycle.start_daemon`) and returns once the mount is live; with ``-f`` it
+serves in the foreground (:func:`stackfs.runtime.daemon.serve`). Everything is checked before
+anything is
 mounted (kind, variant, store, mount point, options, injection points): an error is one line and
 a non-zero status.
 """
@@ -16,8 +17,8 @@ import os
 from pathlib import Path
 
 import backends
-from stackfs import mountinfo
 from stackfs.cli import CLIError
+from stackfs.runtime import mountinfo
 
 
 def _resolve(args: argparse.Namespace):
@@ -45,7 +46,7 @@ def _resolve(args: argparse.Namespace):
     if entry is not None and entry.is_testbed:
         raise CLIError(f"mount point {args.mountpoint}: already a testbed mount ({entry.source})")
     try:
-        own, fuse, inject = split_options(cls, args.options)
+        own, fuse, inject = split_options(cls.options(), args.options)
         for spec in inject:
             point, _action = parse_spec(spec)
             if point not in cls.injection_points:
@@ -62,7 +63,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     cls, variant, own, fuse, inject = _resolve(args)
     if args.foreground:
         return _serve(cls, variant, own, fuse, inject, args)
-    from stackfs import lifecycle
+    from stackfs.runtime import lifecycle
 
     argv = lifecycle.stackfs_argv(
         "backend",
@@ -87,7 +88,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _serve(cls, variant, own, fuse, inject, args) -> int:
-    from stackfs.daemon import DaemonConfig, serve
+    from stackfs.runtime.daemon import DaemonConfig, serve
 
     os.umask(0)  # modes arrive with the caller's umask applied; create exactly those
     try:

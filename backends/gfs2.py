@@ -7,7 +7,8 @@ Every inode has a glock (:mod:`backends.glock`) and I/O takes it as GFS2 does:
 ``gfs2_file_direct_write`` / ``gfs2_file_direct_read``
     DF (``LM_ST_DEFERRED``, DLM CW: compatible with DF on other nodes, not with SH or EX) on
     the target for the whole syscall. FUSE does not say when a syscall starts and
-    ends, so its extent comes from the kernel: the request header's pid (:mod:`stackfs.fusereq`)
+    ends, so its extent comes from the kernel: the request header's pid
+    (:mod:`stackfs.runtime.fusereq`)
     names the task, ``/proc/TID/syscall`` its syscall (fd, buffer, count), ``/proc/TID/fdinfo``
     the file; the first chunk takes the glock, which is held until the chunks cover the count
     or ``/proc/TID/syscall`` shows the task has left that syscall (checked while someone
@@ -81,11 +82,11 @@ from pyfuse3 import FileHandleT
 
 from backends.base import Handle, Option, StoreFS, fuse_op
 from backends.glock import DLMClient, Glock, GlockTable, Holder
-from stackfs import fusereq, mountinfo
-from stackfs.daemon import in_worker
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, get_current_task
 from stackfs.linux import proc
+from stackfs.runtime import fusereq, mountinfo
+from stackfs.runtime.daemon import in_worker
 
 #: x86-64 syscall numbers of the I/O syscalls whose buffer the glock's extent follows
 READ_SYSCALLS = {0: "read", 17: "pread64"}
@@ -286,7 +287,7 @@ class Gfs2FS(StoreFS):
         ),
         Option("rendezvous_wait", float, 1.0, "forced mode: seconds to wait for the others"),
     )
-    fuse_options_extra = ("debug",)  # the request header's pid (stackfs.fusereq)
+    fuse_options_extra = ("debug",)  # the request header's pid (stackfs.runtime.fusereq)
 
     def __init__(self, store, variant=None, options=None, kernel=None) -> None:
         super().__init__(store, variant, options, kernel or Gfs2KernelState())
@@ -492,7 +493,7 @@ class Gfs2FS(StoreFS):
 
     @fuse_op
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        tid = self._task_tid()  # first, before anything yields (stackfs.fusereq)
+        tid = self._task_tid()  # first, before anything yields (stackfs.runtime.fusereq)
         handle = self.handle(fh)
         sc = self._syscall_of(tid, handle) if tid else None
         if sc is None or not sc.writes:

@@ -3,7 +3,7 @@
 Mirrors fs/gfs2/glock.c: a :class:`Glock` is the node's cached state of one DLM lock resource
 (``2/<ino hex>``, an inode glock). Tasks queue :class:`Holder` s on it (``gfs2_glock_nq``) and
 drop them (``gfs2_glock_dq``); when the node's cached mode is too weak, ``do_xmote`` asks the
-DLM (:mod:`stackfs.dlmd`) to convert. The glock stays cached in its mode after the last holder
+DLM (:mod:`backends.dlmd`) to convert. The glock stays cached in its mode after the last holder
 goes. A blocking AST from the DLM (another node wants the lock) marks the glock for demotion;
 the demote (``run_queue`` -> ``do_xmote`` down) happens once no holder blocks it: holders are
 granted holders, except those that allowed demotion (``gfs2_holder_allow_demote``,

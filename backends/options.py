@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stackfs.optvalue import integer, seconds
-
-if TYPE_CHECKING:
-    from backends.base import StoreFS
-
 
 #: the largest count an integer option takes (``rendezvous``: writers met at the lock manager)
 MAX_COUNT = 65535
@@ -51,14 +47,15 @@ BASE_OPTIONS = (
 
 
 def split_options(
-    cls: type[StoreFS], specs: Sequence[str]
+    options: Sequence[Option], specs: Sequence[str]
 ) -> tuple[dict[str, Any], list[str], list[str]]:
     """Split ``-o`` arguments into (backend options, FUSE options, injection specs).
 
     Each spec may hold several comma-separated options. ``inject=POINT=ACTION`` is an
-    injection; names in ``cls.options()`` are ours; anything else goes to FUSE.
+    injection; names in ``options`` (a personality's ``StoreFS.options()``) are ours; anything
+    else goes to FUSE.
     """
-    known = {o.name: o for o in cls.options()}
+    known = {o.name: o for o in options}
     own: dict[str, Any] = {o.name: o.default for o in known.values()}
     fuse: list[str] = []
     inject: list[str] = []

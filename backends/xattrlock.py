@@ -1,6 +1,7 @@
 """The modelled ``i_rwsem`` of a backend's inodes (mixin of :class:`~backends.base.StoreFS`).
 
-A layer above takes it through the cross-layer lock xattrs of :mod:`stackfs.crosslock`, as aufs
+A layer above takes it through the cross-layer lock xattrs of :mod:`stackfs.runtime.crosslock`, as
+aufs
 takes a lower inode's i_mutex through the VFS; the personalities take it in their own paths
 (AFS: ``afs_linux_lock_inode`` under ``osi_VM_FlushPages``).
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from backends.tables import Inode
-from stackfs import crosslock
 from stackfs.kernel.locks import RWSem
+from stackfs.runtime import crosslock
 
 if TYPE_CHECKING:
     from stackfs.kernel.state import KernelState

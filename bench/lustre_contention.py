@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 from stackfs.repro.context import StackContext
 from stackfs.repro.present import table
 

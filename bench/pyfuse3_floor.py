@@ -31,8 +31,8 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from stackfs import mountinfo  # noqa: E402
-from stackfs.fuseattr import entry_attributes  # noqa: E402
+from stackfs.runtime import mountinfo
+from stackfs.runtime.fuseattr import entry_attributes  # noqa: E402
 
 TIMEOUT = 5.0  # the union's default entry/attr timeout
 FUSEError = pyfuse3.FUSEError

@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # a checkout without the editable install
 
-from stackfs import control, fusectl, lifecycle, mountinfo  # noqa: E402
+from stackfs.runtime import control, fusectl, lifecycle, mountinfo
 
 MiB = 1 << 20
 BLOCK = 1 * MiB  # read/write size of the sequential measures

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # a checkout without the editable install
 
-from stackfs import lifecycle  # noqa: E402
+from stackfs.runtime import lifecycle
 from stackfs.union import dirstress  # noqa: E402
 
 PEERS = ("stackfs", "overlayfs", "ext4", "tmpfs")

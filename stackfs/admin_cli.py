@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import backends
-from stackfs import control, lifecycle
 from stackfs.cli import CLIError
+from stackfs.runtime import control, lifecycle
 
 
 def _query(mountpoint: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from stackfs.rundir import RunDirError
+    from stackfs.runtime.rundir import RunDirError
 
     owner = lifecycle.Owner(run_id=args.run_id, mine=args.mine, everything=args.all)
     try:
@@ -92,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "order, oopses, injection points, requests in flight) of the daemon serving "
         "MOUNTPOINT. It is read over the daemon's control socket, so it works while the "
         "mount itself is wedged. --pid PID asks a service daemon that has no mount (the "
-        "lock manager of a cluster, stackfs.dlmd: its resources, granted modes per node, "
+        "lock manager of a cluster, backends.dlmd: its resources, granted modes per node, "
         "queued requests, blocking ASTs).",
     )
     p.add_argument("mountpoint", nargs="?")

@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "stackfs.repro.explore",
     "stackfs.vm.cli",
     "stackfs.cluster_cli",
-    "stackfs.automountd",
+    "backends.automountd",
 ]
 
 

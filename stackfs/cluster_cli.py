@@ -7,7 +7,7 @@ import argparse
 
 
 def cmd_dlmd(args: argparse.Namespace) -> int:
-    from stackfs import dlmd
+    from backends import dlmd
 
     return dlmd.main([])
 
@@ -19,7 +19,7 @@ def cmd_mmapio(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from stackfs import dlmd
+    from backends import dlmd
     from stackfs.repro import mmapio
 
     p = sub.add_parser(

@@ -173,8 +173,8 @@ def assert_does_not_reproduce(outcome: WatchResult) -> None:
 @pytest.fixture
 def stackfs_stack(tmp_path: Path) -> Iterator[StackContext]:
     """Mount layers bottom-up; all of them go down after the test (hung ones are aborted)."""
-    from stackfs import lifecycle
     from stackfs.repro.context import StackContext
+    from stackfs.runtime import lifecycle
 
     scratch = tmp_path / "stackfs"
     scratch.mkdir()

@@ -25,7 +25,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, InodeT, ModeT, RequestContext
 
-from stackfs.daemon import (
+from stackfs.runtime.daemon import (
     EXIT_CONNECTION_ABORTED,
     DaemonConfig,
     TestbedOperations,

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from stackfs import fusectl, lifecycle
+from stackfs.runtime import fusectl, lifecycle
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,6 +56,7 @@ def _no_leftovers():
 
 @pytest.fixture
 def stack(tmp_path):
-    """A :class:`stackfs.lifecycle.Stack` that goes down after the test, whatever happened."""
+    """A :class:`stackfs.runtime.lifecycle.Stack` that goes down after the test, whatever
+    happened."""
     with lifecycle.Stack(log_dir=tmp_path / "logs") as st:
         yield st

@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
-from stackfs import __version__, lifecycle, manpage
+from stackfs import __version__, manpage
 from stackfs.cli import build_parser
 from stackfs.repro import present
+from stackfs.runtime import lifecycle
 
 
 def stackfs(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import fusectl, lifecycle, mountinfo
-from stackfs.service import timeout_factor
+from stackfs.runtime import fusectl, lifecycle, mountinfo
+from stackfs.runtime.service import timeout_factor
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 

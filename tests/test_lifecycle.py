@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stackfs import fusectl, lifecycle, mountinfo
+from stackfs.runtime import fusectl, lifecycle, mountinfo
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 
@@ -126,7 +126,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
     from pathlib import Path
-    from stackfs import lifecycle
+    from stackfs.runtime import lifecycle
     base = Path(sys.argv[1]); how = sys.argv[2]
     with lifecycle.Stack() as st:
         for name in ("a", "b"):
@@ -199,7 +199,8 @@ def test_unmount_report_tells_how_each_daemon_ended(tmp_path):
     """The daemon's exit status and signal are in the unmount report: 0 after an unmount,
     EXIT_CONNECTION_ABORTED when its connection was aborted under the live mount, the
     crash's own status when it died in a handler."""
-    from stackfs import daemon, testfs
+    from stackfs import testfs
+    from stackfs.runtime import daemon
 
     ends = {}
     for name in ("clean", "aborted", "crashed"):

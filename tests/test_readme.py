@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import lifecycle, mountinfo
-from stackfs.service import timeout_factor
+from stackfs.runtime import lifecycle, mountinfo
+from stackfs.runtime.service import timeout_factor
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "plugin.md"]

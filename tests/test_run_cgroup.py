@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import cgroup, lifecycle, mountinfo
 from stackfs.linux.proc import alive
 from stackfs.repro.scenario import Proc
 from stackfs.repro.workload import Workload
+from stackfs.runtime import cgroup, lifecycle, mountinfo
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 
@@ -82,7 +82,7 @@ def test_a_stacks_processes_are_found_and_reaped_through_its_cgroup(tmp_path):
 RUNNER = """
 import os, sys, time
 from pathlib import Path
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 from stackfs.repro.scenario import Proc
 from stackfs.repro.workload import Workload
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import daemonid, lifecycle, mountinfo, rundir
 from stackfs.linux import proc
+from stackfs.runtime import daemonid, lifecycle, mountinfo, rundir
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 
@@ -98,7 +98,7 @@ def test_default_run_root_is_made_root_0755_under_umask_0():
         import os, stat
         os.umask(0)
         os.environ.pop("STACKFS_RUN_DIR", None)
-        from stackfs import rundir
+        from stackfs.runtime import rundir
         assert str(rundir.root()) == "/run/stackfs"
         d = rundir.write_info(os.getpid(), {"pid": os.getpid()})
         for p in ("/run/stackfs", str(d), str(d / "info.json")):
@@ -391,7 +391,7 @@ def test_a_non_root_caller_trusts_roots_run_directory(base):
         r = as_nobody(f"""
             import os
             os.environ["STACKFS_RUN_DIR"] = {str(top)!r}
-            from stackfs import lifecycle, rundir
+            from stackfs.runtime import lifecycle, rundir
             print(lifecycle.cleanup(run_id="nobodys"), sorted(rundir.all_infos()))
         """)
         assert r.returncode == 0, r.stderr

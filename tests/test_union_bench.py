@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import mountinfo
-from stackfs.service import timeout_factor
+from stackfs.runtime import mountinfo
+from stackfs.runtime.service import timeout_factor
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench" / "union_bench.py"

@@ -1,7 +1,8 @@
 """The table of FUSE requests a daemon is serving right now.
 
 Every handler is wrapped in ``rid = inflight.begin(op, ino, name, task)`` ... ``inflight.end(rid)``
-(stackfs/daemon.py does it). A handler that makes a blocking syscall in a worker thread records
+(stackfs/runtime/daemon.py does it). A handler that makes a blocking syscall in a worker thread
+records
 the thread with :meth:`InflightTable.set_worker` (called from that thread), so the watchdog can
 follow the request into the layer below, where that tid is ``ctx.pid``.
 

@@ -66,7 +66,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def _leftover_mounts() -> list[str]:
     """Testbed mounts left by this process's runs (their run ids start with repro-PID-)."""
-    from stackfs import mountinfo, rundir
+    from stackfs.runtime import mountinfo, rundir
 
     prefix = f"repro-{os.getpid()}-"
     infos = rundir.all_infos()

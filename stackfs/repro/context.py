@@ -1,7 +1,7 @@
 """The context a scenario's hooks get: a stack to mount, a server to change, notes to keep.
 
 :class:`StackContext` owns a scratch directory (stores, branches, mount points) and a
-:class:`stackfs.lifecycle.Stack`, so every mount it makes goes down with the stack and
+:class:`stackfs.runtime.lifecycle.Stack`, so every mount it makes goes down with the stack and
 ``stackfs cleanup --run-id`` finds only its own. It mounts layers bottom-up with
 :meth:`StackContext.backend` and :meth:`StackContext.union`, acts as another client with
 :meth:`StackContext.server`, runs prepare steps as real processes with :meth:`StackContext.sh`,
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackfs import control, lifecycle
-from stackfs import service as service_mod
 from stackfs.repro import stacks
 from stackfs.repro.scenario import FORCED, Case, Scenario, Variant
 from stackfs.repro.workload import workload_env
+from stackfs.runtime import control, lifecycle
+from stackfs.runtime import service as service_mod
 
 PathLike = str | os.PathLike[str]
 
@@ -75,7 +75,7 @@ def write_files(root: Path, files: Mapping[str, bytes | str]) -> None:
 
 
 class StackContext:
-    """A scratch directory and a :class:`~stackfs.lifecycle.Stack`: mount layers bottom-up,
+    """A scratch directory and a :class:`~stackfs.runtime.lifecycle.Stack`: mount layers bottom-up,
     act on them as another client, run prepare steps as real processes.
 
     The reproducers' :class:`Run` and the pytest plugin's fixtures are both one of these.
@@ -174,7 +174,7 @@ class StackContext:
         return self.layers[role]
 
     def service(self, kind: str, argv: Sequence[str]) -> service_mod.Service:
-        """Start a service daemon with the stack (a lock manager: ``stackfs.dlmd``); it goes
+        """Start a service daemon with the stack (a lock manager: ``backends.dlmd``); it goes
         down after the mounts, and ``stackfs cleanup --run-id`` finds it after a SIGKILL."""
         try:
             svc = self.stack.service(list(argv), kind)

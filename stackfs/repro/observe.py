@@ -23,7 +23,7 @@ from stackfs.repro.scenario import Proc
 from stackfs.repro.workload import ProcResult, Workload
 
 if TYPE_CHECKING:
-    from stackfs.lifecycle import Stack
+    from stackfs.runtime.lifecycle import Stack
     from stackfs.watchdog import Watchdog
     from stackfs.watchdog.recover import Recovery
     from stackfs.watchdog.report import Report
@@ -83,19 +83,20 @@ class Observation:
 
 def machine_threshold(threshold: float | None, default: float = 1.0) -> float:
     """The hung-task threshold of a run: an explicit ``threshold`` (``--threshold``) as given,
-    else ``default`` (the scenario's) times :func:`stackfs.service.timeout_factor`, so a task
+    else ``default`` (the scenario's) times :func:`stackfs.runtime.service.timeout_factor`, so a
+    task
     that a slow machine (a TCG guest: 5) keeps waiting on a daemon that is still working is
     not taken for hung. Buggy variants block for good, so their verdicts do not change."""
     if threshold is not None:
         return threshold
-    from stackfs.service import timeout_factor
+    from stackfs.runtime.service import timeout_factor
 
     return default * timeout_factor()
 
 
 def machine_timeout(seconds: float) -> float:
     """A workload's time limit on this machine (``seconds`` times the timeout factor)."""
-    from stackfs.service import timeout_factor
+    from stackfs.runtime.service import timeout_factor
 
     return seconds * timeout_factor()
 
@@ -121,7 +122,7 @@ def observe(
     watchdog as an unexpected error; the runner judges it. ``on_start`` is called once every
     process has started (a scheduled run learns the workload's pids); ``gated``: the
     processes wait to exec until ``on_start``'s caller opens their gates
-    (:meth:`Workload.start`). ``stack``: the run's :class:`~stackfs.lifecycle.Stack`; its
+    (:meth:`Workload.start`). ``stack``: the run's :class:`~stackfs.runtime.lifecycle.Stack`; its
     cgroup takes the workload's processes, and the watchdog sees only that run (its cgroup,
     else its run id: :class:`~stackfs.watchdog.scope.RunScope`)."""
     from stackfs.watchdog import Watchdog

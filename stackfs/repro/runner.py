@@ -2,7 +2,7 @@
 
 One run (:func:`run_once`) is one case of one variant, on a stack of its own:
 
-1. a :class:`~stackfs.lifecycle.Stack` with a run id of its own; the scenario mounts it
+1. a :class:`~stackfs.runtime.lifecycle.Stack` with a run id of its own; the scenario mounts it
    bottom-up (backends, then the union) and prepares it;
 2. the workload's real processes start together (natural mode: another client changes the
    server at a random moment around that start);
@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackfs import control, lifecycle, mountinfo, rundir
-from stackfs.daemon import EXIT_CONNECTION_ABORTED
 from stackfs.kernel.sched import Schedule, Strategy
 from stackfs.linux.proc import alive
 from stackfs.repro import schedules
@@ -65,6 +63,8 @@ from stackfs.repro.scenario import (
 )
 from stackfs.repro.schedserver import RunScheduler
 from stackfs.repro.workload import ProcResult, Workload
+from stackfs.runtime import control, lifecycle, mountinfo, rundir
+from stackfs.runtime.daemon import EXIT_CONNECTION_ABORTED
 
 
 @dataclass
@@ -110,7 +110,7 @@ class RunResult:
     #: earlier attempts of this run that another process disturbed (their summaries)
     disturbed: list[str] = field(default_factory=list)
     #: how each mount of the run went down, with its daemon's exit status and signal
-    #: (:class:`stackfs.lifecycle.UnmountReport`)
+    #: (:class:`stackfs.runtime.lifecycle.UnmountReport`)
     unmounts: list[dict[str, Any]] = field(default_factory=list)
     #: mount points whose FUSE connection this run aborted itself (recovery, unmount)
     aborted_by_run: list[str] = field(default_factory=list)
@@ -546,7 +546,8 @@ def disturbed(r: RunResult) -> bool:
 
     The machine is shared, and a recovery elsewhere that aborts by connection number can hit a
     reused one. The evidence is a daemon of the run that exited with
-    :data:`~stackfs.daemon.EXIT_CONNECTION_ABORTED` (its session ended under a live mount and
+    :data:`~stackfs.runtime.daemon.EXIT_CONNECTION_ABORTED` (its session ended under a live mount
+    and
     nobody signalled it) on a mount whose connection the run itself did not abort (neither its
     recovery nor its unmount). ENOTCONN in a process's stderr is no evidence: a daemon that
     crashes makes its callers see the same, and that is the run's own failure (the daemon then

@@ -56,7 +56,7 @@ def forced_barrier(point: str, n: int, bound: float = 5.0) -> str:
     """``POINT=barrier:N:BOUND``, the injection that forces N requests into the race window
     together. ``bound`` only ends a round whose N-th party never comes, so it follows the
     machine's speed (times ``$STACKFS_TIMEOUT_FACTOR``: a TCG guest is five times slower)."""
-    from stackfs.service import timeout_factor
+    from stackfs.runtime.service import timeout_factor
 
     return f"{point}=barrier:{n}:{bound * timeout_factor():g}"
 

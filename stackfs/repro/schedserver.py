@@ -36,9 +36,10 @@ from pathlib import Path
 
 import psutil
 
-from stackfs import control
 from stackfs.kernel.sched import DEFAULT_REPLAY_WAIT, Schedule, Scheduler, Strategy
 from stackfs.linux.proc import comm_of, descendants, tgid_of, thread_states
+from stackfs.runtime import control
+from stackfs.runtime.service import timeout_factor
 
 #: samples in a row with nothing running before the run counts as quiescent
 QUIET_SAMPLES = 3
@@ -62,7 +63,10 @@ class RunScheduler:
         settle: float = RUN_SETTLE,
         replay_wait: float = DEFAULT_REPLAY_WAIT,
     ) -> None:
-        self.sched = Scheduler(strategy, settle=settle, replay_wait=replay_wait)
+        # a slower machine (a VM under software emulation: $STACKFS_TIMEOUT_FACTOR) waits longer
+        # for a recorded label to arrive and for the run to settle, as its start-ups do
+        factor = timeout_factor()
+        self.sched = Scheduler(strategy, settle=settle * factor, replay_wait=replay_wait * factor)
         #: daemon pid -> layer role
         self.daemons = dict(daemons)
         self.dir = Path(tempfile.mkdtemp(prefix="stackfs-sched-"))

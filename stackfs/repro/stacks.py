@@ -1,7 +1,7 @@
 """Command lines of the testbed's layers, as the reproducers and the pytest plugin mount them.
 
 Every layer is its own daemon started in the foreground (``-f``) by
-:meth:`stackfs.lifecycle.Stack.mount`, which returns once the mount is live:
+:meth:`stackfs.runtime.lifecycle.Stack.mount`, which returns once the mount is live:
 
 * a backend: ``stackfs backend mount KIND --store DIR --variant V [-o OPT]... -f MNT``
   (``-o inject=POINT=ACTION`` sets an injection point at mount time);
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 from stackfs.union.options import escape_path
 
 PathLike = str | os.PathLike[str]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from stackfs.repro.scenario import Proc
 
 if TYPE_CHECKING:
-    from stackfs.cgroup import RunCgroup
+    from stackfs.runtime.cgroup import RunCgroup
 
 #: strerror text (C locale: Python never sets LC_MESSAGES) -> errno, longest message first,
 #: to read "cat: f: Stale file handle" back into ESTALE
@@ -135,7 +135,7 @@ class Workload:
         cgroup: RunCgroup | None = None,
     ) -> None:
         """Start every process of ``specs`` (in its own session, in the C locale; in
-        ``cgroup``, the run's, before it execs: :meth:`stackfs.cgroup.RunCgroup.wrap`).
+        ``cgroup``, the run's, before it execs: :meth:`stackfs.runtime.cgroup.RunCgroup.wrap`).
 
         ``gated`` (a scheduled run): each process starts as ``sh`` blocked reading a pipe, and
         execs its command once :meth:`open_gate` writes to it (or the pipe closes): the

@@ -8,7 +8,8 @@ errno (this is what aufs gets for free from holding the branch dentries; ``vfs_p
 
 Each branch knows at mount time whether it lives on a FUSE mount (``blocking``: a syscall on it
 may wait for another daemon, so the union runs it in a worker thread through
-:func:`stackfs.daemon.in_worker`) and whether that mount is a stackfs daemon (``stackfs``: it
+:func:`stackfs.runtime.daemon.in_worker`) and whether that mount is a stackfs daemon (``stackfs``:
+it
 understands the cross-layer ``trusted.stackfs.i_rwsem`` lock).
 """
 
@@ -19,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stackfs import mountinfo
 from stackfs.linux import libc
+from stackfs.runtime import mountinfo
 
 T = TypeVar("T")
 

@@ -1,7 +1,8 @@
 """``stackfs mount``: mount the union (aufs or overlayfs spelling of the branches).
 
 Without ``-f`` the command validates the options, starts itself with ``-f`` as a daemon of its
-own (:func:`stackfs.lifecycle.start_daemon`, detached) and returns once the mount is live; a bad
+own (:func:`stackfs.runtime.lifecycle.start_daemon`, detached) and returns once the mount is live;
+a bad
 option, a missing or overlapping branch or a workdir on another filesystem is a one-line error
 and nothing is mounted.
 """
@@ -78,7 +79,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.debug:
         o.debug = True
     if not args.foreground:
-        from stackfs import lifecycle
+        from stackfs.runtime import lifecycle
 
         argv = lifecycle.stackfs_argv("mount")
         for text in args.options:
@@ -96,7 +97,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def run(o: uopts.UnionOptions, mountpoint: str, source: str | None = None) -> int:
     """Serve the union in the foreground until unmounted."""
-    from stackfs.daemon import DaemonConfig, serve
+    from stackfs.runtime.daemon import DaemonConfig, serve
     from stackfs.union.fs import UnionFS
 
     logging.basicConfig(

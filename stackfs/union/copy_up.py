@@ -10,7 +10,7 @@
 * :func:`link_up` — one more name of an inode whose data is up already.
 
 The steps of one copy-up are explicit methods, run in this order by :meth:`CopyUp.run`, in ONE
-thread (the union calls ``run`` through :func:`stackfs.daemon.in_worker`, so that the layer
+thread (the union calls ``run`` through :func:`stackfs.runtime.daemon.in_worker`, so that the layer
 below sees one task take its inode lock, open the file, read it and drop the lock):
 
 1. :meth:`take_source` — stat the lower object; with ``copyup=aufs`` or ``aufs-unlock`` take the
@@ -44,9 +44,9 @@ from typing import Any
 
 import trio
 
-from stackfs import crosslock
-from stackfs.daemon import in_worker
 from stackfs.kernel.task import calls
+from stackfs.runtime import crosslock
+from stackfs.runtime.daemon import in_worker
 from stackfs.union import whiteout
 from stackfs.union.branches import Branch, Path
 from stackfs.union.inode import Node
@@ -195,7 +195,7 @@ class CopyUp:
         )
 
     def lock_source(self) -> None:
-        """down_write the lower inode's i_rwsem (cross-layer: :mod:`stackfs.crosslock`)."""
+        """down_write the lower inode's i_rwsem (cross-layer: :mod:`stackfs.runtime.crosslock`)."""
         self.locked = crosslock.lock(self.src.getxattr, self.src_path, "write")
 
     def unlock_source(self) -> None:

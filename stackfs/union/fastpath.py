@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from stackfs import mountinfo
+from stackfs.runtime import mountinfo
 from stackfs.union.branches import Branch, Path
 from stackfs.union.options import UnionOptions
 

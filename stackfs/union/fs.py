@@ -13,7 +13,8 @@ other: overlayfs' ``overlayfs.h``); this class ties them to FUSE requests:
 * unlink/rmdir leave whiteouts where a lower branch still has the name; mkdir over a whiteout
   makes an opaque directory; a lower directory is renamed by moving (or creating) its upper
   directory and recording a redirect, so no file data is copied and there is no EXDEV;
-* syscalls on a branch that is a FUSE mount run through :func:`stackfs.daemon.in_worker` (the
+* syscalls on a branch that is a FUSE mount run through :func:`stackfs.runtime.daemon.in_worker`
+(the
   control socket keeps answering while a lower layer is wedged); on plain directories they run
   inline, which is faster.
 """
@@ -33,13 +34,13 @@ from typing import Any
 import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, RequestContext
 
-from stackfs import crosslock
-from stackfs.daemon import TestbedOperations, in_worker
-from stackfs.fuseattr import entry_attributes, negative_entry, statvfs_data
-from stackfs.fuseerr import fuse_errors
 from stackfs.kernel.locks import RWSem
 from stackfs.kernel.task import calls
 from stackfs.linux.libc import RENAME_EXCHANGE, RENAME_NOREPLACE
+from stackfs.runtime import crosslock
+from stackfs.runtime.daemon import TestbedOperations, in_worker
+from stackfs.runtime.fuseattr import entry_attributes, negative_entry, statvfs_data
+from stackfs.runtime.fuseerr import fuse_errors
 from stackfs.union import fastpath, whiteout
 from stackfs.union import readdir as rd
 from stackfs.union.branches import Branch, Path

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from stackfs.daemon import in_worker
 from stackfs.kernel.state import KernelState
+from stackfs.runtime.daemon import in_worker
 from stackfs.union import readdir as rd
 from stackfs.union.branches import Branch, Path, open_branches
 from stackfs.union.inode import Node, NodeTable

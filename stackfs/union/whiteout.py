@@ -53,7 +53,7 @@ NAME_MAX = BRANCH_NAME_MAX - len(WH_PREFIX)
 #: overlayfs' xattr namespaces (trusted: the default; user: ``-o userxattr``)
 TRUSTED_OVL = "trusted.overlay."
 USER_OVL = "user.overlay."
-#: the union's own trusted names (the cross-layer i_rwsem: :mod:`stackfs.crosslock`)
+#: the union's own trusted names (the cross-layer i_rwsem: :mod:`stackfs.runtime.crosslock`)
 STACKFS_XATTR = "trusted.stackfs."
 #: invalid redirects logged per interval (the kernel's printk ratelimit: 10 per 5 s)
 _WARN_BURST, _WARN_INTERVAL = 10, 5.0

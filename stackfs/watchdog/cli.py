@@ -28,7 +28,7 @@ def _to_kmsg(args: argparse.Namespace, report: Report) -> None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from stackfs import mountinfo
+    from stackfs.runtime import mountinfo
     from stackfs.watchdog.monitor import Watchdog
     from stackfs.watchdog.scope import RunScope
 

@@ -17,12 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackfs import control
 from stackfs.kernel import snapshot
 from stackfs.kernel.snapshot import DlmSnap, KernelSnapshot, RequestSnap
 from stackfs.linux import proc
 from stackfs.linux.proc import alive, comm_of
-from stackfs.mountinfo import MountEntry
+from stackfs.runtime import control
+from stackfs.runtime.mountinfo import MountEntry
 
 __all__ = [
     "DaemonView",
@@ -153,8 +153,8 @@ class ServiceView:
 def services(with_state: bool = True, timeout: float = 1.0) -> dict[int, ServiceView]:
     """pid -> a testbed service daemon (no mount: the lock manager ``stackfs dlmd``, an
     automounter), found by its run directory (``info.json`` with ``"mountpoint": null``, see
-    :mod:`stackfs.service`), with its ``state`` read over its control socket."""
-    from stackfs import service
+    :mod:`stackfs.runtime.service`), with its ``state`` read over its control socket."""
+    from stackfs.runtime import service
 
     out: dict[int, ServiceView] = {}
     for pid, info in service.running().items():

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stackfs import fusectl
 from stackfs.kernel.snapshot import RequestSnap
-from stackfs.mountinfo import MountEntry
+from stackfs.runtime import fusectl
+from stackfs.runtime.mountinfo import MountEntry
 from stackfs.watchdog import clusterdep
 from stackfs.watchdog import graph as graph_mod
 from stackfs.watchdog.daemons import DaemonView, ServiceView, fuse_daemons, query_daemons

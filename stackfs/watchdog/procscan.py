@@ -36,9 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackfs import mountinfo
 from stackfs.linux import proc, syscalls
-from stackfs.mountinfo import MountEntry
+from stackfs.runtime import mountinfo
+from stackfs.runtime.mountinfo import MountEntry
 from stackfs.watchdog.escape import path_text
 
 #: wchan / stack functions of a task waiting for a FUSE reply.

@@ -4,7 +4,7 @@ A task blocked on a FUSE request for longer than the threshold is not necessaril
 daemon may have read the request and be working on it (a copy-up of a large file). The kernel's
 hung-task detector cannot tell (it sees only the waiting task); the watchdog can, from outside,
 for a request a testbed daemon serves in a worker thread (its in-flight record names the
-worker's tid, :func:`stackfs.daemon.in_worker`): it samples that thread's counters
+worker's tid, :func:`stackfs.runtime.daemon.in_worker`): it samples that thread's counters
 
 * CPU time, ``/proc/PID/task/TID/schedstat`` field 1 (``se.sum_exec_runtime``, ns);
 * I/O, ``/proc/PID/task/TID/io`` (``task_io_accounting``): ``rchar``/``wchar`` (bytes through

@@ -11,7 +11,7 @@
 4. verify, until a deadline: no task of the findings left in D or in a FUSE wait, no task at all
    waiting on those connections, none of those mounts left, none of those testbed daemons alive.
 
-This mirrors :func:`stackfs.lifecycle.unmount` with the order changed (every connection is
+This mirrors :func:`stackfs.runtime.lifecycle.unmount` with the order changed (every connection is
 aborted before any mount is touched, so the layers of a stack release each other) and a short
 grace before signals: a daemon whose handler never returns survives both the abort and SIGTERM
 (its trio task is still running), and the lifecycle's 1 s + 1 s grace would dominate recovery.
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackfs import fusectl, lifecycle, mountinfo, rundir
+from stackfs.runtime import fusectl, lifecycle, mountinfo, rundir
 from stackfs.watchdog import daemons, procscan
 
 

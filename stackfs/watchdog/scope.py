@@ -1,10 +1,10 @@
 """What one run owns, for a watchdog that must see only its own run (issue 24 item 2).
 
-A run's processes are the members of its cgroup (:mod:`stackfs.cgroup`): its daemons, its
+A run's processes are the members of its cgroup (:mod:`stackfs.runtime.cgroup`): its daemons, its
 services (a lock manager, an automounter) and its workload, all put there before they exec.
 That is the kernel's answer, read from ``cgroup.procs``; a mount is the run's when its daemon
 is one of them, a service when its pid is. Where runs get no cgroup (see
-:func:`stackfs.cgroup.unavailable`), the run id stands in: the fsname's ``RUN`` field for a
+:func:`stackfs.runtime.cgroup.unavailable`), the run id stands in: the fsname's ``RUN`` field for a
 mount (``stackfs:KIND:PID:RUN``, shown by the kernel in mountinfo) and the ``run_id`` a
 service recorded in its run directory.
 
@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stackfs import cgroup, mountinfo
 from stackfs.linux.proc import alive
-from stackfs.mountinfo import MountEntry
+from stackfs.runtime import cgroup, mountinfo
+from stackfs.runtime.mountinfo import MountEntry
 from stackfs.watchdog.procscan import TaskInfo
 
 

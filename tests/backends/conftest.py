@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 
 
 def backend_argv(kind: str, store: Path, mountpoint: Path, *extra: str) -> list[str]:

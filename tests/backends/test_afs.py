@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import control, lifecycle
+from stackfs.runtime import control, lifecycle
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 

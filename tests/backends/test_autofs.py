@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import control, lifecycle, mountinfo, service
+from stackfs.runtime import control, lifecycle, mountinfo, service
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 

@@ -13,7 +13,7 @@ import uuid
 import psutil
 import pytest
 
-from stackfs import lifecycle, rundir, service
+from stackfs.runtime import lifecycle, rundir, service
 
 
 class Node:
@@ -41,7 +41,7 @@ class Node:
 def dlm():
     run_id = f"test-dlmd-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, STACKFS_RUN_ID=run_id)
-    svc = service.start([sys.executable, "-m", "stackfs.dlmd"], "dlm", env=env)
+    svc = service.start([sys.executable, "-m", "backends.dlmd"], "dlm", env=env)
     yield svc, run_id
     svc.stop()
 

@@ -13,9 +13,9 @@ import pytest
 
 from backends.gfs2 import IO_STATE
 from backends.glock import bast_state, dlm_mode, lm_state, may_grant
-from stackfs import control, service
 from stackfs.kernel.dlm import compatible
 from stackfs.repro import stacks
+from stackfs.runtime import control, service
 
 
 def test_states_modes_and_local_grants():
@@ -52,7 +52,7 @@ def _glock(mnt, name: str) -> dict:
 def test_direct_writes_of_one_file_on_two_nodes_share_it_deferred(stack, tmp_path):
     """Two nodes write one file with O_DIRECT: each holds the glock DF, which the other's DF
     does not demote (before: EX, and the second node's write demoted the first's glock)."""
-    svc = service.start([sys.executable, "-m", "stackfs.dlmd"], "dlm")
+    svc = service.start([sys.executable, "-m", "backends.dlmd"], "dlm")
     try:
         store = tmp_path / "store"
         store.mkdir()

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 

@@ -13,7 +13,7 @@ import pytest
 from backends.intent import Intent
 from backends.lustre import LustreFS
 from backends.mdt import MdtLog, Request
-from stackfs.service import timeout_factor
+from stackfs.runtime.service import timeout_factor
 
 F, NEW1, NEW2 = "f", "f.new", "f.2"
 FILES = {F: b"v1\n", NEW1: b"v2\n", NEW2: b"v3\n"}

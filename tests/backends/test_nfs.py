@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import control, lifecycle
 from stackfs.repro.scenario import forced_barrier
-from stackfs.service import timeout_factor
+from stackfs.runtime import control, lifecycle
+from stackfs.runtime.service import timeout_factor
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 #: a forcing barrier's bound (an opener that never comes), on this machine

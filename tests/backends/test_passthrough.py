@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from stackfs import control, lifecycle
 from stackfs.linux import libc
+from stackfs.runtime import control, lifecycle
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(60)]
 

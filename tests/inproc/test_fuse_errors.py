@@ -1,4 +1,5 @@
-"""The one OSError-to-FUSEError translation (:mod:`stackfs.fuseerr`), as the union's handlers
+"""The one OSError-to-FUSEError translation (:mod:`stackfs.runtime.fuseerr`), as the union's
+handlers
 and the backends' (:func:`backends.base.fuse_op`) give it: the errno kept, EIO without one."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pyfuse3
 import pytest
 
 from backends.base import fuse_op
-from stackfs.fuseerr import fuse_errors
+from stackfs.runtime.fuseerr import fuse_errors
 
 
 async def _fails(exc: BaseException) -> None:

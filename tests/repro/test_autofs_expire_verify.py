@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from stackfs import control
 from stackfs.repro import evidence
 from stackfs.repro.scenarios.autofs_expire import KEY, AutofsExpire
+from stackfs.runtime import control
 
 
 def test_the_check_reads_after_the_expire_completed(monkeypatch, tmp_path: Path) -> None:

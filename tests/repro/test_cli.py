@@ -8,12 +8,12 @@ import subprocess
 import pytest
 from junitparser import JUnitXml
 
-from stackfs import lifecycle, rundir
 from stackfs.cli import main
 from stackfs.repro import registry
 from stackfs.repro.scenario import DEADLOCK, Variant
 from stackfs.repro.scenarios.aufs_afs_copyup import AufsAfsCopyup
-from stackfs.service import timeout_factor
+from stackfs.runtime import lifecycle, rundir
+from stackfs.runtime.service import timeout_factor
 
 
 def stackfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

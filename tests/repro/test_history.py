@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from stackfs import lifecycle
 from stackfs.repro import registry
 from stackfs.repro.runner import plan
 from stackfs.repro.scenario import History
 from stackfs.repro.scenarios.autofs_expire import AutofsExpire
+from stackfs.runtime import lifecycle
 
 
 def stackfs(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import lifecycle
 from stackfs.cli import main
 from stackfs.repro import harness, ktap, registry
 from stackfs.repro.explore import Exploration, ktap_test
@@ -20,6 +19,7 @@ from stackfs.repro.runner import RunResult, plan
 from stackfs.repro.scenario import COMPLETES, DEADLOCK, NATURAL, OOPS, SCHEDULED, Variant
 from stackfs.repro.scenarios.aufs_afs_copyup import AufsAfsCopyup
 from stackfs.repro.stats import summarize
+from stackfs.runtime import lifecycle
 
 # -- a KTAP parser, from ktap.rst's rules ---------------------------------------------------------
 

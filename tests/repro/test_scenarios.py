@@ -9,10 +9,11 @@ import errno
 
 import pytest
 
-from stackfs import lifecycle, testfs
+from stackfs import testfs
 from stackfs.repro import registry, runner
 from stackfs.repro.context import Layer, Run
 from stackfs.repro.scenario import COMPLETES, Proc, Scenario, Variant
+from stackfs.runtime import lifecycle
 
 
 def _runs():

@@ -120,3 +120,15 @@ def test_quiescence_is_sampled_afresh_after_every_move():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_slower_machine_waits_longer_for_a_recorded_label(monkeypatch):
+    """$STACKFS_TIMEOUT_FACTOR (a VM under software emulation) scales the replay bound and the
+    settle bound, as it scales the daemons' start-ups: a replay in a guest gave up at 2 s."""
+    monkeypatch.setenv("STACKFS_TIMEOUT_FACTOR", "5")
+    rs = RunScheduler(FreeRun(), {}, settle=0.25, replay_wait=2.0)  # not entered: no driver
+    try:
+        assert rs.sched.replay_wait == pytest.approx(10.0)
+        assert rs.sched.settle == pytest.approx(1.25)
+    finally:
+        rs.close()

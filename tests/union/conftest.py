@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 
 
 def wait_for(pred, timeout: float = 5.0, what: str = "condition") -> None:

@@ -240,7 +240,7 @@ def test_read_only_union_without_upper(union):
     u = union
     write(u.l1 / "f", "ro")
     argv_opts = f"br={u.l1}=ro:{u.l2}=ro"
-    from stackfs import lifecycle
+    from stackfs.runtime import lifecycle
 
     u.stack.mount(lifecycle.stackfs_argv("mount", "-o", argv_opts, "-f", str(u.mp)), u.mp)
     assert u.m("f").read_text() == "ro"

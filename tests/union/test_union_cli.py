@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stackfs import lifecycle, mountinfo
+from stackfs.runtime import lifecycle, mountinfo
 from stackfs.union import mount_helper
 
 from .conftest import write

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 
 from .conftest import wait_for, write
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from stackfs import control
+from stackfs.runtime import control
 from stackfs.union import fastpath
 
 from .conftest import write

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import lifecycle, mountinfo
+from stackfs.runtime import lifecycle, mountinfo
 from stackfs.union import options as uopts
 
 from .conftest import write

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from stackfs import control
+from stackfs.runtime import control
 from stackfs.union import fastpath
 
 from .conftest import write

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def picture_ok():
 
 def assert_nothing_left(mount: lifecycle.Mount, tids: list[int]) -> None:
     """No mount, no daemon, no blocked task: what recovery promises."""
-    from stackfs import mountinfo
+    from stackfs.runtime import mountinfo
     from stackfs.watchdog import procscan
 
     # (a connection number is handed out again at once: compare the mount point too)

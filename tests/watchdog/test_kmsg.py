@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from stackfs import lifecycle
-from stackfs.service import timeout_factor
+from stackfs.runtime import lifecycle
+from stackfs.runtime.service import timeout_factor
 from stackfs.watchdog import kernfmt, kmsg
 
 #: fstests common/rc _check_dmesg (grep -E), plus the hung-task expression harnesses add

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stackfs.service import timeout_factor
+from stackfs.runtime.service import timeout_factor
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
 
@@ -110,7 +110,7 @@ def test_watch_a_foreign_fuse_filesystem(workload, tmp_path):
     process holding /dev/fuse for that connection (fdinfo), and --abort still recovers."""
     from pathlib import Path
 
-    from stackfs import fusectl, mountinfo
+    from stackfs.runtime import fusectl, mountinfo
 
     mp = tmp_path / "foreign"
     mp.mkdir()

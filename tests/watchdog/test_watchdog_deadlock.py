@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from stackfs.service import timeout_factor
+from stackfs.runtime.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]

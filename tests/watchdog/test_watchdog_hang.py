@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stackfs.service import timeout_factor
+from stackfs.runtime.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]

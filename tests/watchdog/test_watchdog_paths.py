@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from stackfs.service import timeout_factor
+from stackfs.runtime.service import timeout_factor
 from stackfs.watchdog import escape
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]
@@ -91,7 +91,7 @@ def test_mount_table_with_a_non_utf8_mount_point(tmp_path):
     mp = os.fsencode(tmp_path) + b"/m\xff"
     os.mkdir(mp)
     code = (
-        "import os, sys; from stackfs import mountinfo; "
+        "import os, sys; from stackfs.runtime import mountinfo; "
         "from stackfs.watchdog.escape import path_text; "
         "[e] = [e for e in mountinfo.mounts() if os.fsencode(e.mountpoint) == sys.argv[1]"
         ".encode('utf-8', 'surrogateescape')]; print(path_text(e.mountpoint))"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from stackfs import control, lifecycle
 from stackfs.repro import registry
 from stackfs.repro.context import Run
 from stackfs.repro.runner import run_once
 from stackfs.repro.scenario import NATURAL
 from stackfs.repro.workload import Workload
+from stackfs.runtime import control, lifecycle
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 
@@ -52,7 +52,7 @@ def test_a_runs_report_names_no_process_or_lock_of_another_run(tmp_path: Path):
                 break
             work.reap(grace=5.0)
         held = _contended(dlm)
-        assert len(held) == 2, "the foreign GFS2 run did not deadlock on its glocks"
+        assert len(held) == 2, f"the foreign GFS2 run did not deadlock: {work.results}"
         foreign_pids = {dlm.pid, *(la.mount.pid for la in run.layers.values())}
         foreign_pids |= {r.pid for r in work.results}
         resources = {f"{r['lockspace']}:{r['name']}" for r in held}

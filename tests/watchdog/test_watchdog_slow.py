@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from stackfs import lifecycle
+from stackfs.runtime import lifecycle
 from stackfs.watchdog import kernfmt, progress
 
 SIZE = 1 << 30  # 6-10 s of copy-up from disk on the 2-core test machine (threshold 1 s)

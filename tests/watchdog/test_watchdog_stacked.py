@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from stackfs import lifecycle
-from stackfs.service import timeout_factor
+from stackfs.runtime import lifecycle
+from stackfs.runtime.service import timeout_factor
 from stackfs.watchdog import Watchdog
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(40)]

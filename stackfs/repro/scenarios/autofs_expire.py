@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 
-from stackfs import control
 from stackfs.repro import evidence
 from stackfs.repro.context import Run, SetupError
 from stackfs.repro.registry import register
@@ -30,6 +29,7 @@ from stackfs.repro.scenario import (
     forced_barrier,
 )
 from stackfs.repro.workload import ProcResult
+from stackfs.runtime import control
 
 KEY = "proj"
 README = "README"

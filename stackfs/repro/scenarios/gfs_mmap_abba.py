@@ -18,19 +18,19 @@ Real: the two tasks (``mmapio`` from or into a ``MAP_SHARED`` mapping), the kern
 (``fuse_direct_io`` pins 1 MiB at a time; a buffered write goes through in 1 MiB WRITEs; a
 buffered read copies out after each readahead batch), the page faults (``filemap_fault``, a
 FUSE READ carrying the task's pid, the task in D), the page-cache invalidation on demote, the
-dirty pages written back at exit. Modelled: the glocks and the DLM (``stackfs.dlmd``), and how
+dirty pages written back at exit. Modelled: the glocks and the DLM (``backends.dlmd``), and how
 long a glock is held, which follows the real syscall (``/proc/TID/syscall``, chunk coverage).
 """
 
 from __future__ import annotations
 
-from stackfs import control, lifecycle
 from stackfs.repro import evidence
 from stackfs.repro.context import Layer, Run
 from stackfs.repro.registry import register
 from stackfs.repro.scenario import COMPLETES, DEADLOCK, Case, History, Proc, Scenario, Variant
 from stackfs.repro.workload import ProcResult
-from stackfs.service import timeout_factor
+from stackfs.runtime import control, lifecycle
+from stackfs.runtime.service import timeout_factor
 
 #: bytes each writer copies: four 1 MiB direct-I/O chunks, so faults come between chunks
 COUNT = 4 << 20

@@ -20,7 +20,7 @@ from stackfs.repro.context import Run
 from stackfs.repro.registry import register
 from stackfs.repro.scenario import COMPLETES, Case, History, Proc, Scenario, Variant, error
 from stackfs.repro.workload import ProcResult
-from stackfs.service import timeout_factor
+from stackfs.runtime.service import timeout_factor
 
 FILE = "job/out.dat"
 NEW = ("job/out.dat.tmp1", "job/out.dat.tmp2")

@@ -1,6 +1,7 @@
 """The control socket: every testbed daemon answers state queries out of band.
 
-A daemon listens on ``RUN_DIR/PID/control.sock`` (see :mod:`stackfs.rundir`). The protocol is one
+A daemon listens on ``RUN_DIR/PID/control.sock`` (see :mod:`stackfs.runtime.rundir`). The protocol
+is one
 JSON object per line each way: ``{"op": NAME, ...}`` answered by ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "...", "errno": N}``. The socket lives outside every FUSE mount, so it
 answers while the mount itself is wedged: that is how ``stackfs state`` and the watchdog see the
@@ -19,7 +20,7 @@ from typing import Any
 
 import trio
 
-from stackfs import mountinfo, rundir
+from stackfs.runtime import mountinfo, rundir
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_LINE = 1 << 20
@@ -145,7 +146,7 @@ def query_path(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dic
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ControlError(f"no daemon answers at {path}: {exc.strerror}", exc.errno) from exc
-        except PermissionError as exc:  # RUN_DIR/PID is root's 0700 (see stackfs.rundir)
+        except PermissionError as exc:  # RUN_DIR/PID is root's 0700 (see stackfs.runtime.rundir)
             raise ControlError(
                 f"{path}: permission denied (a daemon's control socket is root's: run as root)",
                 exc.errno,

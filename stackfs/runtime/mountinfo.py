@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from stackfs import rundir
+from stackfs.runtime import rundir
 
 FSNAME_PREFIX = "stackfs:"
 SUBTYPE = "stackfs"

@@ -12,7 +12,7 @@ run directory (``RUN_DIR/PID/info.json``); neither is proof. The proof is the pr
   pid has a later one), the same command line, and it listens on the control socket in that
   directory (``/proc/net/unix`` and its fds, through psutil).
 
-The run directory's file is only read when :mod:`stackfs.rundir` trusts it (root's, in a
+The run directory's file is only read when :mod:`stackfs.runtime.rundir` trusts it (root's, in a
 directory only root can write). A mismatch is never signalled; the caller reports it.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 
-from stackfs import control
 from stackfs.linux import proc
+from stackfs.runtime import control
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from stackfs import control, fusectl, fusereq, mountinfo, rundir, service
 from stackfs.kernel.state import KernelState
 from stackfs.kernel.task import Task, current_task
 from stackfs.linux import libc
+from stackfs.runtime import control, fusectl, fusereq, mountinfo, rundir, service
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,7 +186,7 @@ class TestbedOperations(pyfuse3.Operations):
         """Extra facts for the ``daemon`` part of the state snapshot."""
         return {}
 
-    #: FUSE mount options this filesystem needs (e.g. ``debug`` for :mod:`stackfs.fusereq`)
+    #: FUSE mount options this filesystem needs (e.g. ``debug`` for :mod:`stackfs.runtime.fusereq`)
     fuse_options_extra: tuple[str, ...] = ()
 
     async def started(self, nursery: trio.Nursery) -> None:

@@ -17,7 +17,7 @@ Root reads what is in here and acts on it, so nothing in here may be anyone else
 * a reader trusts ``PID/info.json`` only when the root checks out, the directory and the file
   are ours, the file is a regular file, and it names ``PID``.
 
-A file in here is never proof enough to signal a process: :mod:`stackfs.daemonid` checks the
+A file in here is never proof enough to signal a process: :mod:`stackfs.runtime.daemonid` checks the
 process itself.
 """
 
@@ -228,7 +228,8 @@ def _write_new(d: Path, name: str, data: bytes, mode: int) -> None:
 
 
 def self_identity() -> dict[str, Any]:
-    """What :mod:`stackfs.daemonid` compares later: this process's ``starttime`` (clock ticks
+    """What :mod:`stackfs.runtime.daemonid` compares later: this process's ``starttime`` (clock
+    ticks
     since boot, ``/proc/self/stat``) and its command line as the kernel has it."""
     return {"start_ticks": proc.start_ticks(os.getpid()), "cmdline": psutil.Process().cmdline()}
 

@@ -50,10 +50,10 @@ from typing import Any
 
 import trio
 
-from stackfs import rundir, service
 from stackfs.kernel.dlm import DLM, Action, compatible
 from stackfs.kernel.inject import OFF, InjectionPoints
 from stackfs.kernel.task import Task, running_as
+from stackfs.runtime import rundir, service
 
 KIND = "dlm"
 SOCKET = "dlm.sock"

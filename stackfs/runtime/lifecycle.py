@@ -23,14 +23,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stackfs import cgroup as cgroup_mod
-from stackfs import daemonid, fusectl, mountinfo, rundir
-from stackfs.cgroup import RunCgroup
 from stackfs.linux import libc
 from stackfs.linux.proc import alive, terminate
 from stackfs.linux.proc import uid_of as proc_uid
-from stackfs.service import Service, spawn_ready, timeout_factor
-from stackfs.service import start as start_service
+from stackfs.runtime import cgroup as cgroup_mod
+from stackfs.runtime import daemonid, fusectl, mountinfo, rundir
+from stackfs.runtime.cgroup import RunCgroup
+from stackfs.runtime.service import Service, spawn_ready, timeout_factor
+from stackfs.runtime.service import start as start_service
 
 
 class MountError(Exception):
@@ -64,7 +64,7 @@ class Mount:
 
     def control(self, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         """Ask the daemon over its control socket (works while the mount is wedged)."""
-        from stackfs import control
+        from stackfs.runtime import control
 
         return control.query_pid(self.pid, request, timeout)
 
@@ -123,13 +123,14 @@ def start_daemon(
     detach: bool = False,
     cgroup: RunCgroup | None = None,
 ) -> Mount:
-    """Start ``argv`` (a daemon that runs :func:`stackfs.daemon.serve` in the foreground) and
+    """Start ``argv`` (a daemon that runs :func:`stackfs.runtime.daemon.serve` in the foreground)
+    and
     return once ``mountpoint`` is live.
 
     The daemon reports readiness on a pipe (``STACKFS_READY_FD``); its stdout and stderr go to
     ``log`` (a temporary file by default). ``detach`` starts it in a session of its own and does
     not keep it as a child to reap (what ``stackfs mount`` without ``-f`` does). ``cgroup``:
-    the run's (:class:`stackfs.cgroup.RunCgroup`), which the daemon joins before it execs.
+    the run's (:class:`stackfs.runtime.cgroup.RunCgroup`), which the daemon joins before it execs.
     ``timeout`` is multiplied by ``$STACKFS_TIMEOUT_FACTOR`` (a slow machine: a VM under software
     emulation starts a Python daemon several times slower; the wait still ends on "ready").
     """
@@ -281,7 +282,8 @@ class Stack:
     also when a layer is deadlocked. ``STACKFS_RUN_ID`` is set for the daemons it starts.
 
     Its daemons and services (and the workload processes a runner starts with
-    :attr:`cgroup`) live in a cgroup of their own (:class:`stackfs.cgroup.RunCgroup`, made at
+    :attr:`cgroup`) live in a cgroup of their own (:class:`stackfs.runtime.cgroup.RunCgroup`, made
+    at
     the first mount or service); :meth:`close` ends with ``cgroup.kill`` and ``rmdir``.
     Where there is none, :attr:`cgroup_note` says why (one line) and processes are reaped by
     pid only.
@@ -326,7 +328,7 @@ class Stack:
         return m
 
     def service(self, argv: Sequence[str], kind: str, **kw: Any) -> Service:
-        """Start a service daemon of this stack (see :mod:`stackfs.service`)."""
+        """Start a service daemon of this stack (see :mod:`stackfs.runtime.service`)."""
         env = dict(os.environ)
         env["STACKFS_RUN_ID"] = self.run_id
         if self.log_dir is not None and "log" not in kw:
@@ -395,7 +397,8 @@ class CleanupAction:
     mountpoint: str | None
     pid: int | None
     what: str
-    #: a process was left alone: it did not prove to be the daemon (see :mod:`stackfs.daemonid`)
+    #: a process was left alone: it did not prove to be the daemon (see
+    #: :mod:`stackfs.runtime.daemonid`)
     refused: bool = False
     #: why it was the caller's to remove: ``daemon gone``, ``run RUN``, ``yours``, ``--all``
     why: str = ""
@@ -454,10 +457,10 @@ def cleanup(
     A run's recovery: its FUSE connections aborted (a hung mount) and its mounts detached,
     its daemons and services killed, then whatever is left in its cgroup killed
     (``cgroup.kill``) and the cgroup removed. A process is signalled only
-    once it proved to be the daemon (:mod:`stackfs.daemonid`: it holds the mount's FUSE
+    once it proved to be the daemon (:mod:`stackfs.runtime.daemonid`: it holds the mount's FUSE
     connection; a service, its control socket), never on a file's word: one that does not is
     left alone and reported (``refused``). ``dry_run``: the actions it would take, none taken.
-    :class:`~stackfs.rundir.RunDirError` when the run directory cannot be trusted.
+    :class:`~stackfs.runtime.rundir.RunDirError` when the run directory cannot be trusted.
     """
     if owner is None:
         owner = Owner(run_id=run_id, dead=False)
@@ -529,7 +532,7 @@ def cleanup(
 
 def _cleanup_cgroups(owner: Owner, dry_run: bool, timeout: float) -> list[CleanupAction]:
     """The run cgroups ``owner`` may remove: the empty stacks of a run whose process is gone
-    silently (:func:`stackfs.cgroup.remove_dead`: a live stack's stays, even empty); one
+    silently (:func:`stackfs.runtime.cgroup.remove_dead`: a live stack's stays, even empty); one
     with processes left after its mounts and daemons went (the workload of a run whose runner
     was SIGKILLed): ``cgroup.kill``, then ``rmdir``."""
     out = []
@@ -592,7 +595,7 @@ def _unmount_orphan(m: Mount, timeout: float) -> UnmountReport:
 def is_testbed_daemon(pid: int, mountpoint: str | None = None) -> bool:
     """Before signalling ``pid``: is it the daemon of the mount at ``mountpoint`` (it holds that
     mount's FUSE connection), or, without one, the daemon its run directory describes? See
-    :mod:`stackfs.daemonid`; a file alone is never enough."""
+    :mod:`stackfs.runtime.daemonid`; a file alone is never enough."""
     info = rundir.read_info(pid)
     if mountpoint is None:
         return info is not None and daemonid.of_info(pid, info).ok

@@ -38,8 +38,8 @@ from typing import Any
 
 import trio
 
-from stackfs import control, rundir, service
 from stackfs.linux import libc
+from stackfs.runtime import control, rundir, service
 
 KIND = "automount"
 SOCKET = "autofs.sock"

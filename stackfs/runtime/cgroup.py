@@ -4,8 +4,8 @@
 Layout: ``CGROUP2/stackfs/RUN/STACK`` where ``CGROUP2`` is the cgroup2 mount (``/sys/fs/cgroup``
 on a unified host, ``/sys/fs/cgroup/unified`` on a hybrid one like this machine's),
 ``stackfs`` the testbed's parent cgroup (root's, no controllers: only the core files are used),
-``RUN`` the run id (:func:`stackfs.mountinfo.run_label`) and ``STACK`` one
-:class:`~stackfs.lifecycle.Stack` of it (``PID-N``: two stacks of one run id at once never
+``RUN`` the run id (:func:`stackfs.runtime.mountinfo.run_label`) and ``STACK`` one
+:class:`~stackfs.runtime.lifecycle.Stack` of it (``PID-N``: two stacks of one run id at once never
 reap each other's processes).
 
 A process joins at start: :meth:`RunCgroup.wrap` puts ``/bin/sh -c 'echo $$ >
@@ -36,8 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stackfs import mountinfo
 from stackfs.linux import proc
+from stackfs.runtime import mountinfo
 
 #: the testbed's parent cgroup, under the cgroup2 hierarchy's root
 PARENT = "stackfs"

@@ -8,7 +8,8 @@ finds it (:func:`running`), how ``stackfs state --pid PID`` asks it, and how ``s
 --run-id`` kills it after the process that started it was SIGKILLed.
 
 In the service process: :func:`serve`. In the process that starts it: :func:`start` (returns
-once the service said it is ready) and :meth:`Service.stop`; :class:`stackfs.lifecycle.Stack`
+once the service said it is ready) and :meth:`Service.stop`;
+:class:`stackfs.runtime.lifecycle.Stack`
 starts services before the mounts that use them and stops them after those are down.
 """
 
@@ -30,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from stackfs import control, rundir
 from stackfs.linux.proc import alive as proc_alive
 from stackfs.linux.proc import terminate
+from stackfs.runtime import control, rundir
 
 if TYPE_CHECKING:
-    from stackfs.cgroup import RunCgroup
+    from stackfs.runtime.cgroup import RunCgroup
 
 
 class ServiceError(Exception):
@@ -212,7 +213,7 @@ def spawn_ready(
 ) -> tuple[subprocess.Popen[bytes], Path, bytes]:
     """Start a testbed process (mount daemon or service) in a session of its own (and in
     ``cgroup``, the run's, before it execs) and wait until it reports on its ready pipe
-    (``STACKFS_READY_FD``, see ``stackfs.daemon._ready``).
+    (``STACKFS_READY_FD``, see ``stackfs.runtime.daemon._ready``).
 
     Its stdout and stderr go to ``log`` (a temporary file named ``log_prefix*.log`` by
     default). Returns the process, the log and the line it reported (``b"ready..."``, an error
