@@ -31,7 +31,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from typing import Any
@@ -203,14 +202,8 @@ async def _session(am: Automounter, stream: trio.SocketStream, done: trio.Event)
 async def _serve_pipe(
     am: Automounter, path: str, done: trio.Event, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(path):
-        os.unlink(path)
-    await sock.bind(path)
-    os.chmod(path, 0o600)
-    sock.listen(1)
+    listener = await service.unix_listener(path, 1)
     task_status.started()
-    listener = trio.SocketListener(sock)
     stream = await listener.accept()
     await listener.aclose()
     await _session(am, stream, done)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -368,14 +367,9 @@ class LockServer:
 async def _serve_sessions(
     server: LockServer, path: str, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(path):
-        os.unlink(path)
-    await sock.bind(path)
-    os.chmod(path, 0o600)
-    sock.listen(16)
+    listener = await service.unix_listener(path, 16)
     task_status.started()
-    await trio.serve_listeners(server.session, [trio.SocketListener(sock)])
+    await trio.serve_listeners(server.session, [listener])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,31 +20,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+#: a JSON object as a model's ``to_json`` (or a saved report) gives it
 Json = Mapping[str, Any]
 
+# The readers of someone's JSON: a field of the wrong type reads as absent (None, empty), never
+# raises. Used here and by the watchdog's own schemas (findings, graph attributes).
 
-def _dict(x: object) -> Json:
+
+def as_dict(x: object) -> Json:
     return x if isinstance(x, Mapping) else {}
 
 
-def _list(x: object) -> list[Any]:
+def as_list(x: object) -> list[Any]:
     return list(x) if isinstance(x, (list, tuple)) else []
 
 
-def _int(x: object) -> int | None:
+def as_int(x: object) -> int | None:
     return x if isinstance(x, int) and not isinstance(x, bool) else None
 
 
-def _float(x: object) -> float | None:
+def as_float(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _str(x: object) -> str | None:
+def as_str(x: object) -> str | None:
     return x if isinstance(x, str) else None
 
 
 def _chain(x: object) -> tuple[str, ...]:
-    return tuple(str(f) for f in _list(x))
+    return tuple(str(f) for f in as_list(x))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,7 @@ class TaskRef:
     def parse(cls, d: object) -> TaskRef | None:
         if not isinstance(d, Mapping):
             return None
-        return cls(_int(d.get("pid")), _str(d.get("comm")) or "?")
+        return cls(as_int(d.get("pid")), as_str(d.get("comm")) or "?")
 
     def name(self) -> str:
         return f"{self.comm}/{self.pid}"
@@ -85,16 +89,16 @@ class RequestSnap:
 
     @classmethod
     def parse(cls, d: object) -> RequestSnap:
-        r = _dict(d)
+        r = as_dict(d)
         return cls(
-            _int(r.get("id")),
-            _str(r.get("op")),
-            _int(r.get("ino")),
-            _str(r.get("name")),
+            as_int(r.get("id")),
+            as_str(r.get("op")),
+            as_int(r.get("ino")),
+            as_str(r.get("name")),
             TaskRef.parse(r.get("task")),
-            _float(r.get("since")),
-            _float(r.get("age")),
-            _int(_dict(r.get("worker")).get("tid")),
+            as_float(r.get("since")),
+            as_float(r.get("age")),
+            as_int(as_dict(r.get("worker")).get("tid")),
             r,
         )
 
@@ -117,11 +121,11 @@ class LockHold:
 
     @classmethod
     def parse(cls, d: object, node: str | None = None) -> LockHold:
-        h = _dict(d)
+        h = as_dict(d)
         return cls(
             TaskRef.parse(h.get("task")),
-            _str(h.get("mode")),
-            _float(h.get("since")),
+            as_str(h.get("mode")),
+            as_float(h.get("since")),
             _chain(h.get("chain")),
             node,
         )
@@ -152,18 +156,18 @@ class LockSnap:
 
     @classmethod
     def parse(cls, d: object) -> LockSnap:
-        lock = _dict(d)
+        lock = as_dict(d)
         return cls(
-            _str(lock.get("name")) or "lock",
+            as_str(lock.get("name")) or "lock",
             str(lock.get("key", "?")),
-            _str(lock.get("desc")) or "",
-            tuple(LockHold.parse(h) for h in _list(lock.get("holders"))),
-            tuple(LockHold.parse(w) for w in _list(lock.get("waiters"))),
-            _str(lock.get("scope")),
-            _str(lock.get("node")),
-            _str(lock.get("state")),
-            _str(lock.get("demote")),
-            _int(lock.get("dlm_pid")),
+            as_str(lock.get("desc")) or "",
+            tuple(LockHold.parse(h) for h in as_list(lock.get("holders"))),
+            tuple(LockHold.parse(w) for w in as_list(lock.get("waiters"))),
+            as_str(lock.get("scope")),
+            as_str(lock.get("node")),
+            as_str(lock.get("state")),
+            as_str(lock.get("demote")),
+            as_int(lock.get("dlm_pid")),
             lock,
         )
 
@@ -184,7 +188,7 @@ class LockOrderSnap:
 
     @classmethod
     def parse(cls, d: object) -> LockOrderSnap:
-        dep = _dict(d)
+        dep = as_dict(d)
         return cls(
             str(dep.get("first", "?")),
             str(dep.get("then", "?")),
@@ -203,8 +207,8 @@ class EventTask:
 
     @classmethod
     def parse(cls, d: object) -> EventTask:
-        t = _dict(d)
-        return cls(_int(t.get("pid")), _str(t.get("comm")), _chain(t.get("chain")))
+        t = as_dict(d)
+        return cls(as_int(t.get("pid")), as_str(t.get("comm")), _chain(t.get("chain")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +225,12 @@ class DependencySnap:
 
     @classmethod
     def parse(cls, d: object) -> DependencySnap:
-        x = _dict(d)
+        x = as_dict(d)
         return cls(
-            _str(x.get("first")),
-            _str(x.get("then")),
-            _str(x.get("first_mode")),
-            _str(x.get("then_mode")),
+            as_str(x.get("first")),
+            as_str(x.get("then")),
+            as_str(x.get("first_mode")),
+            as_str(x.get("then_mode")),
             _chain(x.get("chain")),
             _chain(x.get("first_chain")),
         )
@@ -252,17 +256,17 @@ class EventDetail:
 
     @classmethod
     def parse(cls, d: object) -> EventDetail:
-        x = _dict(d)
+        x = as_dict(d)
         return cls(
-            _str(x.get("lock")),
-            _str(x.get("mode")),
+            as_str(x.get("lock")),
+            as_str(x.get("mode")),
             _chain(x.get("chain")),
-            _str(x.get("held_mode")),
+            as_str(x.get("held_mode")),
             _chain(x.get("held_chain")),
             DependencySnap.parse(x["new"]) if isinstance(x.get("new"), Mapping) else None,
-            tuple(DependencySnap.parse(e) for e in _list(x.get("existing"))),
+            tuple(DependencySnap.parse(e) for e in as_list(x.get("existing"))),
             _chain(x.get("scenario")),
-            _str(x.get("bug")),
+            as_str(x.get("bug")),
             _chain(x.get("lines")),
         )
 
@@ -282,14 +286,14 @@ class EventSnap:
 
     @classmethod
     def parse(cls, d: object) -> EventSnap:
-        ev = _dict(d)
+        ev = as_dict(d)
         return cls(
-            _str(ev.get("type")),
-            _float(ev.get("time")),
-            _str(ev.get("summary")),
-            _str(ev.get("release")),
+            as_str(ev.get("type")),
+            as_float(ev.get("time")),
+            as_str(ev.get("summary")),
+            as_str(ev.get("release")),
             ev,
-            tuple(EventTask.parse(t) for t in _list(ev.get("tasks"))),
+            tuple(EventTask.parse(t) for t in as_list(ev.get("tasks"))),
             EventDetail.parse(ev.get("detail")),
         )
 
@@ -305,12 +309,12 @@ class InjectSnap:
 
     @classmethod
     def parse(cls, d: object) -> InjectSnap:
-        p = _dict(d)
+        p = as_dict(d)
         return cls(
             str(p.get("point", "?")),
             str(p.get("action", "?")),
-            _int(p.get("hits")) or 0,
-            tuple(t for w in _list(p.get("waiting")) if (t := TaskRef.parse(w)) is not None),
+            as_int(p.get("hits")) or 0,
+            tuple(t for w in as_list(p.get("waiting")) if (t := TaskRef.parse(w)) is not None),
         )
 
 
@@ -342,20 +346,20 @@ class CompletionSnap:
 
     @classmethod
     def parse(cls, d: object) -> CompletionSnap:
-        c = _dict(d)
+        c = as_dict(d)
         return cls(
-            _int(c.get("id")),
-            _str(c.get("name")) or "completion",
+            as_int(c.get("id")),
+            as_str(c.get("name")) or "completion",
             str(c.get("key", "?")),
-            _str(c.get("desc")) or "",
+            as_str(c.get("desc")) or "",
             TaskRef.parse(c.get("holder")),
             tuple(
                 CompletionWait(
-                    TaskRef.parse(_dict(w).get("task")),
-                    _chain(_dict(w).get("chain")),
-                    _float(_dict(w).get("since")),
+                    TaskRef.parse(as_dict(w).get("task")),
+                    _chain(as_dict(w).get("chain")),
+                    as_float(as_dict(w).get("since")),
                 )
-                for w in _list(c.get("waiters"))
+                for w in as_list(c.get("waiters"))
             ),
             c.get("done") is True,
             c,
@@ -379,12 +383,12 @@ class DlmLockSnap:
 
     @classmethod
     def parse(cls, d: object) -> DlmLockSnap:
-        x = _dict(d)
+        x = as_dict(d)
         return cls(
             str(x.get("node", "?")),
-            _str(x.get("mode")),
-            _float(x.get("age")),
-            _str(x.get("wanted")),
+            as_str(x.get("mode")),
+            as_float(x.get("age")),
+            as_str(x.get("wanted")),
         )
 
 
@@ -400,13 +404,13 @@ class DlmResourceSnap:
 
     @classmethod
     def parse(cls, d: object) -> DlmResourceSnap:
-        x = _dict(d)
+        x = as_dict(d)
         return cls(
             str(x.get("lockspace", "?")),
             str(x.get("name", "?")),
-            tuple(DlmLockSnap.parse(g) for g in _list(x.get("granted"))),
-            tuple(DlmLockSnap.parse(q) for q in _list(x.get("queue"))),
-            tuple(DlmLockSnap.parse(b) for b in _list(x.get("basts"))),
+            tuple(DlmLockSnap.parse(g) for g in as_list(x.get("granted"))),
+            tuple(DlmLockSnap.parse(q) for q in as_list(x.get("queue"))),
+            tuple(DlmLockSnap.parse(b) for b in as_list(x.get("basts"))),
         )
 
 
@@ -420,12 +424,12 @@ class DlmSnap:
 
     @classmethod
     def parse(cls, state: object) -> DlmSnap:
-        dlm = _dict(_dict(state).get("dlm"))
+        dlm = as_dict(as_dict(state).get("dlm"))
         return cls(
             frozenset(
-                ls for n in _list(dlm.get("nodes")) if (ls := _str(_dict(n).get("lockspace")))
+                ls for n in as_list(dlm.get("nodes")) if (ls := as_str(as_dict(n).get("lockspace")))
             ),
-            tuple(DlmResourceSnap.parse(r) for r in _list(dlm.get("resources"))),
+            tuple(DlmResourceSnap.parse(r) for r in as_list(dlm.get("resources"))),
         )
 
 
@@ -444,12 +448,12 @@ class KernelSnapshot:
 
 def parse(state: object) -> KernelSnapshot:
     """A daemon's ``state`` answer (a JSON object), typed; what is not there is empty."""
-    s = _dict(state)
+    s = as_dict(state)
     return KernelSnapshot(
-        tuple(RequestSnap.parse(r) for r in _list(s.get("inflight"))),
-        tuple(LockSnap.parse(lock) for lock in _list(s.get("locks"))),
-        tuple(LockOrderSnap.parse(d) for d in _list(s.get("lock_order"))),
-        tuple(EventSnap.parse(e) for e in _list(s.get("events")) if isinstance(e, Mapping)),
-        tuple(InjectSnap.parse(p) for p in _list(s.get("inject"))),
-        tuple(CompletionSnap.parse(c) for c in _list(s.get("completions"))),
+        tuple(RequestSnap.parse(r) for r in as_list(s.get("inflight"))),
+        tuple(LockSnap.parse(lock) for lock in as_list(s.get("locks"))),
+        tuple(LockOrderSnap.parse(d) for d in as_list(s.get("lock_order"))),
+        tuple(EventSnap.parse(e) for e in as_list(s.get("events")) if isinstance(e, Mapping)),
+        tuple(InjectSnap.parse(p) for p in as_list(s.get("inject"))),
+        tuple(CompletionSnap.parse(c) for c in as_list(s.get("completions"))),
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,11 +55,6 @@ class Task:
         finally:
             os.close(fd)
         return cls(tid, data.rstrip(b"\n").decode("utf-8", "replace"))
-
-    @classmethod
-    def this_thread(cls) -> Task:
-        """The calling OS thread as a task."""
-        return cls.from_pid(threading.get_native_id())
 
     def to_json(self) -> dict[str, Any]:
         return {"pid": self.pid, "comm": self.comm}

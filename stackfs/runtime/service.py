@@ -19,6 +19,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -194,6 +195,18 @@ class Service:
                 self.proc.wait(timeout=1.0)
         rundir.remove(self.pid)
         return killed
+
+
+async def unix_listener(path: str, backlog: int) -> trio.SocketListener:
+    """A service's own socket (the lock manager's ``dlm.sock``, the automounter's pipe): a
+    stale file replaced, bound, root's alone (0600), listening."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)
+    await sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(backlog)
+    return trio.SocketListener(sock)
 
 
 def timeout_factor() -> float:

@@ -13,30 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from stackfs.kernel import snapshot
-from stackfs.kernel.snapshot import EventSnap, LockSnap
+from stackfs.kernel.snapshot import EventSnap, LockSnap, as_dict, as_int, as_list, as_str
 from stackfs.watchdog.graph import Edge, Node, Segment
 from stackfs.watchdog.graphattrs import EdgeAttrs, NodeAttrs
-
-Json = Mapping[str, Any]
-
-
-def _dict(x: object) -> Json:
-    return x if isinstance(x, Mapping) else {}
-
-
-def _list(x: object) -> list[Any]:
-    return list(x) if isinstance(x, (list, tuple)) else []
-
-
-def _int(x: object) -> int | None:
-    return x if isinstance(x, int) and not isinstance(x, bool) else None
-
-
-def _str(x: object) -> str | None:
-    return x if isinstance(x, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +35,15 @@ class ProcTask:
 
     @classmethod
     def parse(cls, d: object) -> ProcTask:
-        t = _dict(d)
+        t = as_dict(d)
         return cls(
-            _int(t.get("tid")),
-            _int(t.get("pid")),
-            _str(t.get("comm")),
-            _str(t.get("state")),
-            _int(t.get("ppid")),
-            _int(t.get("flags")),
-            tuple(str(s) for s in _list(t.get("stack"))),
+            as_int(t.get("tid")),
+            as_int(t.get("pid")),
+            as_str(t.get("comm")),
+            as_str(t.get("state")),
+            as_int(t.get("ppid")),
+            as_int(t.get("flags")),
+            tuple(str(s) for s in as_list(t.get("stack"))),
         )
 
     @classmethod
@@ -79,7 +60,7 @@ class HangFinding:
 
     @classmethod
     def parse(cls, d: object) -> HangFinding:
-        h = _dict(d)
+        h = as_dict(d)
         b = h.get("blocked_for")
         return cls(
             ProcTask.parse(h.get("task")),
@@ -96,26 +77,26 @@ class CycleFinding:
 
 
 def _segment(d: object) -> Segment:
-    s = _dict(d)
+    s = as_dict(d)
 
     def tid(k: str) -> int:
-        v = _int(s.get(k))
+        v = as_int(s.get(k))
         return v if v is not None else -1
 
     return Segment(
         tid("waiter"),
         tid("holder"),
-        _str(s.get("request")),
-        _str(s.get("lock")),
-        _str(s.get("wait_mode")),
-        _str(s.get("hold_mode")),
-        _str(s.get("wait_at")),
-        _str(s.get("hold_at")),
+        as_str(s.get("request")),
+        as_str(s.get("lock")),
+        as_str(s.get("wait_mode")),
+        as_str(s.get("hold_mode")),
+        as_str(s.get("wait_at")),
+        as_str(s.get("hold_at")),
     )
 
 
 def _node(d: object) -> Node:
-    n = _dict(d)
+    n = as_dict(d)
     return Node(
         str(n.get("id", "?")),
         str(n.get("kind", "?")),
@@ -125,7 +106,7 @@ def _node(d: object) -> Node:
 
 
 def _edge(d: object) -> Edge:
-    e = _dict(d)
+    e = as_dict(d)
     return Edge(
         str(e.get("src", "?")),
         str(e.get("dst", "?")),
@@ -167,30 +148,32 @@ class Findings:
 def parse(report: object) -> Findings:
     """A report's JSON form (a live report's :meth:`~stackfs.watchdog.report.Report.findings`
     or a saved ``report.json``), typed."""
-    r = _dict(report)
-    graph = _dict(r.get("graph"))
-    nodes = [_node(n) for n in _list(graph.get("nodes"))]
-    cycle = _dict(r.get("cycle"))
+    r = as_dict(report)
+    graph = as_dict(r.get("graph"))
+    nodes = [_node(n) for n in as_list(graph.get("nodes"))]
+    cycle = as_dict(r.get("cycle"))
     return Findings(
-        hangs=tuple(HangFinding.parse(h) for h in _list(r.get("hangs"))),
-        also_blocked=tuple(HangFinding.parse(h) for h in _list(r.get("also_blocked"))),
-        blocked=tuple(ProcTask.parse(t) for t in _list(r.get("blocked")) if isinstance(t, dict)),
+        hangs=tuple(HangFinding.parse(h) for h in as_list(r.get("hangs"))),
+        also_blocked=tuple(HangFinding.parse(h) for h in as_list(r.get("also_blocked"))),
+        blocked=tuple(ProcTask.parse(t) for t in as_list(r.get("blocked")) if isinstance(t, dict)),
         nodes={n.id: n for n in nodes},
         edges=tuple(
-            e for e in (_edge(x) for x in _list(graph.get("edges"))) if e.kind != "context"
+            e for e in (_edge(x) for x in as_list(graph.get("edges"))) if e.kind != "context"
         ),
         cycle=(
             CycleFinding(
-                _str(cycle.get("kind")),
-                tuple(_segment(s) for s in _list(cycle.get("segments"))),
+                as_str(cycle.get("kind")),
+                tuple(_segment(s) for s in as_list(cycle.get("segments"))),
             )
             if cycle
             else None
         ),
-        events=tuple(EventSnap.parse(e) for e in _list(r.get("events")) if isinstance(e, Mapping)),
+        events=tuple(
+            EventSnap.parse(e) for e in as_list(r.get("events")) if isinstance(e, Mapping)
+        ),
         locks=tuple(
             lock
-            for view in _dict(r.get("daemons")).values()
-            for lock in snapshot.parse(_dict(view).get("state")).locks
+            for view in as_dict(r.get("daemons")).values()
+            for lock in snapshot.parse(as_dict(view).get("state")).locks
         ),
     )

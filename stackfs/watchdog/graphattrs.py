@@ -15,15 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from stackfs.kernel.snapshot import CompletionSnap, LockSnap, RequestSnap
-
-
-def _int(x: object) -> int | None:
-    return x if isinstance(x, int) and not isinstance(x, bool) else None
-
-
-def _str(x: object) -> str | None:
-    return x if isinstance(x, str) else None
+from stackfs.kernel.snapshot import CompletionSnap, LockSnap, RequestSnap, as_int, as_str
 
 
 def _bool(x: object) -> bool | None:
@@ -191,34 +183,34 @@ class NodeAttrs:
         a = d if isinstance(d, Mapping) else {}
         known = {f.name for f in fields(cls)} - {"wire"}
         return cls(
-            tid=_int(a.get("tid")),
-            pid=_int(a.get("pid")),
-            comm=_str(a.get("comm")),
-            state=_str(a.get("state")),
-            wchan=_str(a.get("wchan")),
-            daemon=_int(a.get("daemon")),
-            conn=_int(a.get("conn")),
-            mountpoint=_str(a.get("mountpoint")),
+            tid=as_int(a.get("tid")),
+            pid=as_int(a.get("pid")),
+            comm=as_str(a.get("comm")),
+            state=as_str(a.get("state")),
+            wchan=as_str(a.get("wchan")),
+            daemon=as_int(a.get("daemon")),
+            conn=as_int(a.get("conn")),
+            mountpoint=as_str(a.get("mountpoint")),
             request=RequestSnap.parse(a["request"]) if "request" in a else None,
-            waiting=_int(a.get("waiting")),
-            fsname=_str(a.get("fsname")),
+            waiting=as_int(a.get("waiting")),
+            fsname=as_str(a.get("fsname")),
             alive=_bool(a.get("alive")),
-            how=_str(a.get("how")),
+            how=as_str(a.get("how")),
             service=_bool(a.get("service")),
-            kind=_str(a.get("kind")),
-            path=_str(a.get("path")),
+            kind=as_str(a.get("kind")),
+            path=as_str(a.get("path")),
             is_dir=_bool(a.get("is_dir")),
-            ident=_str(a.get("ident")),
-            desc=_str(a.get("desc")),
+            ident=as_str(a.get("ident")),
+            desc=as_str(a.get("desc")),
             lock=LockSnap.parse(a["lock"]) if isinstance(a.get("lock"), Mapping) else None,
-            scope=_str(a.get("scope")),
+            scope=as_str(a.get("scope")),
             completion=(
                 CompletionSnap.parse(a["completion"])
                 if isinstance(a.get("completion"), Mapping)
                 else None
             ),
-            point=_str(a.get("point")),
-            action=_str(a.get("action")),
+            point=as_str(a.get("point")),
+            action=as_str(a.get("action")),
             wire=tuple(k for k in a if k in known),
         )
 
@@ -282,12 +274,12 @@ class EdgeAttrs:
         known = {f.name for f in fields(cls)} - {"wire"}
         chain = a.get("chain")
         return cls(
-            mode=_str(a.get("mode")),
-            at=_str(a.get("at")),
+            mode=as_str(a.get("mode")),
+            at=as_str(a.get("at")),
             chain=tuple(str(f) for f in chain) if isinstance(chain, (list, tuple)) else (),
-            matched=_str(a.get("matched")),
-            among=_int(a.get("among")),
+            matched=as_str(a.get("matched")),
+            among=as_int(a.get("among")),
             ambiguous=_bool(a.get("ambiguous")),
-            completion=_str(a.get("completion")),
+            completion=as_str(a.get("completion")),
             wire=tuple(k for k in a if k in known),
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -27,7 +28,7 @@ def test_parse_sched():
 
 
 def test_a_scheduled_point_holds_the_task_until_the_scheduler_says_go():
-    comm = Task.this_thread().comm
+    comm = Task.from_pid(threading.get_native_id()).comm
     with RunScheduler(FreeRun(), {os.getpid(): "test"}, settle=0.3) as rs:
         rs.set_workload([(os.getpid(), "pytest")])
         pts = InjectionPoints()
@@ -37,7 +38,7 @@ def test_a_scheduled_point_holds_the_task_until_the_scheduler_says_go():
 
         async def main() -> None:
             async def arrive() -> None:
-                with running_as(Task.this_thread()):
+                with running_as(Task.from_pid(threading.get_native_id())):
                     t0 = time.monotonic()
                     await pts.hit("p")
                     seen["held"] = time.monotonic() - t0

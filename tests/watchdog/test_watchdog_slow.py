@@ -83,6 +83,7 @@ def test_slow_copy_up_survives_watch_abort(stack, tmp_path):
         with open(up / "big", "rb") as f:
             f.seek(SIZE)
             assert f.read() == b"x\n"
+        assert (rep / "report.json").exists(), f"no report: {stdout!r} {stderr!r}"
         data = json.loads((rep / "report.json").read_text())
         assert data["verdict"] == "slow", data["summary"]
         assert data["recovery"] is None and data["hangs"] == []
