@@ -8,13 +8,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from stackfs.runtime import lifecycle
 from stackfs.watchdog import kernfmt, progress
 
-SIZE = 1 << 30  # 6-10 s of copy-up from disk on the 2-core test machine (threshold 1 s)
+# 6-20 s of copy-up from disk on the 2-core test machine; 1 GiB took only 0.8 s when the copy
+# met a warm cache after other mount tests (seen in the full suite), under the 1 s threshold
+SIZE = 2 << 30
 CHUNK = 8 << 20
 
 
@@ -35,7 +38,7 @@ def _big_file(path) -> None:
 @pytest.mark.mount
 @pytest.mark.timeout(180)
 def test_slow_copy_up_survives_watch_abort(stack, tmp_path):
-    """``echo x >> big`` on the union copies 1 GiB up inside the WRITE (a real copy in the
+    """``echo x >> big`` on the union copies 2 GiB up inside the WRITE (a real copy in the
     daemon's worker thread); ``stackfs watch --abort --threshold 1`` reports it as slow, does
     not abort, and the append completes with the right size."""
     low, up, u, rep = (tmp_path / n for n in ("low", "up", "u", "rep"))
@@ -65,12 +68,14 @@ def test_slow_copy_up_survives_watch_abort(stack, tmp_path):
     )
     try:
         assert "watching 1 FUSE mount" in w.stderr.readline()
+        t0 = time.monotonic()
         append = subprocess.run(
             ["sh", "-c", 'echo x >> "$1"', "sh", str(u / "big")],
             capture_output=True,
             text=True,
             timeout=150,
         )
+        took = time.monotonic() - t0
         still_watching = w.poll() is None
     finally:
         w.terminate()
@@ -83,7 +88,8 @@ def test_slow_copy_up_survives_watch_abort(stack, tmp_path):
         with open(up / "big", "rb") as f:
             f.seek(SIZE)
             assert f.read() == b"x\n"
-        assert (rep / "report.json").exists(), f"no report: {stdout!r} {stderr!r}"
+        report = rep / "report.json"
+        assert report.exists(), f"no report (append {took:.2f} s): {stdout!r} {stderr!r}"
         data = json.loads((rep / "report.json").read_text())
         assert data["verdict"] == "slow", data["summary"]
         assert data["recovery"] is None and data["hangs"] == []
