@@ -317,23 +317,25 @@ class Stack:
                 _say_once(self.cgroup_note + "; its processes are reaped by pid")
         return self._cgroup
 
-    def mount(self, argv: Sequence[str], mountpoint: str | os.PathLike[str], **kw: Any) -> Mount:
+    def _child(self, kw: dict[str, Any], log_name: str) -> dict[str, str]:
+        """The environment of a process of this stack (its run id), and its log file in
+        ``log_dir`` unless the caller gave one."""
         env = dict(os.environ)
         env["STACKFS_RUN_ID"] = self.run_id
         if self.log_dir is not None and "log" not in kw:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            kw["log"] = self.log_dir / f"{len(self.mounts)}-{Path(mountpoint).name}.log"
+            kw["log"] = self.log_dir / log_name
+        return env
+
+    def mount(self, argv: Sequence[str], mountpoint: str | os.PathLike[str], **kw: Any) -> Mount:
+        env = self._child(kw, f"{len(self.mounts)}-{Path(mountpoint).name}.log")
         m = start_daemon(argv, mountpoint, env=env, cgroup=self.cgroup, **kw)
         self.mounts.append(m)
         return m
 
     def service(self, argv: Sequence[str], kind: str, **kw: Any) -> Service:
         """Start a service daemon of this stack (see :mod:`stackfs.runtime.service`)."""
-        env = dict(os.environ)
-        env["STACKFS_RUN_ID"] = self.run_id
-        if self.log_dir is not None and "log" not in kw:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            kw["log"] = self.log_dir / f"service-{len(self.services)}-{kind}.log"
+        env = self._child(kw, f"service-{len(self.services)}-{kind}.log")
         svc = start_service(argv, kind, env=env, cgroup=self.cgroup, **kw)
         self.services.append(svc)
         return svc
